@@ -1,0 +1,264 @@
+//! The HTTP API: one router for `/api/v1`, the OTLP/HTTP paths, health and `/metrics`; the error type every handler
+//! returns; and the extractor that checks the caller's token and role on every route.
+
+mod health;
+mod logs;
+mod metrics;
+mod time;
+mod tokens;
+mod traces;
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use gantry_proto::{Access, ErrorBody, TokenInfo};
+
+use crate::auth::{TokenError, TokenStore};
+use crate::ingest::Ingest;
+use crate::store::StoreError;
+
+/// Everything handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// OTLP ingest (and the store behind it).
+    pub ingest: Ingest,
+    /// API tokens.
+    pub tokens: Arc<TokenStore>,
+}
+
+/// The whole HTTP application of the API port.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/api/v1/logs", get(logs::search))
+        .route("/api/v1/logs/histogram", get(logs::histogram))
+        .route("/api/v1/traces", get(traces::search))
+        .route("/api/v1/traces/{trace_id}", get(traces::by_id))
+        .route("/api/v1/services", get(traces::services))
+        .route("/api/v1/metrics", get(metrics::query))
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/v1/tokens/{id}", delete(tokens::revoke))
+        .merge(otlp_routes())
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// The OTLP/HTTP paths alone, for the standard OTLP port.
+pub fn otlp_app(state: AppState) -> Router {
+    otlp_routes().fallback(not_found).with_state(state)
+}
+
+fn otlp_routes() -> Router<AppState> {
+    use crate::ingest::http;
+    Router::new()
+        .route("/v1/logs", post(http::logs))
+        .route("/v1/traces", post(http::traces))
+        .route("/v1/metrics", post(http::metrics))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route: see docs/API.md for the API reference".to_owned())
+}
+
+/// An API failure, mapped to one status code each.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A parameter is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A query does not parse.
+    #[error("invalid query: {message}")]
+    BadQuery {
+        /// The parser's message.
+        message: String,
+        /// Where, in characters.
+        position: usize,
+    },
+    /// No valid token.
+    #[error(
+        "missing or invalid token: send `Authorization: Bearer gty_...` (create one with `gantry token create`)"
+    )]
+    Unauthorized,
+    /// The token's role may not do this.
+    #[error("a `{role}` token may not do this: use a token with a role that allows it")]
+    Forbidden {
+        /// The caller's role.
+        role: gantry_proto::Role,
+    },
+    /// Nothing there.
+    #[error("{0}")]
+    NotFound(String),
+    /// A conflict with existing state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Try again later.
+    #[error("{message}")]
+    Unavailable {
+        /// What is going on.
+        message: String,
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// A failure of ours.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Invalid(message) => ApiError::BadRequest(message),
+            StoreError::Overloaded { retry_after } => ApiError::Unavailable {
+                message: error.to_string(),
+                retry_after,
+            },
+            StoreError::NotReady | StoreError::ShuttingDown => ApiError::Unavailable {
+                message: error.to_string(),
+                retry_after: Duration::from_secs(1),
+            },
+            StoreError::Internal(message) => ApiError::Internal(message),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::NameTaken(_) => ApiError::Conflict(error.to_string()),
+            TokenError::BadName => ApiError::BadRequest(error.to_string()),
+            TokenError::NotFound(_) => ApiError::NotFound(error.to_string()),
+            TokenError::Io { .. } | TokenError::Corrupt { .. } => {
+                ApiError::Internal(error.to_string())
+            }
+        }
+    }
+}
+
+impl From<gantry_query::ParseError> for ApiError {
+    fn from(error: gantry_query::ParseError) -> Self {
+        ApiError::BadQuery {
+            position: error.position,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) | ApiError::BadQuery { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if let ApiError::Internal(message) = &self {
+            tracing::error!(error = %message, "request failed");
+        }
+        let body = ErrorBody {
+            error: self.to_string(),
+            position: match &self {
+                ApiError::BadQuery { position, .. } => Some(*position),
+                _ => None,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::Unauthorized = self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::Unavailable { retry_after, .. } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after.as_secs().max(1).into());
+        }
+        response
+    }
+}
+
+/// A kind of access a route needs, as a type.
+pub trait Requirement: Send + Sync + 'static {
+    /// The access checked.
+    const ACCESS: Access;
+}
+
+/// Writing telemetry.
+pub struct IngestAccess;
+/// Reading.
+pub struct ReadAccess;
+/// Administering.
+pub struct AdminAccess;
+
+impl Requirement for IngestAccess {
+    const ACCESS: Access = Access::Ingest;
+}
+impl Requirement for ReadAccess {
+    const ACCESS: Access = Access::Read;
+}
+impl Requirement for AdminAccess {
+    const ACCESS: Access = Access::Admin;
+}
+
+/// The authenticated caller of a route that needs `R`; rejects with 401 or 403.
+pub struct Caller<R: Requirement> {
+    /// Who called.
+    pub token: TokenInfo,
+    _requirement: PhantomData<R>,
+}
+
+/// Checks a bearer token against the registry and a required access.
+pub fn authorize(
+    tokens: &TokenStore,
+    authorization: Option<&str>,
+    access: Access,
+) -> Result<TokenInfo, ApiError> {
+    let secret = authorization
+        .and_then(|value| {
+            value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or(ApiError::Unauthorized)?;
+    let token = tokens.authenticate(secret).ok_or(ApiError::Unauthorized)?;
+    if !token.role.allows(access) {
+        return Err(ApiError::Forbidden { role: token.role });
+    }
+    Ok(token)
+}
+
+impl<R: Requirement> FromRequestParts<AppState> for Caller<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        Ok(Self {
+            token: authorize(&state.tokens, authorization, R::ACCESS)?,
+            _requirement: PhantomData,
+        })
+    }
+}
+
+/// Parses the `q` parameter (empty means everything).
+pub fn parse_query(q: Option<&str>) -> Result<gantry_query::Query, ApiError> {
+    Ok(gantry_query::parse(q.unwrap_or(""))?)
+}

@@ -1,0 +1,122 @@
+//! `GET /api/v1/traces/{trace_id}`, `GET /api/v1/traces` (trace search) and `GET /api/v1/services` (RED per service).
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use gantry_proto::{ServicesResponse, TraceResponse, TracesResponse};
+use serde::Deserialize;
+
+use super::time::parse_range;
+use super::{ApiError, AppState, Caller, ReadAccess, parse_query};
+use crate::store::TraceSearch;
+
+/// `GET /api/v1/traces/{trace_id}`.
+pub async fn by_id(
+    _: Caller<ReadAccess>,
+    State(state): State<AppState>,
+    Path(trace_id): Path<String>,
+) -> Result<Json<TraceResponse>, ApiError> {
+    let started = Instant::now();
+    let trace_id = trace_id.to_ascii_lowercase();
+    if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(format!(
+            "`{trace_id}` is not a trace id: expected 32 hex digits"
+        )));
+    }
+    let spans = state.ingest.store.trace(&trace_id).await?;
+    state.ingest.metrics.observe(
+        "gantry_query_seconds",
+        &[("endpoint", "trace")],
+        started.elapsed().as_secs_f64(),
+    );
+    if spans.is_empty() {
+        return Err(ApiError::NotFound(format!("no spans of trace {trace_id}")));
+    }
+    Ok(Json(TraceResponse { trace_id, spans }))
+}
+
+/// Query string of the trace search.
+#[derive(Debug, Deserialize)]
+pub struct SearchParams {
+    service: Option<String>,
+    operation: Option<String>,
+    min_duration_ms: Option<f64>,
+    status: Option<String>,
+    q: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/traces`.
+pub async fn search(
+    _: Caller<ReadAccess>,
+    State(state): State<AppState>,
+    Query(params): Query<SearchParams>,
+) -> Result<Json<TracesResponse>, ApiError> {
+    let started = Instant::now();
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "`limit` must be between 1 and 1000".to_owned(),
+        ));
+    }
+    let errors_only = match params.status.as_deref() {
+        None | Some("") | Some("any") => false,
+        Some("error") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "`status={other}` is not supported: use `error` or `any`"
+            )));
+        }
+    };
+    let search = TraceSearch {
+        service: params.service.filter(|s| !s.is_empty()),
+        operation: params.operation.filter(|s| !s.is_empty()),
+        min_duration_ms: params.min_duration_ms,
+        errors_only,
+        query: parse_query(params.q.as_deref())?,
+        range: parse_range(params.from.as_deref(), params.to.as_deref())?,
+        limit,
+    };
+    let traces = state.ingest.store.search_traces(search).await?;
+    let took = started.elapsed();
+    state.ingest.metrics.observe(
+        "gantry_query_seconds",
+        &[("endpoint", "traces")],
+        took.as_secs_f64(),
+    );
+    Ok(Json(TracesResponse {
+        traces,
+        took_ms: took.as_millis() as u64,
+    }))
+}
+
+/// Query string of the services view.
+#[derive(Debug, Deserialize)]
+pub struct RangeParams {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// `GET /api/v1/services`.
+pub async fn services(
+    _: Caller<ReadAccess>,
+    State(state): State<AppState>,
+    Query(params): Query<RangeParams>,
+) -> Result<Json<ServicesResponse>, ApiError> {
+    let started = Instant::now();
+    let range = parse_range(params.from.as_deref(), params.to.as_deref())?;
+    let services = state.ingest.store.services(range).await?;
+    let took = started.elapsed();
+    state.ingest.metrics.observe(
+        "gantry_query_seconds",
+        &[("endpoint", "services")],
+        took.as_secs_f64(),
+    );
+    Ok(Json(ServicesResponse {
+        services,
+        took_ms: took.as_millis() as u64,
+    }))
+}

@@ -1,0 +1,258 @@
+//! The embedded store: a write-ahead log plus time-partitioned tantivy indexes, all under one data directory.
+//!
+//! `EmbeddedStore::start` returns at once; the WAL is replayed on a thread and the store turns ready when it is done
+//! (writes before then get `NotReady`, which ingest answers with 503 and `Retry-After`).
+
+mod compile;
+mod metrics;
+mod partitions;
+mod schema;
+mod search;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gantry_proto::{HistogramBucket, MetricSeries, ServiceRow, SpanRecord, TraceSummary};
+use gantry_query::Query;
+use gantry_wal::{Wal, WalOptions};
+use tokio::sync::oneshot;
+
+use self::partitions::{Catalog, dir_size};
+pub use self::schema::Signal;
+pub use self::writer::encode_request;
+use self::writer::{Indexer, Pending, SeenIds, WriteStats};
+use super::{
+    Batch, LogPage, LogSearch, MetricQuery, Store, StoreConfig, StoreError, StoreStats, TimeRange,
+    TraceSearch, WriteOutcome,
+};
+
+/// The embedded telemetry store.
+pub struct EmbeddedStore {
+    dir: PathBuf,
+    catalog: Mutex<Option<Arc<Catalog>>>,
+    queue: Mutex<Option<SyncSender<Pending>>>,
+    ready: AtomicBool,
+    stats: Arc<WriteStats>,
+    truncated_bytes: AtomicU64,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl EmbeddedStore {
+    /// Starts the store in `data_dir`: the returned receiver tells when the WAL replay is done (or why it failed).
+    pub fn start(
+        data_dir: &Path,
+        config: StoreConfig,
+    ) -> (Arc<Self>, oneshot::Receiver<Result<u64, StoreError>>) {
+        let store = Arc::new(Self {
+            dir: data_dir.to_owned(),
+            catalog: Mutex::new(None),
+            queue: Mutex::new(None),
+            ready: AtomicBool::new(false),
+            stats: Arc::new(WriteStats::default()),
+            truncated_bytes: AtomicU64::new(0),
+            threads: Mutex::new(Vec::new()),
+        });
+        let (done, replayed) = oneshot::channel();
+        let starting = store.clone();
+        let opener = std::thread::Builder::new()
+            .name("gantry-store-open".to_owned())
+            .spawn(move || {
+                let _ = done.send(starting.open(config));
+            })
+            .expect("spawn the store opener");
+        store
+            .threads
+            .lock()
+            .expect("threads lock poisoned")
+            .push(opener);
+        (store, replayed)
+    }
+
+    /// Opens the WAL and the partitions, replays, and starts the writer threads. Runs on its own thread.
+    fn open(&self, config: StoreConfig) -> Result<u64, StoreError> {
+        let started = std::time::Instant::now();
+        let (mut wal, recovery) = Wal::open(&self.dir.join("wal"), WalOptions::default())
+            .map_err(|error| StoreError::Internal(format!("open the write-ahead log: {error}")))?;
+        if recovery.truncated_bytes > 0 || recovery.corrupt_records > 0 {
+            tracing::warn!(
+                truncated_bytes = recovery.truncated_bytes,
+                corrupt_records = recovery.corrupt_records,
+                "cut a torn or corrupt tail off the write-ahead log"
+            );
+        }
+        self.truncated_bytes
+            .store(recovery.truncated_bytes, Ordering::Relaxed);
+        let catalog = Arc::new(Catalog::open(&self.dir.join("index"), config.partition)?);
+        let seen = Arc::new(SeenIds::default());
+        let checkpoint = Arc::new(AtomicU64::new(Indexer::load_checkpoint(&self.dir, &seen)));
+        let mut indexer = Indexer::new(
+            catalog.clone(),
+            config.clone(),
+            &self.dir,
+            seen.clone(),
+            checkpoint.clone(),
+            self.stats.clone(),
+        );
+        let replayed = indexer.replay(&mut wal)?;
+        tracing::info!(
+            batches = replayed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "write-ahead log replayed"
+        );
+        self.stats
+            .wal_bytes
+            .store(wal.size_bytes(), Ordering::Relaxed);
+
+        let (requests, incoming) = std::sync::mpsc::sync_channel(config.max_queue_batches);
+        let (to_indexer, batches) = std::sync::mpsc::sync_channel(writer::INDEX_QUEUE);
+        let stats = self.stats.clone();
+        let wal_thread = std::thread::Builder::new()
+            .name("gantry-wal".to_owned())
+            .spawn(move || writer::run_wal(wal, incoming, to_indexer, seen, checkpoint, stats))?;
+        let indexer_thread = std::thread::Builder::new()
+            .name("gantry-indexer".to_owned())
+            .spawn(move || indexer.run(batches))?;
+        self.threads
+            .lock()
+            .expect("threads lock poisoned")
+            .extend([wal_thread, indexer_thread]);
+        *self.catalog.lock().expect("catalog lock poisoned") = Some(catalog);
+        *self.queue.lock().expect("queue lock poisoned") = Some(requests);
+        self.ready.store(true, Ordering::Release);
+        Ok(replayed)
+    }
+
+    fn catalog(&self) -> Result<Arc<Catalog>, StoreError> {
+        self.catalog
+            .lock()
+            .expect("catalog lock poisoned")
+            .clone()
+            .ok_or(StoreError::NotReady)
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Catalog) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let catalog = self.catalog()?;
+        tokio::task::spawn_blocking(move || work(&catalog))
+            .await
+            .map_err(|error| StoreError::Internal(format!("query task failed: {error}")))?
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn write(&self, batch: Batch) -> Result<WriteOutcome, StoreError> {
+        let Some(queue) = self.queue.lock().expect("queue lock poisoned").clone() else {
+            return Err(if self.ready.load(Ordering::Acquire) {
+                StoreError::ShuttingDown
+            } else {
+                StoreError::NotReady
+            });
+        };
+        let (reply, outcome) = oneshot::channel();
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        match queue.try_send(Pending { batch, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                return Err(StoreError::Overloaded {
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                return Err(StoreError::ShuttingDown);
+            }
+        }
+        outcome.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    async fn search_logs(&self, search: LogSearch) -> Result<LogPage, StoreError> {
+        self.read(move |catalog| search::search_logs(catalog, &search))
+            .await
+    }
+
+    async fn log_histogram(
+        &self,
+        query: Query,
+        range: TimeRange,
+        buckets: usize,
+    ) -> Result<Vec<HistogramBucket>, StoreError> {
+        self.read(move |catalog| search::log_histogram(catalog, &query, range, buckets))
+            .await
+    }
+
+    async fn trace(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
+        let trace_id = trace_id.to_owned();
+        self.read(move |catalog| search::trace(catalog, &trace_id))
+            .await
+    }
+
+    async fn search_traces(&self, search: TraceSearch) -> Result<Vec<TraceSummary>, StoreError> {
+        self.read(move |catalog| search::search_traces(catalog, &search))
+            .await
+    }
+
+    async fn metrics(&self, query: MetricQuery) -> Result<Vec<MetricSeries>, StoreError> {
+        self.read(move |catalog| metrics::query(catalog, &query))
+            .await
+    }
+
+    async fn services(&self, range: TimeRange) -> Result<Vec<ServiceRow>, StoreError> {
+        self.read(move |catalog| search::services(catalog, range))
+            .await
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn stats(&self) -> StoreStats {
+        let partitions = self
+            .catalog()
+            .map(|catalog| catalog.all().len() as u64)
+            .unwrap_or(0);
+        StoreStats {
+            wal_bytes: self.stats.wal_bytes.load(Ordering::Relaxed),
+            queue_depth: self.stats.queued.load(Ordering::Relaxed),
+            index_bytes: dir_size(&self.dir.join("index")),
+            partitions,
+            indexed_records: self.stats.indexed.load(Ordering::Relaxed),
+            expired_records: self.stats.expired.load(Ordering::Relaxed),
+            wal_truncated_bytes: self.truncated_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn shutdown(&self) {
+        // The opener finishes first (a replay under way completes), so that the writer threads exist to be stopped.
+        let opener = {
+            let mut threads = self.threads.lock().expect("threads lock poisoned");
+            (!threads.is_empty()).then(|| threads.remove(0))
+        };
+        if let Some(opener) = opener {
+            let _ = tokio::task::spawn_blocking(move || opener.join()).await;
+        }
+        // Dropping the queue's sender lets the WAL thread drain and stop, which stops the indexer after a last commit.
+        self.queue.lock().expect("queue lock poisoned").take();
+        let threads: Vec<_> = self
+            .threads
+            .lock()
+            .expect("threads lock poisoned")
+            .drain(..)
+            .collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,270 @@
+//! The tantivy schema of each signal, and how a row becomes a tantivy document.
+//!
+//! Indexed fields are not stored; each document keeps its whole row once, as JSON in the `doc` field, which the
+//! zstd-compressed doc store packs well. Attributes are indexed as raw `key=value` terms in `attrs` and `res`.
+
+use gantry_proto::{Attributes, LogRecord, SpanRecord};
+use tantivy::TantivyDocument;
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
+};
+
+use crate::store::model::{MetricPoint, value_text};
+
+/// The three kinds of telemetry, each in its own indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Signal {
+    /// Log records.
+    Logs,
+    /// Spans.
+    Spans,
+    /// Metric points.
+    Metrics,
+}
+
+impl Signal {
+    /// All signals.
+    pub const ALL: [Signal; 3] = [Signal::Logs, Signal::Spans, Signal::Metrics];
+
+    /// Directory name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Logs => "logs",
+            Signal::Spans => "spans",
+            Signal::Metrics => "metrics",
+        }
+    }
+}
+
+/// Field handles of a signal's schema. Fields a signal lacks are `None`.
+#[derive(Debug, Clone)]
+pub struct Fields {
+    /// The schema itself.
+    pub schema: Schema,
+    /// Event time (span start), ns: indexed and fast.
+    pub ts: Field,
+    /// `service.name`.
+    pub service: Field,
+    /// `key=value` terms of the record's attributes.
+    pub attrs: Field,
+    /// `key=value` terms of the resource attributes.
+    pub res: Field,
+    /// The row as JSON.
+    pub doc: Field,
+    /// Logs: severity number.
+    pub severity: Option<Field>,
+    /// Logs: the body, tokenized with positions.
+    pub body: Option<Field>,
+    /// Logs and spans: trace id hex.
+    pub trace_id: Option<Field>,
+    /// Logs and spans: span id hex.
+    pub span_id: Option<Field>,
+    /// Spans: parent span id hex.
+    pub parent_span_id: Option<Field>,
+    /// Spans and metrics: operation or metric name.
+    pub name: Option<Field>,
+    /// Spans: `service.version`.
+    pub version: Option<Field>,
+    /// Spans: kind number (1 internal .. 5 consumer).
+    pub kind: Option<Field>,
+    /// Spans: status code (0 unset, 1 ok, 2 error).
+    pub status: Option<Field>,
+    /// Spans: duration, ns.
+    pub duration: Option<Field>,
+    /// Metrics: series hash.
+    pub series: Option<Field>,
+    /// Metrics: value.
+    pub value: Option<Field>,
+}
+
+impl Fields {
+    /// The schema of a signal.
+    pub fn new(signal: Signal) -> Self {
+        let mut builder = Schema::builder();
+        let ts = builder.add_i64_field("ts", INDEXED | FAST);
+        let service = builder.add_text_field("service", STRING | FAST);
+        let attrs = builder.add_text_field("attrs", STRING);
+        let res = builder.add_text_field("res", STRING);
+        let doc = builder.add_bytes_field("doc", STORED);
+        let mut fields = Fields {
+            schema: Schema::builder().build(),
+            ts,
+            service,
+            attrs,
+            res,
+            doc,
+            severity: None,
+            body: None,
+            trace_id: None,
+            span_id: None,
+            parent_span_id: None,
+            name: None,
+            version: None,
+            kind: None,
+            status: None,
+            duration: None,
+            series: None,
+            value: None,
+        };
+        match signal {
+            Signal::Logs => {
+                fields.severity = Some(builder.add_u64_field("severity", INDEXED | FAST));
+                let body = TextOptions::default().set_indexing_options(
+                    TextFieldIndexing::default()
+                        .set_tokenizer("default")
+                        .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+                );
+                fields.body = Some(builder.add_text_field("body", body));
+                fields.trace_id = Some(builder.add_text_field("trace_id", STRING));
+                fields.span_id = Some(builder.add_text_field("span_id", STRING));
+            }
+            Signal::Spans => {
+                fields.trace_id = Some(builder.add_text_field("trace_id", STRING | FAST));
+                fields.span_id = Some(builder.add_text_field("span_id", STRING));
+                fields.parent_span_id = Some(builder.add_text_field("parent_span_id", STRING));
+                fields.name = Some(builder.add_text_field("name", STRING | FAST));
+                fields.version = Some(builder.add_text_field("version", STRING | FAST));
+                fields.kind = Some(builder.add_u64_field("kind", INDEXED | FAST));
+                fields.status = Some(builder.add_u64_field("status", INDEXED | FAST));
+                fields.duration = Some(builder.add_u64_field("duration", INDEXED | FAST));
+            }
+            Signal::Metrics => {
+                fields.name = Some(builder.add_text_field("name", STRING | FAST));
+                fields.series = Some(builder.add_u64_field("series", FAST));
+                fields.value = Some(builder.add_f64_field("value", FAST));
+            }
+        }
+        fields.schema = builder.build();
+        fields
+    }
+}
+
+fn add_attributes(doc: &mut TantivyDocument, field: Field, attributes: &Attributes) {
+    let mut term = String::new();
+    for (key, value) in attributes {
+        term.clear();
+        term.push_str(key);
+        term.push('=');
+        term.push_str(&value_text(value));
+        doc.add_text(field, &term);
+    }
+}
+
+/// Span kind names to their OTLP numbers.
+pub fn kind_number(kind: &str) -> Option<u64> {
+    Some(match kind {
+        "unspecified" => 0,
+        "internal" => 1,
+        "server" => 2,
+        "client" => 3,
+        "producer" => 4,
+        "consumer" => 5,
+        _ => return None,
+    })
+}
+
+/// Status names to their OTLP numbers.
+pub fn status_number(status: &str) -> Option<u64> {
+    Some(match status {
+        "unset" => 0,
+        "ok" => 1,
+        "error" => 2,
+        _ => return None,
+    })
+}
+
+/// A log record as a document.
+pub fn log_document(fields: &Fields, record: &LogRecord) -> TantivyDocument {
+    let mut doc = TantivyDocument::new();
+    doc.add_i64(fields.ts, record.timestamp_unix_nano);
+    doc.add_text(fields.service, &record.service);
+    doc.add_u64(
+        fields.severity.expect("logs schema"),
+        u64::from(record.severity_number),
+    );
+    doc.add_text(fields.body.expect("logs schema"), &record.body);
+    if !record.trace_id.is_empty() {
+        doc.add_text(fields.trace_id.expect("logs schema"), &record.trace_id);
+    }
+    if !record.span_id.is_empty() {
+        doc.add_text(fields.span_id.expect("logs schema"), &record.span_id);
+    }
+    add_attributes(&mut doc, fields.attrs, &record.attributes);
+    add_attributes(&mut doc, fields.res, &record.resource);
+    doc.add_bytes(
+        fields.doc,
+        &serde_json::to_vec(record).expect("rows serialize"),
+    );
+    doc
+}
+
+/// A span as a document.
+pub fn span_document(fields: &Fields, span: &SpanRecord) -> TantivyDocument {
+    let mut doc = TantivyDocument::new();
+    doc.add_i64(fields.ts, span.start_unix_nano);
+    doc.add_text(fields.service, &span.service);
+    doc.add_text(fields.trace_id.expect("spans schema"), &span.trace_id);
+    doc.add_text(fields.span_id.expect("spans schema"), &span.span_id);
+    doc.add_text(
+        fields.parent_span_id.expect("spans schema"),
+        &span.parent_span_id,
+    );
+    doc.add_text(fields.name.expect("spans schema"), &span.name);
+    doc.add_text(fields.version.expect("spans schema"), &span.version);
+    doc.add_u64(
+        fields.kind.expect("spans schema"),
+        kind_number(&span.kind).unwrap_or(0),
+    );
+    doc.add_u64(
+        fields.status.expect("spans schema"),
+        status_number(&span.status).unwrap_or(0),
+    );
+    let duration = (span.end_unix_nano - span.start_unix_nano).max(0) as u64;
+    doc.add_u64(fields.duration.expect("spans schema"), duration);
+    add_attributes(&mut doc, fields.attrs, &span.attributes);
+    add_attributes(&mut doc, fields.res, &span.resource);
+    doc.add_bytes(
+        fields.doc,
+        &serde_json::to_vec(span).expect("rows serialize"),
+    );
+    doc
+}
+
+/// A metric point as a document.
+pub fn point_document(fields: &Fields, point: &MetricPoint) -> TantivyDocument {
+    let mut doc = TantivyDocument::new();
+    doc.add_i64(fields.ts, point.ts_ns);
+    doc.add_text(fields.service, &point.service);
+    doc.add_text(fields.name.expect("metrics schema"), &point.name);
+    doc.add_u64(fields.series.expect("metrics schema"), series_hash(point));
+    doc.add_f64(fields.value.expect("metrics schema"), point.value);
+    add_attributes(&mut doc, fields.attrs, &point.attributes);
+    add_attributes(&mut doc, fields.res, &point.resource);
+    doc.add_bytes(
+        fields.doc,
+        &serde_json::to_vec(point).expect("rows serialize"),
+    );
+    doc
+}
+
+/// A stable hash of a point's identity: name, attributes and resource (FNV-1a, so it is the same across restarts).
+pub fn series_hash(point: &MetricPoint) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        hash ^= 0xff;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    };
+    feed(point.name.as_bytes());
+    for attributes in [&point.attributes, &point.resource] {
+        for (key, value) in attributes {
+            feed(key.as_bytes());
+            feed(value_text(value).as_bytes());
+        }
+        feed(b"|");
+    }
+    hash
+}

@@ -1,0 +1,501 @@
+//! The write path: a WAL thread that appends and fsyncs batches in groups before they are acknowledged, and an
+//! indexer thread that turns them into documents, commits every partition together, and moves the checkpoint.
+//!
+//! Invariants: **a batch is acknowledged only after its WAL record is fsynced**; **every partition commit records
+//! the WAL seq it covers**, so replay after a crash skips exactly what a partition already has; **the WAL is cut only
+//! behind the checkpoint**, which is written after all partitions committed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gantry_wal::Wal;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tantivy::IndexWriter;
+use tokio::sync::oneshot;
+
+use super::partitions::{Catalog, Partition};
+use super::schema::{Signal, log_document, point_document, span_document};
+use crate::store::model::{Acceptance, convert};
+use crate::store::{Batch, OtlpRequest, StoreConfig, StoreError, WriteOutcome};
+
+/// How long a batch id is remembered.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(600);
+/// Most batches fsynced together.
+const MAX_GROUP: usize = 256;
+/// Batches waiting between the WAL thread and the indexer.
+pub const INDEX_QUEUE: usize = 32;
+
+/// A batch waiting to be written, and whom to tell.
+pub struct Pending {
+    /// The batch.
+    pub batch: Batch,
+    /// Told after the fsync.
+    pub reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+}
+
+/// Batch ids seen in the last [`DEDUP_WINDOW`], with the Unix second they were first seen.
+#[derive(Default)]
+pub struct SeenIds(Mutex<HashMap<String, i64>>);
+
+impl SeenIds {
+    /// Records an id; false when it was already seen within the window.
+    fn insert(&self, id: &str, now_s: i64) -> bool {
+        let mut seen = self.0.lock().expect("dedup lock poisoned");
+        match seen.get(id) {
+            Some(first) if now_s - first < DEDUP_WINDOW.as_secs() as i64 => false,
+            _ => {
+                seen.insert(id.to_owned(), now_s);
+                true
+            }
+        }
+    }
+
+    fn remove(&self, id: &str) {
+        self.0.lock().expect("dedup lock poisoned").remove(id);
+    }
+
+    fn snapshot(&self, now_s: i64) -> HashMap<String, i64> {
+        let mut seen = self.0.lock().expect("dedup lock poisoned");
+        seen.retain(|_, first| now_s - *first < DEDUP_WINDOW.as_secs() as i64);
+        seen.clone()
+    }
+}
+
+/// What survives a restart besides the WAL and the indexes.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Checkpoint {
+    /// Every record up to this seq is committed in every partition.
+    seq: u64,
+    /// Batch ids seen recently, with the Unix second first seen.
+    batch_ids: HashMap<String, i64>,
+}
+
+fn read_checkpoint(path: &Path) -> Checkpoint {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+fn write_checkpoint(path: &Path, checkpoint: &Checkpoint) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let file = std::fs::File::create(&temporary)?;
+    serde_json::to_writer(&file, checkpoint)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
+/// WAL payload: signal byte, id length (u16 LE), id bytes, OTLP protobuf.
+fn encode_payload(batch: &Batch) -> Vec<u8> {
+    let id = batch.id.as_deref().unwrap_or("").as_bytes();
+    let id = &id[..id.len().min(u16::MAX as usize)];
+    let signal = match batch.request {
+        OtlpRequest::Logs(_) => 0u8,
+        OtlpRequest::Traces(_) => 1,
+        OtlpRequest::Metrics(_) => 2,
+    };
+    let mut payload = Vec::with_capacity(3 + id.len() + batch.encoded.len());
+    payload.push(signal);
+    payload.extend_from_slice(&(id.len() as u16).to_le_bytes());
+    payload.extend_from_slice(id);
+    payload.extend_from_slice(&batch.encoded);
+    payload
+}
+
+fn decode_payload(payload: &[u8]) -> Option<(Option<String>, OtlpRequest)> {
+    let (&signal, rest) = payload.split_first()?;
+    let id_len = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+    let id = std::str::from_utf8(rest.get(2..2 + id_len)?).ok()?;
+    let body = rest.get(2 + id_len..)?;
+    let request = match signal {
+        0 => OtlpRequest::Logs(Message::decode(body).ok()?),
+        1 => OtlpRequest::Traces(Message::decode(body).ok()?),
+        2 => OtlpRequest::Metrics(Message::decode(body).ok()?),
+        _ => return None,
+    };
+    Some(((!id.is_empty()).then(|| id.to_owned()), request))
+}
+
+/// Shared counters of the write path.
+#[derive(Default)]
+pub struct WriteStats {
+    /// Bytes of WAL on disk.
+    pub wal_bytes: AtomicU64,
+    /// Records indexed.
+    pub indexed: AtomicU64,
+    /// Records dropped at indexing because they fell outside retention.
+    pub expired: AtomicU64,
+    /// Batches queued for the WAL.
+    pub queued: AtomicU64,
+}
+
+/// Runs the WAL thread until every sender is gone.
+pub fn run_wal(
+    mut wal: Wal,
+    requests: Receiver<Pending>,
+    to_indexer: SyncSender<(u64, OtlpRequest)>,
+    seen: Arc<SeenIds>,
+    checkpoint: Arc<AtomicU64>,
+    stats: Arc<WriteStats>,
+) {
+    while let Ok(first) = requests.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        stats
+            .queued
+            .fetch_sub(group.len() as u64, Ordering::Relaxed);
+        let now_s = chrono::Utc::now().timestamp();
+        let mut written = Vec::with_capacity(group.len());
+        let mut failure = None;
+        for pending in group {
+            let fresh = pending
+                .batch
+                .id
+                .as_deref()
+                .is_none_or(|id| seen.insert(id, now_s));
+            if !fresh {
+                written.push((None, pending));
+                continue;
+            }
+            match wal.append(&encode_payload(&pending.batch)) {
+                Ok(seq) => written.push((Some(seq), pending)),
+                Err(error) => {
+                    failure = Some(error.to_string());
+                    written.push((None, pending));
+                    break;
+                }
+            }
+        }
+        if failure.is_none()
+            && let Err(error) = wal.sync()
+        {
+            failure = Some(error.to_string());
+        }
+        if let Some(error) = failure {
+            tracing::error!(error = %error, "write-ahead log append failed; the batches are refused");
+            for (seq, pending) in written {
+                if seq.is_some()
+                    && let Some(id) = &pending.batch.id
+                {
+                    seen.remove(id);
+                }
+                let _ = pending.reply.send(Err(StoreError::Internal(format!(
+                    "write-ahead log: {error}"
+                ))));
+            }
+            continue;
+        }
+        for (seq, pending) in written {
+            let outcome = match seq {
+                Some(seq) => {
+                    // Blocks when the indexer lags: the queue in front of this thread then fills and ingest answers 429.
+                    if to_indexer.send((seq, pending.batch.request)).is_err() {
+                        let _ = pending.reply.send(Err(StoreError::ShuttingDown));
+                        continue;
+                    }
+                    WriteOutcome::Stored
+                }
+                None => WriteOutcome::Duplicate,
+            };
+            let _ = pending.reply.send(Ok(outcome));
+        }
+        let through = checkpoint.load(Ordering::Acquire);
+        if through > 0
+            && let Err(error) = wal.remove_through(through)
+        {
+            tracing::warn!(error = %error, "could not remove old write-ahead log segments");
+        }
+        stats.wal_bytes.store(wal.size_bytes(), Ordering::Relaxed);
+    }
+    tracing::debug!("write-ahead log thread stopped");
+}
+
+/// A partition's writer, and whether it got documents since the last commit.
+struct OpenWriter {
+    partition: Arc<Partition>,
+    writer: IndexWriter,
+    touched: bool,
+}
+
+/// The indexer: documents into partitions, commits, checkpoint, retention.
+pub struct Indexer {
+    catalog: Arc<Catalog>,
+    config: StoreConfig,
+    writers: HashMap<(Signal, i64), OpenWriter>,
+    last_seq: u64,
+    dirty: bool,
+    checkpoint_path: PathBuf,
+    checkpoint: Arc<AtomicU64>,
+    seen: Arc<SeenIds>,
+    stats: Arc<WriteStats>,
+}
+
+impl Indexer {
+    /// An indexer over a catalog, resuming after `checkpoint_seq`.
+    pub fn new(
+        catalog: Arc<Catalog>,
+        config: StoreConfig,
+        data_dir: &Path,
+        seen: Arc<SeenIds>,
+        checkpoint: Arc<AtomicU64>,
+        stats: Arc<WriteStats>,
+    ) -> Self {
+        Self {
+            catalog,
+            config,
+            writers: HashMap::new(),
+            last_seq: checkpoint.load(Ordering::Acquire),
+            dirty: false,
+            checkpoint_path: data_dir.join("checkpoint.json"),
+            checkpoint,
+            seen,
+            stats,
+        }
+    }
+
+    /// Loads the checkpoint file: its seq and the batch ids it remembers.
+    pub fn load_checkpoint(data_dir: &Path, seen: &SeenIds) -> u64 {
+        let checkpoint = read_checkpoint(&data_dir.join("checkpoint.json"));
+        let now_s = chrono::Utc::now().timestamp();
+        for (id, first) in checkpoint.batch_ids {
+            if now_s - first < DEDUP_WINDOW.as_secs() as i64 {
+                seen.0
+                    .lock()
+                    .expect("dedup lock poisoned")
+                    .insert(id, first);
+            }
+        }
+        checkpoint.seq
+    }
+
+    /// Re-indexes what the WAL holds after the checkpoint; returns the number of batches replayed.
+    pub fn replay(&mut self, wal: &mut Wal) -> Result<u64, StoreError> {
+        let from = self.last_seq + 1;
+        let mut replayed = 0;
+        let now_s = chrono::Utc::now().timestamp();
+        for record in wal
+            .read_from(from)
+            .map_err(|error| StoreError::Internal(error.to_string()))?
+        {
+            let (seq, payload) = record.map_err(|error| StoreError::Internal(error.to_string()))?;
+            let Some((id, request)) = decode_payload(&payload) else {
+                tracing::warn!(seq, "skipping an undecodable write-ahead log record");
+                continue;
+            };
+            if let Some(id) = id {
+                self.seen.insert(&id, now_s);
+            }
+            self.index(seq, &request)?;
+            replayed += 1;
+        }
+        self.commit()?;
+        Ok(replayed)
+    }
+
+    /// Runs until the WAL thread hangs up, committing every `commit_interval`.
+    pub fn run(mut self, batches: Receiver<(u64, OtlpRequest)>) {
+        let mut next_commit = Instant::now() + self.config.commit_interval;
+        let mut next_retention = Instant::now();
+        loop {
+            let wait = next_commit.saturating_duration_since(Instant::now());
+            match batches.recv_timeout(wait) {
+                Ok((seq, request)) => {
+                    if let Err(error) = self.index(seq, &request) {
+                        tracing::error!(error = %error, seq, "indexing failed; the batch stays in the write-ahead log");
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_commit {
+                if let Err(error) = self.commit() {
+                    tracing::error!(error = %error, "commit failed; retrying at the next interval");
+                }
+                next_commit = Instant::now() + self.config.commit_interval;
+            }
+            if Instant::now() >= next_retention {
+                self.enforce_retention();
+                next_retention = Instant::now() + Duration::from_secs(30);
+            }
+        }
+        if let Err(error) = self.commit() {
+            tracing::error!(error = %error, "final commit failed; the write-ahead log will be replayed at start");
+        }
+        for (_, open) in self.writers.drain() {
+            let _ = open.writer.wait_merging_threads();
+        }
+        tracing::debug!("indexer stopped");
+    }
+
+    fn index(&mut self, seq: u64, request: &OtlpRequest) -> Result<(), StoreError> {
+        let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let rows = convert(
+            request,
+            &Acceptance::new(now_ns, self.config.retention),
+            now_ns,
+        );
+        self.stats
+            .expired
+            .fetch_add(rows.rejected, Ordering::Relaxed);
+        let mut indexed = 0;
+        let [logs, spans, metrics] = Signal::ALL.map(|signal| self.catalog.fields(signal).clone());
+        for log in &rows.logs {
+            if let Some((_, writer)) = self.writer(Signal::Logs, log.timestamp_unix_nano, seq)? {
+                writer.add_document(log_document(&logs, log))?;
+                indexed += 1;
+            }
+        }
+        for span in &rows.spans {
+            if let Some((_, writer)) = self.writer(Signal::Spans, span.start_unix_nano, seq)? {
+                writer.add_document(span_document(&spans, span))?;
+                indexed += 1;
+            }
+        }
+        for point in &rows.points {
+            if let Some((_, writer)) = self.writer(Signal::Metrics, point.ts_ns, seq)? {
+                writer.add_document(point_document(&metrics, point))?;
+                indexed += 1;
+            }
+        }
+        self.stats.indexed.fetch_add(indexed, Ordering::Relaxed);
+        self.last_seq = self.last_seq.max(seq);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// The writer of the partition holding `ts`, or None when that partition already committed record `seq`.
+    fn writer(
+        &mut self,
+        signal: Signal,
+        ts_ns: i64,
+        seq: u64,
+    ) -> Result<Option<(Arc<Partition>, &mut IndexWriter)>, StoreError> {
+        let partition = self.catalog.partition_for(signal, ts_ns)?;
+        if partition.committed() >= seq {
+            return Ok(None);
+        }
+        let memory = match signal {
+            Signal::Logs => self.config.indexer_memory_bytes,
+            Signal::Spans | Signal::Metrics => (self.config.indexer_memory_bytes / 2).max(20 << 20),
+        };
+        let key = (signal, partition.start_ns);
+        if !self.writers.contains_key(&key) {
+            let writer = partition.index.writer_with_num_threads(1, memory)?;
+            self.writers.insert(
+                key,
+                OpenWriter {
+                    partition: partition.clone(),
+                    writer,
+                    touched: false,
+                },
+            );
+        }
+        let open = self.writers.get_mut(&key).expect("inserted above");
+        open.touched = true;
+        Ok(Some((partition, &mut open.writer)))
+    }
+
+    /// Commits every open writer with the last seq, reloads readers, writes the checkpoint.
+    fn commit(&mut self) -> Result<(), StoreError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let seq = self.last_seq;
+        let payload = seq.to_string();
+        let mut idle = Vec::new();
+        for (key, open) in &mut self.writers {
+            if !open.touched {
+                // Nothing new since the last commit: close the writer to free its memory.
+                idle.push(*key);
+                continue;
+            }
+            let mut prepared = open.writer.prepare_commit()?;
+            prepared.set_payload(&payload);
+            prepared.commit()?;
+            open.partition.reader.reload()?;
+            open.partition.committed_seq.store(seq, Ordering::Release);
+            open.touched = false;
+        }
+        for key in idle {
+            if let Some(open) = self.writers.remove(&key) {
+                let _ = open.writer.wait_merging_threads();
+            }
+        }
+        let now_s = chrono::Utc::now().timestamp();
+        let checkpoint = Checkpoint {
+            seq,
+            batch_ids: self.seen.snapshot(now_s),
+        };
+        write_checkpoint(&self.checkpoint_path, &checkpoint)?;
+        self.checkpoint.store(seq, Ordering::Release);
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Drops partitions older than retention, then the oldest ones while the disk budget is exceeded.
+    fn enforce_retention(&mut self) {
+        let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let oldest = now_ns - self.config.retention.as_nanos() as i64;
+        let partitions = self.catalog.all();
+        let mut total: u64 = if self.config.max_disk_bytes > 0 {
+            partitions.iter().map(|p| p.disk_bytes()).sum()
+        } else {
+            0
+        };
+        let newest_start = partitions
+            .iter()
+            .map(|p| p.start_ns)
+            .max()
+            .unwrap_or(i64::MIN);
+        for partition in partitions {
+            let expired = partition.end_ns <= oldest;
+            let over_budget = self.config.max_disk_bytes > 0
+                && total > self.config.max_disk_bytes
+                && partition.start_ns < newest_start;
+            if !expired && !over_budget {
+                continue;
+            }
+            let size = partition.disk_bytes();
+            self.writers.remove(&(partition.signal, partition.start_ns));
+            match self.catalog.drop_partition(&partition) {
+                Ok(()) => {
+                    total = total.saturating_sub(size);
+                    tracing::info!(
+                        signal = partition.signal.name(),
+                        start = %crate::store::model::rfc3339(partition.start_ns),
+                        bytes = size,
+                        reason = if expired { "retention" } else { "disk budget" },
+                        "dropped a partition"
+                    );
+                }
+                Err(error) => tracing::warn!(error = %error, "could not drop a partition"),
+            }
+        }
+    }
+}
+
+/// Starts nothing; exposes the payload codec to tests.
+#[cfg(test)]
+pub(crate) fn round_trip(batch: &Batch) -> Option<(Option<String>, OtlpRequest)> {
+    decode_payload(&encode_payload(batch))
+}
+
+/// The protobuf body a request is kept as in the WAL.
+pub fn encode_request(request: &OtlpRequest) -> Bytes {
+    Bytes::from(match request {
+        OtlpRequest::Logs(r) => r.encode_to_vec(),
+        OtlpRequest::Traces(r) => r.encode_to_vec(),
+        OtlpRequest::Metrics(r) => r.encode_to_vec(),
+    })
+}
