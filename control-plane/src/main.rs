@@ -28,6 +28,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Benchmarks: `gantry bench ingest` measures ingest, search and disk use against a plane it starts.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Run a plane on this machine to try Gantry, and print where to reach it with a fresh admin token.
     Demo {
         /// Where the demo keeps its state.
@@ -37,6 +42,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8700")]
         http_addr: String,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// OTLP/HTTP ingest to searchable, query latency, disk per raw byte, against the raw tantivy rate.
+    Ingest(gantry_plane::bench::IngestBench),
 }
 
 #[derive(Args)]
@@ -134,6 +145,9 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Token { command } => token(command),
+        Command::Bench {
+            command: BenchCommand::Ingest(options),
+        } => gantry_plane::bench::run_ingest(options),
         Command::Demo {
             data_dir,
             http_addr,

@@ -824,6 +824,10 @@ async fn full_write_queue_pushes_back() -> Result<()> {
         }
     }
     let pushed_back = results.iter().filter(|r| r.2 != 200).count();
+    eprintln!(
+        "write queue of 1: {} of {BATCHES} batches accepted, {pushed_back} pushed back",
+        BATCHES - pushed_back
+    );
     ensure!(
         pushed_back > 0,
         "none of {BATCHES} concurrent batches was pushed back with a queue of 1 batch: {summary:?}"

@@ -584,8 +584,29 @@ impl Plane {
     }
 
     /// Creates a token with `gantry token create` (name `<role>-<random>`).
+    ///
+    /// The contract lets a running plane pick CLI-created tokens up with a delay, so when the
+    /// plane runs this waits (with a deadline) until the token is known to it:
+    /// `GET /api/v1/tokens` answers something other than 401 (403 for non-admins).
     pub async fn token(&self, role: &str) -> Result<String> {
-        create_token(&self.dir, role, &unique(&format!("{role}-"))).await
+        let token = create_token(&self.dir, role, &unique(&format!("{role}-"))).await?;
+        if self.child.is_some() {
+            self.wait_token_known(&token).await?;
+        }
+        Ok(token)
+    }
+
+    /// Waits until the running plane accepts `token` as a valid credential.
+    pub async fn wait_token_known(&self, token: &str) -> Result<()> {
+        wait_until(
+            SEARCH_TIMEOUT,
+            "the plane to accept a new token",
+            || async {
+                let (status, _) = self.api_get("/api/v1/tokens", token).await?;
+                Ok((status != 401).then_some(()))
+            },
+        )
+        .await
     }
 
     pub fn url(&self, port: Port, path: &str) -> String {

@@ -6,7 +6,7 @@
 mod compile;
 mod metrics;
 mod partitions;
-mod schema;
+pub mod schema;
 mod search;
 mod writer;
 
@@ -24,6 +24,7 @@ use gantry_wal::{Wal, WalOptions};
 use tokio::sync::oneshot;
 
 use self::partitions::{Catalog, dir_size};
+pub use self::partitions::{dir_size as disk_bytes, index_settings};
 pub use self::schema::Signal;
 pub use self::writer::encode_request;
 use self::writer::{Indexer, Pending, SeenIds, WriteStats};

@@ -41,13 +41,7 @@ impl Partition {
         fields: &Fields,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&dir)?;
-        let settings = IndexSettings {
-            docstore_compression: Compressor::Zstd(ZstdCompressor {
-                compression_level: Some(6),
-            }),
-            docstore_blocksize: 64 * 1024,
-            ..IndexSettings::default()
-        };
+        let settings = index_settings();
         let directory = tantivy::directory::MmapDirectory::open(&dir)
             .map_err(|error| StoreError::Internal(format!("open {}: {error}", dir.display())))?;
         let index = Index::builder()
@@ -87,6 +81,17 @@ impl Partition {
     /// The WAL seq this partition has committed through.
     pub fn committed(&self) -> u64 {
         self.committed_seq.load(Ordering::Acquire)
+    }
+}
+
+/// Settings of every partition: zstd for the doc store, in blocks large enough for it to find repeats.
+pub fn index_settings() -> IndexSettings {
+    IndexSettings {
+        docstore_compression: Compressor::Zstd(ZstdCompressor {
+            compression_level: Some(6),
+        }),
+        docstore_blocksize: 64 * 1024,
+        ..IndexSettings::default()
     }
 }
 

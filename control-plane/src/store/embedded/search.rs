@@ -70,6 +70,67 @@ impl SegmentCollector for SegmentDocIds {
     }
 }
 
+/// Counts matching documents per time bucket straight from the `ts` column.
+struct TsHistogram {
+    from_ns: i64,
+    width: i64,
+    buckets: usize,
+}
+
+struct SegmentTsHistogram {
+    ts: tantivy::columnar::Column<i64>,
+    from_ns: i64,
+    width: i64,
+    counts: Vec<u64>,
+}
+
+impl Collector for TsHistogram {
+    type Fruit = Vec<u64>;
+    type Child = SegmentTsHistogram;
+
+    fn for_segment(
+        &self,
+        _: SegmentOrdinal,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<SegmentTsHistogram> {
+        Ok(SegmentTsHistogram {
+            ts: segment.fast_fields().i64("ts")?,
+            from_ns: self.from_ns,
+            width: self.width,
+            counts: vec![0; self.buckets],
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<u64>>) -> tantivy::Result<Vec<u64>> {
+        let mut total = vec![0; self.buckets];
+        for fruit in fruits {
+            for (sum, count) in total.iter_mut().zip(fruit) {
+                *sum += count;
+            }
+        }
+        Ok(total)
+    }
+}
+
+impl SegmentCollector for SegmentTsHistogram {
+    type Fruit = Vec<u64>;
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        if let Some(ts) = self.ts.first(doc) {
+            let last = self.counts.len() as i64 - 1;
+            self.counts[((ts - self.from_ns) / self.width).clamp(0, last) as usize] += 1;
+        }
+    }
+
+    fn harvest(self) -> Vec<u64> {
+        self.counts
+    }
+}
+
 /// The query of a partition: the user's query, within a time range.
 pub fn within(
     signal: Signal,
@@ -196,15 +257,16 @@ pub fn log_histogram(
             StdBound::Excluded(range.to_ns),
             vec![],
         )?;
-        for (segment, docs) in searcher.search(&compiled, &DocIds)? {
-            let ts = searcher.segment_reader(segment).fast_fields().i64("ts")?;
-            for doc in docs {
-                if let Some(ts) = ts.first(doc) {
-                    let index =
-                        ((ts - range.from_ns) / width).clamp(0, buckets as i64 - 1) as usize;
-                    counts[index] += 1;
-                }
-            }
+        let partial = searcher.search(
+            &compiled,
+            &TsHistogram {
+                from_ns: range.from_ns,
+                width,
+                buckets,
+            },
+        )?;
+        for (total, count) in counts.iter_mut().zip(partial) {
+            *total += count;
         }
     }
     Ok(counts
