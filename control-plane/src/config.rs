@@ -56,7 +56,7 @@ pub struct Overrides {
 pub struct PlaneConfig {
     /// Where all state lives: WAL, indexes, tokens.
     pub data_dir: PathBuf,
-    /// HTTP API, dashboard and OTLP/HTTP.
+    /// HTTP API and OTLP/HTTP.
     pub http_addr: SocketAddr,
     /// OTLP/gRPC.
     pub otlp_grpc_addr: SocketAddr,
@@ -140,9 +140,10 @@ impl RawConfig {
 
     /// Parses TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        // The full message quotes the offending line, so a wrong value is named with its key.
         toml::from_str(text).map_err(|error| ConfigError::Parse {
             origin: origin.to_owned(),
-            message: error.message().to_owned(),
+            message: error.to_string().trim_end().to_owned(),
         })
     }
 
@@ -163,6 +164,15 @@ impl RawConfig {
                 Ok(number) => toml::Value::Integer(number),
                 Err(_) => toml::Value::String(value),
             };
+            // Checked one by one so that an error names the variable.
+            let mut single = toml::Table::new();
+            single.insert(key.clone(), value.clone());
+            single
+                .try_into::<RawConfig>()
+                .map_err(|error: toml::de::Error| ConfigError::Parse {
+                    origin: format!("from {name}"),
+                    message: error.message().to_owned(),
+                })?;
             table.insert(key, value);
         }
         let env: RawConfig =
@@ -321,5 +331,12 @@ mod tests {
         check("retention_hours = 0", "retention_hours");
         check("max_queue_batches = 0", "max_queue_batches");
         check("retention_hours = \"x\"", "retention_hours");
+        let env = RawConfig::default()
+            .with_env([("GANTRY_MAX_QUEUE_BATCHES".to_owned(), "lots".to_owned())]);
+        assert!(
+            env.unwrap_err()
+                .to_string()
+                .contains("GANTRY_MAX_QUEUE_BATCHES")
+        );
     }
 }

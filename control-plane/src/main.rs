@@ -38,7 +38,7 @@ enum Command {
         /// Where the demo keeps its state.
         #[arg(long, default_value = "gantry-demo-data")]
         data_dir: PathBuf,
-        /// Address of the API and dashboard.
+        /// Address of the HTTP API.
         #[arg(long, default_value = "127.0.0.1:8700")]
         http_addr: String,
     },
@@ -185,7 +185,7 @@ fn demo(data_dir: PathBuf, http_addr: String) -> anyhow::Result<()> {
             "Gantry is running (embedded store in {}).",
             data_dir.display()
         );
-        println!("  API and dashboard:  http://{}", endpoints.http);
+        println!("  HTTP API:           http://{}", endpoints.http);
         println!(
             "  OTLP/HTTP:          http://{}   (also at http://{}/v1/...)",
             endpoints.otlp_http, endpoints.http

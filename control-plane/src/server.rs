@@ -122,6 +122,9 @@ pub async fn serve(
     let otlp_http = axum::serve(bound.otlp_http, otlp_app(state))
         .with_graceful_shutdown(until(stopped.clone()));
     let grpc = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            crate::ingest::grpc::standard_codes,
+        ))
         .add_routes(OtlpGrpc::new(ingest, tokens).router())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(bound.otlp_grpc),

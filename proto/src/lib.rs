@@ -248,7 +248,7 @@ pub struct TracesResponse {
 /// One series of `GET /api/v1/metrics`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MetricSeries {
-    /// The grouping labels of the series (all attributes when no `group_by` is given).
+    /// The grouping labels of the series: the `group_by` keys, or the point attributes and `service.name` without one.
     pub labels: BTreeMap<String, String>,
     /// `[unix_ms, value]` pairs, one per step that has data.
     pub points: Vec<(i64, f64)>,

@@ -515,3 +515,52 @@ async fn token_changes_apply_to_running_plane() -> Result<()> {
     );
     Ok(())
 }
+
+/// Unknown roles are refused by the CLI and by the API.
+#[tokio::test]
+async fn unknown_roles_are_refused() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("data");
+    std::fs::create_dir_all(&dir)?;
+    let dir_s = dir.to_str().context("utf-8 path")?;
+    let out = gantry_cli(&[
+        "token",
+        "create",
+        "--data-dir",
+        dir_s,
+        "--role",
+        "superuser",
+        "--name",
+        "nope",
+    ])
+    .await?;
+    ensure!(
+        !out.status.success(),
+        "`gantry token create --role superuser` should fail, printed {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    ensure!(
+        !String::from_utf8_lossy(&out.stdout).contains("gty_"),
+        "no token may be printed for an unknown role"
+    );
+    let admin = create_token(&dir, "admin", "the-admin").await?;
+    let plane = Plane::start(&dir).await?;
+    let (status, body) = plane
+        .api_send(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"name": "nope", "role": "superuser"})),
+            &admin,
+        )
+        .await?;
+    ensure!(
+        matches!(status, 400 | 422),
+        "POST /api/v1/tokens with role superuser -> {status}: {body}"
+    );
+    let listing = list_tokens(&dir).await?;
+    ensure!(
+        !listing.contains("nope"),
+        "a refused token was stored:\n{listing}"
+    );
+    Ok(())
+}

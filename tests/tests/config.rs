@@ -2,6 +2,9 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use anyhow::{Context, Result, ensure};
 use common::*;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -44,8 +47,7 @@ fn http_ip(plane: &Plane) -> String {
 }
 
 /// Sends one log 2 hours old; returns how many records were rejected.
-async fn rejected_two_hour_old_log(plane: &Plane) -> Result<i64> {
-    let ingest = plane.token("ingest").await?;
+async fn rejected_two_hour_old_log(plane: &Plane, ingest: &str) -> Result<i64> {
     let req = logs_request(
         "retsvc",
         vec![log_record(
@@ -54,7 +56,7 @@ async fn rejected_two_hour_old_log(plane: &Plane) -> Result<i64> {
             vec![],
         )],
     );
-    let resp = plane.send_logs(Port::OtlpHttp, &ingest, &req).await?;
+    let resp = plane.send_logs(Port::OtlpHttp, ingest, &req).await?;
     Ok(resp.partial_success.map_or(0, |p| p.rejected_log_records))
 }
 
@@ -79,6 +81,11 @@ async fn flag_beats_env_beats_file() -> Result<()> {
         tmp.path().join("env"),
         tmp.path().join("file"),
     );
+    let mut ingest = Vec::new();
+    for dir in [&env_dir, &file_dir] {
+        std::fs::create_dir_all(dir)?;
+        ingest.push(create_token(dir, "ingest", "retention-ingest").await?);
+    }
     let flag_args = ["--config", config, "--http-addr", "127.0.0.1:0"];
     let file_args = ["--config", config];
     let (flag_plane, env_plane, file_plane) = tokio::try_join!(
@@ -104,12 +111,12 @@ async fn flag_beats_env_beats_file() -> Result<()> {
     );
 
     // retention_hours: env (48 h) beats the file (1 h).
-    let rejected = rejected_two_hour_old_log(&env_plane).await?;
+    let rejected = rejected_two_hour_old_log(&env_plane, &ingest[0]).await?;
     ensure!(
         rejected == 0,
         "GANTRY_RETENTION_HOURS=48 should override retention_hours=1: a 2 h old log was rejected"
     );
-    let rejected = rejected_two_hour_old_log(&file_plane).await?;
+    let rejected = rejected_two_hour_old_log(&file_plane, &ingest[1]).await?;
     ensure!(
         rejected == 1,
         "retention_hours=1 from the file should reject a 2 h old log (rejected {rejected})"
@@ -121,9 +128,8 @@ async fn flag_beats_env_beats_file() -> Result<()> {
 #[tokio::test]
 async fn sigterm_exits_zero_and_keeps_acknowledged_data() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let mut plane = Plane::start(&tmp.path().join("data")).await?;
-    let ingest = plane.token("ingest").await?;
-    let viewer = plane.token("viewer").await?;
+    let (mut plane, [ingest, viewer]) =
+        start_with_tokens(&tmp.path().join("data"), &[], &[], ["ingest", "viewer"]).await?;
     let tag = unique("term");
     let (batches, per_batch) = (5, 40);
     for b in 0..batches {
@@ -189,5 +195,101 @@ async fn sigterm_exits_zero_and_keeps_acknowledged_data() -> Result<()> {
     // A second clean stop also exits 0.
     let status = plane.terminate().await?;
     ensure!(status.success(), "second SIGTERM: exit {status}");
+    Ok(())
+}
+
+/// SIGTERM while clients are sending: in-flight requests finish or are refused cleanly (never a
+/// 500), the plane exits 0, and every batch that got a 200 is complete after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_ingesting_drains() -> Result<()> {
+    const PER_BATCH: usize = 50;
+    const MAX_BATCHES: usize = 400;
+    let tmp = tempfile::tempdir()?;
+    let (mut plane, [ingest, viewer]) =
+        start_with_tokens(&tmp.path().join("data"), &[], &[], ["ingest", "viewer"]).await?;
+    let run = unique("drain");
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let bad: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut senders = tokio::task::JoinSet::new();
+    for s in 0..2 {
+        let (acked, bad) = (acked.clone(), bad.clone());
+        let client = http_client();
+        let url = plane.url(Port::OtlpHttp, "/v1/logs");
+        let (run, token) = (run.clone(), ingest.clone());
+        senders.spawn(async move {
+            for b in 0..MAX_BATCHES {
+                let tag = format!("{run}s{s}b{b}");
+                let now = now_nanos();
+                let records = (0..PER_BATCH)
+                    .map(|i| {
+                        log_record(
+                            &format!("drain {i}"),
+                            now + i as u64,
+                            vec![kv("batch", &tag), kv("run", &run)],
+                        )
+                    })
+                    .collect();
+                let body = prost::Message::encode_to_vec(&logs_request("drainsvc", records));
+                let res = client
+                    .post(&url)
+                    .header("Content-Type", CT_PROTOBUF)
+                    .bearer_auth(&token)
+                    .timeout(Duration::from_secs(30))
+                    .body(body)
+                    .send()
+                    .await;
+                match res {
+                    Ok(r) if r.status().as_u16() == 200 => acked.lock().expect("lock").push(tag),
+                    Ok(r) if matches!(r.status().as_u16(), 429 | 503) => {}
+                    Ok(r) => {
+                        let status = r.status();
+                        let text = r.text().await.unwrap_or_default();
+                        bad.lock()
+                            .expect("lock")
+                            .push(format!("{tag}: {status} {text}"));
+                    }
+                    Err(_) => return, // the plane is gone
+                }
+            }
+        });
+    }
+    wait_until(
+        SEARCH_TIMEOUT,
+        "some batches to be acknowledged",
+        || async { Ok((acked.lock().expect("lock").len() >= 10).then_some(())) },
+    )
+    .await?;
+    let status = plane.terminate().await?;
+    while let Some(r) = senders.join_next().await {
+        r?;
+    }
+    ensure!(
+        status.success(),
+        "SIGTERM under load should still exit 0, got {status}\n{}",
+        plane.stderr_tail(40)
+    );
+    let bad = bad.lock().expect("lock").clone();
+    ensure!(
+        bad.is_empty(),
+        "unexpected responses while draining: {bad:?}"
+    );
+    let acked = acked.lock().expect("lock").clone();
+    plane.restart().await?;
+    let all = plane
+        .wait_for_all_logs(&viewer, &format!("run:{run}"), acked.len() * PER_BATCH)
+        .await
+        .with_context(|| format!("{} acknowledged batches of {PER_BATCH}", acked.len()))?;
+    let mut per_batch = std::collections::BTreeMap::<String, usize>::new();
+    for h in &all {
+        let tag = h["attributes"]["batch"].as_str().unwrap_or("?").to_string();
+        *per_batch.entry(tag).or_default() += 1;
+    }
+    for tag in &acked {
+        ensure!(
+            per_batch.get(tag) == Some(&PER_BATCH),
+            "acknowledged batch {tag} has {:?} of {PER_BATCH} records after restart",
+            per_batch.get(tag)
+        );
+    }
     Ok(())
 }

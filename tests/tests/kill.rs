@@ -16,11 +16,11 @@ const SENDERS: usize = 2;
 /// Records per batch.
 const BATCH: usize = 20;
 /// Batches per sender.
-const BATCHES_PER_SENDER: usize = 75;
-/// Total records: SENDERS * BATCHES_PER_SENDER * BATCH = 3,000.
+const BATCHES_PER_SENDER: usize = 100;
+/// Total records: SENDERS * BATCHES_PER_SENDER * BATCH = 4,000.
 const TOTAL: usize = SENDERS * BATCHES_PER_SENDER * BATCH;
 /// Kills while the senders run (one more happens after they finish).
-const KILLS_DURING: usize = 3;
+const KILLS_DURING: usize = 4;
 /// Give up on one batch after this many failed attempts (the plane is never down that long).
 const MAX_ATTEMPTS: usize = 2_000;
 
@@ -90,10 +90,9 @@ async fn sender(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_sigkill_exactly_once() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let mut plane = Plane::start(&tmp.path().join("data")).await?;
     // Tokens live in the data dir, so they survive restarts.
-    let ingest = plane.token("ingest").await?;
-    let viewer = plane.token("viewer").await?;
+    let (mut plane, [ingest, viewer]) =
+        start_with_tokens(&tmp.path().join("data"), &[], &[], ["ingest", "viewer"]).await?;
     let run = unique("k");
 
     let (url_tx, url_rx) = watch::channel(plane.endpoints.otlp_http_url());
@@ -207,6 +206,62 @@ async fn acknowledged_records_survive_sigkill_exactly_once() -> Result<()> {
     ensure!(
         counts.len() == TOTAL && counts.keys().all(|s| *s < TOTAL),
         "unexpected sequence numbers"
+    );
+    Ok(())
+}
+
+async fn send_with_id(plane: &Plane, token: &str, body: &[u8], batch_id: &str) -> Result<()> {
+    let resp = plane
+        .post_otlp(
+            Port::OtlpHttp,
+            "/v1/logs",
+            CT_PROTOBUF,
+            body.to_vec(),
+            token,
+            &[("Gantry-Batch-Id", batch_id)],
+        )
+        .await?;
+    expect_200(resp).await?;
+    Ok(())
+}
+
+/// A batch acknowledged before a SIGKILL and re-sent with the same `Gantry-Batch-Id` after the
+/// restart is still stored once (the idempotency keys survive a crash).
+#[tokio::test]
+async fn batch_id_dedup_survives_sigkill() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (mut plane, [ingest, viewer]) =
+        start_with_tokens(&tmp.path().join("data"), &[], &[], ["ingest", "viewer"]).await?;
+    let word = unique("crashdedup");
+    let body = prost::Message::encode_to_vec(&logs_request(
+        "killsvc",
+        (0..3)
+            .map(|i| log_record(&format!("{word} {i}"), now_nanos(), vec![]))
+            .collect(),
+    ));
+    let batch_id = unique("crash-batch-");
+    send_with_id(&plane, &ingest, &body, &batch_id).await?;
+    plane.kill9()?;
+    plane.restart().await?;
+    send_with_id(&plane, &ingest, &body, &batch_id)
+        .await
+        .context("re-sending an acknowledged batch after a crash")?;
+    // A marker sent afterwards: once it is visible, the re-send is indexed too.
+    let marker = unique("crashmarker");
+    plane
+        .send_logs(
+            Port::OtlpHttp,
+            &ingest,
+            &logs_request("killsvc", vec![log_record(&marker, now_nanos(), vec![])]),
+        )
+        .await?;
+    plane.wait_for_logs(&viewer, &marker, 1).await?;
+    let all = plane.all_logs(&viewer, &word, "-1h").await?;
+    ensure!(
+        all.len() == 3,
+        "the 3 records of a batch sent before and after a SIGKILL with one Gantry-Batch-Id \
+         should be stored once, found {} hits",
+        all.len()
     );
     Ok(())
 }

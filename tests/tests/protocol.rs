@@ -37,19 +37,19 @@ fn content_type(resp: &reqwest::Response) -> String {
         .to_string()
 }
 
-async fn plane() -> Result<(tempfile::TempDir, Plane)> {
+/// A plane in a fresh temp dir with an ingest and a viewer token: (dir, plane, ingest, viewer).
+async fn plane() -> Result<(tempfile::TempDir, Plane, String, String)> {
     let tmp = tempfile::tempdir()?;
-    let plane = Plane::start(&tmp.path().join("data")).await?;
-    Ok((tmp, plane))
+    let (plane, [ingest, viewer]) =
+        start_with_tokens(&tmp.path().join("data"), &[], &[], ["ingest", "viewer"]).await?;
+    Ok((tmp, plane, ingest, viewer))
 }
 
 /// Hand-written OTLP JSON (hex ids, int64 as strings, enums as ints) for traces and logs; the
 /// trace is then fetched by its hex id and the log by `trace_id:`.
 #[tokio::test]
 async fn otlp_json_with_hex_ids_round_trips() -> Result<()> {
-    let (_tmp, plane) = plane().await?;
-    let ingest = plane.token("ingest").await?;
-    let viewer = plane.token("viewer").await?;
+    let (_tmp, plane, ingest, viewer) = plane().await?;
 
     let svc = unique("jsonsvc");
     let word = unique("jsonword");
@@ -230,9 +230,7 @@ async fn otlp_json_with_hex_ids_round_trips() -> Result<()> {
 /// request's; the data is searchable afterwards.
 #[tokio::test]
 async fn gzip_bodies_and_response_content_type() -> Result<()> {
-    let (_tmp, plane) = plane().await?;
-    let ingest = plane.token("ingest").await?;
-    let viewer = plane.token("viewer").await?;
+    let (_tmp, plane, ingest, viewer) = plane().await?;
     let svc = unique("gzsvc");
     let pb_word = unique("gzpbword");
     let json_word = unique("gzjsonword");
@@ -353,9 +351,7 @@ async fn gzip_bodies_and_response_content_type() -> Result<()> {
 /// Metrics over protobuf: a gauge with a label is queryable by name, `agg=max` and `group_by`.
 #[tokio::test]
 async fn metrics_protobuf_query_group_by() -> Result<()> {
-    let (_tmp, plane) = plane().await?;
-    let ingest = plane.token("ingest").await?;
-    let viewer = plane.token("viewer").await?;
+    let (_tmp, plane, ingest, viewer) = plane().await?;
     let svc = unique("metsvc");
     let gauge = unique("queue_depth_");
     let counter = unique("requests_total_");
@@ -443,8 +439,7 @@ async fn metrics_protobuf_query_group_by() -> Result<()> {
 /// A query that does not parse → 400 `{"error": "... at position N ...", "position": N}`.
 #[tokio::test]
 async fn bad_query_is_400_with_position() -> Result<()> {
-    let (_tmp, plane) = plane().await?;
-    let viewer = plane.token("viewer").await?;
+    let (_tmp, plane, _ingest, viewer) = plane().await?;
     for q in [
         "(service:api AND body:x",
         "body:\"unterminated",
@@ -491,8 +486,7 @@ async fn bad_query_is_400_with_position() -> Result<()> {
 /// Malformed OTLP bodies → 400 with a `google.rpc.Status` in the request's content type.
 #[tokio::test]
 async fn malformed_otlp_is_400_with_rpc_status() -> Result<()> {
-    let (_tmp, plane) = plane().await?;
-    let ingest = plane.token("ingest").await?;
+    let (_tmp, plane, ingest, _viewer) = plane().await?;
     for port in BOTH_PORTS {
         for path in ["/v1/logs", "/v1/traces", "/v1/metrics"] {
             let what = format!("{port:?} {path}");
@@ -566,8 +560,7 @@ async fn malformed_otlp_is_400_with_rpc_status() -> Result<()> {
 /// 200 MiB of zeros gzip-compressed to ~200 KiB → 413, without the plane buffering it all.
 #[tokio::test]
 async fn gzip_bomb_is_413() -> Result<()> {
-    let (_tmp, plane) = plane().await?;
-    let ingest = plane.token("ingest").await?;
+    let (_tmp, plane, ingest, viewer) = plane().await?;
     let bomb = tokio::task::spawn_blocking(|| -> std::io::Result<Vec<u8>> {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         let chunk = vec![0u8; 1 << 20];
@@ -616,7 +609,6 @@ async fn gzip_bomb_is_413() -> Result<()> {
             &logs_request("bombsvc", vec![log_record(&word, now_nanos(), vec![])]),
         )
         .await?;
-    let viewer = plane.token("viewer").await?;
     plane.wait_for_logs(&viewer, &word, 1).await?;
     Ok(())
 }
@@ -624,9 +616,7 @@ async fn gzip_bomb_is_413() -> Result<()> {
 /// Records older than the retention (default 7 days) are rejected one by one; the rest are stored.
 #[tokio::test]
 async fn partial_success_on_old_records() -> Result<()> {
-    let (_tmp, plane) = plane().await?;
-    let ingest = plane.token("ingest").await?;
-    let viewer = plane.token("viewer").await?;
+    let (_tmp, plane, ingest, viewer) = plane().await?;
     let now = now_nanos();
     let old = now - 30 * DAY_NANOS;
     let svc = unique("oldsvc");
@@ -756,14 +746,13 @@ async fn partial_success_on_old_records() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_write_queue_pushes_back() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let plane = Plane::start_with(
+    let (plane, [ingest, viewer]) = start_with_tokens(
         &tmp.path().join("data"),
         &[],
         &[("GANTRY_MAX_QUEUE_BATCHES", "1")],
+        ["ingest", "viewer"],
     )
     .await?;
-    let ingest = plane.token("ingest").await?;
-    let viewer = plane.token("viewer").await?;
     let run = unique("q");
     const BATCHES: usize = 48;
     const PER_BATCH: usize = 200;
@@ -853,9 +842,7 @@ async fn full_write_queue_pushes_back() -> Result<()> {
 /// The same batch sent twice with the same `Gantry-Batch-Id` is stored once.
 #[tokio::test]
 async fn batch_id_makes_retries_idempotent() -> Result<()> {
-    let (_tmp, plane) = plane().await?;
-    let ingest = plane.token("ingest").await?;
-    let viewer = plane.token("viewer").await?;
+    let (_tmp, plane, ingest, viewer) = plane().await?;
     let word = unique("idemword");
     let req = logs_request(
         "idemsvc",
@@ -921,9 +908,7 @@ async fn batch_id_makes_retries_idempotent() -> Result<()> {
 /// OTLP/gRPC with gzip for all three signals; the data shows up in the API.
 #[tokio::test]
 async fn grpc_gzip_all_signals() -> Result<()> {
-    let (_tmp, plane) = plane().await?;
-    let ingest = plane.token("ingest").await?;
-    let viewer = plane.token("viewer").await?;
+    let (_tmp, plane, ingest, viewer) = plane().await?;
     let channel = plane.grpc_channel().await?;
     let svc = unique("grpcsvc");
     let word = unique("grpcword");
@@ -1044,9 +1029,7 @@ async fn grpc_gzip_all_signals() -> Result<()> {
 /// gRPC status codes: UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT.
 #[tokio::test]
 async fn grpc_error_codes() -> Result<()> {
-    let (_tmp, plane) = plane().await?;
-    let viewer = plane.token("viewer").await?;
-    let ingest = plane.token("ingest").await?;
+    let (_tmp, plane, ingest, viewer) = plane().await?;
     let channel = plane.grpc_channel().await?;
     let req = || logs_request("grpcerr", vec![log_record("x", now_nanos(), vec![])]);
     let mut client = LogsServiceClient::new(channel.clone());
@@ -1100,8 +1083,7 @@ async fn grpc_error_codes() -> Result<()> {
 /// A gRPC message over 20 MiB (plain, and gzip-compressed) → RESOURCE_EXHAUSTED.
 #[tokio::test]
 async fn grpc_oversized_is_resource_exhausted() -> Result<()> {
-    let (_tmp, plane) = plane().await?;
-    let ingest = plane.token("ingest").await?;
+    let (_tmp, plane, ingest, _viewer) = plane().await?;
     let channel = plane.grpc_channel().await?;
     let huge = "a".repeat(25 << 20);
     let req = logs_request("bigsvc", vec![log_record(&huge, now_nanos(), vec![])]);

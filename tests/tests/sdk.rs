@@ -21,9 +21,8 @@ async fn sdk_round_trip(protocol: Protocol) -> Result<()> {
         return Ok(());
     };
     let tmp = tempfile::tempdir()?;
-    let plane = Plane::start(&tmp.path().join("data")).await?;
-    let ingest = plane.token("ingest").await?;
-    let viewer = plane.token("viewer").await?;
+    let (plane, [ingest, viewer]) =
+        start_with_tokens(&tmp.path().join("data"), &[], &[], ["ingest", "viewer"]).await?;
     let run = unique("r");
 
     let (endpoint, proto) = match protocol {

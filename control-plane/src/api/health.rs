@@ -55,7 +55,7 @@ pub async fn metrics(_: Caller<ReadAccess>, State(state): State<AppState>) -> im
         ),
         (
             "gantry_expired_records",
-            "records dropped at indexing for being outside retention",
+            "records outside the accepted time window when indexed (rejected at ingest, or expired while queued)",
             stats.expired_records as f64,
         ),
         (

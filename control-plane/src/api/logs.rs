@@ -3,14 +3,14 @@
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gantry_proto::{HistogramResponse, LogsResponse};
 use serde::Deserialize;
 
 use super::time::parse_range;
-use super::{ApiError, AppState, Caller, ReadAccess, parse_query};
+use super::{ApiError, AppState, Caller, Params, ReadAccess, parse_query};
 use crate::store::{Cursor, LogSearch};
 
 const DEFAULT_LIMIT: usize = 100;
@@ -49,7 +49,7 @@ fn decode_cursor(text: &str) -> Result<Cursor, ApiError> {
 pub async fn search(
     _: Caller<ReadAccess>,
     State(state): State<AppState>,
-    Query(params): Query<SearchParams>,
+    Params(params): Params<SearchParams>,
 ) -> Result<Json<LogsResponse>, ApiError> {
     let started = Instant::now();
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
@@ -96,7 +96,7 @@ pub struct HistogramParams {
 pub async fn histogram(
     _: Caller<ReadAccess>,
     State(state): State<AppState>,
-    Query(params): Query<HistogramParams>,
+    Params(params): Params<HistogramParams>,
 ) -> Result<Json<HistogramResponse>, ApiError> {
     let started = Instant::now();
     let buckets = params.buckets.unwrap_or(60);

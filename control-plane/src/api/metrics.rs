@@ -3,12 +3,12 @@
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use gantry_proto::MetricsResponse;
 use serde::Deserialize;
 
 use super::time::parse_range;
-use super::{ApiError, AppState, Caller, ReadAccess, parse_query};
+use super::{ApiError, AppState, Caller, Params, ReadAccess, parse_query};
 use crate::store::{Aggregation, MetricQuery};
 
 /// Most points per series.
@@ -16,7 +16,7 @@ const MAX_STEPS: i64 = 11_000;
 
 /// Query string of the metric query.
 #[derive(Debug, Deserialize)]
-pub struct Params {
+pub struct MetricParams {
     name: Option<String>,
     filter: Option<String>,
     agg: Option<String>,
@@ -63,17 +63,18 @@ fn step(text: &str) -> Result<Duration, ApiError> {
         "d" => 86_400,
         _ => return Err(bad()),
     };
-    if amount == 0 {
-        return Err(bad());
+    // At most a year: a larger step is a typo, and it keeps the arithmetic on steps far from overflow.
+    match amount.checked_mul(unit) {
+        Some(seconds) if seconds > 0 && seconds <= 366 * 86_400 => Ok(Duration::from_secs(seconds)),
+        _ => Err(bad()),
     }
-    Ok(Duration::from_secs(amount * unit))
 }
 
 /// `GET /api/v1/metrics`.
 pub async fn query(
     _: Caller<ReadAccess>,
     State(state): State<AppState>,
-    Query(params): Query<Params>,
+    Params(params): Params<MetricParams>,
 ) -> Result<Json<MetricsResponse>, ApiError> {
     let started = Instant::now();
     let name = params.name.filter(|name| !name.is_empty()).ok_or_else(|| {
@@ -134,6 +135,7 @@ mod tests {
         assert_eq!(step("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(step("60").unwrap(), Duration::from_secs(60));
         assert!(step("0s").is_err() && step("5y").is_err());
+        assert!(step("99999999999999999d").is_err() && step("400d").is_err());
         assert_eq!(aggregation("p95").unwrap(), Aggregation::Quantile(0.95));
         assert!(aggregation("median").is_err());
     }

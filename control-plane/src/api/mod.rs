@@ -258,6 +258,28 @@ impl<R: Requirement> FromRequestParts<AppState> for Caller<R> {
     }
 }
 
+/// Query-string parameters; a malformed query string is a JSON 400 like every other API error.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Params<T>(pub T);
+
+/// A JSON body; a malformed one is a JSON 400 like every other API error.
+#[derive(axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct JsonBody<T>(pub T);
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
 /// Parses the `q` parameter (empty means everything).
 pub fn parse_query(q: Option<&str>) -> Result<gantry_query::Query, ApiError> {
     Ok(gantry_query::parse(q.unwrap_or(""))?)

@@ -41,7 +41,7 @@ pub fn parse_time(name: &str, text: &str, now_ns: i64) -> Result<i64, ApiError> 
         };
         return amount
             .checked_mul(unit * 1_000_000_000)
-            .map(|delta| now_ns + sign * delta)
+            .and_then(|delta| now_ns.checked_add(sign * delta))
             .ok_or_else(bad);
     }
     if let Ok(ms) = text.parse::<i64>() {
@@ -92,6 +92,7 @@ mod tests {
         check("-15x", None);
         check("yesterday", None);
         check("-99999999999999d", None);
+        check("now+100000d", None);
     }
 
     #[test]

@@ -5,13 +5,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use gantry_proto::{CreateTokenRequest, CreatedToken, TokenInfo};
 
-use super::{AdminAccess, ApiError, AppState, Caller};
+use super::{AdminAccess, ApiError, AppState, Caller, JsonBody};
 
 /// `POST /api/v1/tokens`.
 pub async fn create(
     caller: Caller<AdminAccess>,
     State(state): State<AppState>,
-    Json(request): Json<CreateTokenRequest>,
+    JsonBody(request): JsonBody<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let created = state.tokens.create(&request.name, request.role)?;
     tracing::info!(by = %caller.token.name, name = %created.info.name, role = %created.info.role, "token created");

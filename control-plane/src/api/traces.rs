@@ -3,12 +3,12 @@
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use gantry_proto::{ServicesResponse, TraceResponse, TracesResponse};
 use serde::Deserialize;
 
 use super::time::parse_range;
-use super::{ApiError, AppState, Caller, ReadAccess, parse_query};
+use super::{ApiError, AppState, Caller, Params, ReadAccess, parse_query};
 use crate::store::TraceSearch;
 
 /// `GET /api/v1/traces/{trace_id}`.
@@ -53,7 +53,7 @@ pub struct SearchParams {
 pub async fn search(
     _: Caller<ReadAccess>,
     State(state): State<AppState>,
-    Query(params): Query<SearchParams>,
+    Params(params): Params<SearchParams>,
 ) -> Result<Json<TracesResponse>, ApiError> {
     let started = Instant::now();
     let limit = params.limit.unwrap_or(20);
@@ -104,7 +104,7 @@ pub struct RangeParams {
 pub async fn services(
     _: Caller<ReadAccess>,
     State(state): State<AppState>,
-    Query(params): Query<RangeParams>,
+    Params(params): Params<RangeParams>,
 ) -> Result<Json<ServicesResponse>, ApiError> {
     let started = Instant::now();
     let range = parse_range(params.from.as_deref(), params.to.as_deref())?;

@@ -170,7 +170,13 @@ async fn receive(
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         };
-        return failure(encoding, status, error.to_string(), None);
+        let mut response = failure(encoding, status, error.to_string(), None);
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        return response;
     }
     let gzip = match headers
         .get(header::CONTENT_ENCODING)

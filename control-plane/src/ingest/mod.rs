@@ -12,7 +12,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::store::embedded::{Signal, encode_request};
-use crate::store::model::{Acceptance, count_rejected};
+use crate::store::model::{Acceptance, count_rejected, stamp_missing_times};
 use crate::store::{Batch, OtlpRequest, Store, StoreError, WriteOutcome};
 use crate::telemetry::SelfMetrics;
 
@@ -101,12 +101,15 @@ impl Ingest {
     pub async fn accept(
         &self,
         signal: Signal,
-        request: OtlpRequest,
-        encoded: Option<Bytes>,
+        mut request: OtlpRequest,
+        mut encoded: Option<Bytes>,
         id: Option<String>,
         protocol: &'static str,
     ) -> Result<Accepted, StoreError> {
         let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        if stamp_missing_times(&mut request, now_ns) {
+            encoded = None;
+        }
         let window = Acceptance::new(now_ns, self.retention);
         let rejected = count_rejected(&request, &window, now_ns);
         let encoded = encoded.unwrap_or_else(|| encode_request(&request));

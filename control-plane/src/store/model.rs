@@ -159,6 +159,27 @@ fn point_times(data: Option<&Data>) -> Box<dyn Iterator<Item = u64> + '_> {
     }
 }
 
+/// Gives log records that carry neither a time nor an observed time the time of their arrival, in the request
+/// itself, so that the WAL keeps it and a replay indexes them at the same time. Returns whether anything changed.
+pub fn stamp_missing_times(request: &mut OtlpRequest, now_ns: i64) -> bool {
+    let OtlpRequest::Logs(request) = request else {
+        return false;
+    };
+    let mut changed = false;
+    for log in request
+        .resource_logs
+        .iter_mut()
+        .flat_map(|r| &mut r.scope_logs)
+        .flat_map(|s| &mut s.log_records)
+    {
+        if log.time_unix_nano == 0 && log.observed_time_unix_nano == 0 {
+            log.observed_time_unix_nano = now_ns as u64;
+            changed = true;
+        }
+    }
+    changed
+}
+
 fn log_time(time: u64, observed: u64, now_ns: i64) -> i64 {
     match (time, observed) {
         (0, 0) => now_ns,

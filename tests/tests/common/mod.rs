@@ -313,6 +313,26 @@ pub enum Port {
 
 pub const BOTH_PORTS: [Port; 2] = [Port::Http, Port::OtlpHttp];
 
+/// Creates one token per role in `dir` (before the start, so the plane loads them at boot and
+/// no reload has to be waited for), then starts the plane with `extra_args` and `envs`.
+pub async fn start_with_tokens<const N: usize>(
+    dir: &Path,
+    extra_args: &[&str],
+    envs: &[(&str, &str)],
+    roles: [&str; N],
+) -> Result<(Plane, [String; N])> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tokens = Vec::with_capacity(N);
+    for role in roles {
+        tokens.push(create_token(dir, role, &unique(&format!("{role}-"))).await?);
+    }
+    let plane = Plane::start_with(dir, extra_args, envs).await?;
+    let tokens: [String; N] = tokens
+        .try_into()
+        .map_err(|_| anyhow!("one token per role"))?;
+    Ok((plane, tokens))
+}
+
 /// `plane --data-dir DIR` + default `127.0.0.1:0` listener flags (unless set in `extra` or
 /// listed in `omit_default`) + `extra`.
 pub fn plane_args(dir: &Path, extra: &[String], omit_default: &[String]) -> Vec<String> {
@@ -966,6 +986,54 @@ pub fn logs_request(service: &str, records: Vec<LogRecord>) -> ExportLogsService
             ..Default::default()
         }],
     }
+}
+
+/// A log record with a given severity number and text.
+pub fn log_with_severity(
+    body: &str,
+    time_unix_nano: u64,
+    severity_number: i32,
+    severity_text: &str,
+    attributes: Vec<KeyValue>,
+) -> LogRecord {
+    LogRecord {
+        severity_number,
+        severity_text: severity_text.into(),
+        ..log_record(body, time_unix_nano, attributes)
+    }
+}
+
+/// A logs request with one resource per `(resource attributes, records)` group.
+pub fn logs_request_multi(
+    groups: Vec<(Vec<KeyValue>, Vec<LogRecord>)>,
+) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: groups
+            .into_iter()
+            .map(|(attributes, records)| ResourceLogs {
+                resource: Some(Resource {
+                    attributes,
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(scope()),
+                    log_records: records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// RFC3339 with nanoseconds, UTC, for a unix-nanosecond timestamp.
+pub fn rfc3339(unix_nano: u64) -> String {
+    chrono::DateTime::from_timestamp(
+        (unix_nano / 1_000_000_000) as i64,
+        (unix_nano % 1_000_000_000) as u32,
+    )
+    .expect("timestamp in range")
+    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
 /// A span; `status_code` 0 unset, 1 ok, 2 error; `kind` as the OTLP enum (2 = server).

@@ -384,7 +384,7 @@ fn regex(field: Field, pattern: &str) -> Result<Compiled, StoreError> {
 fn regex_escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
-        if "\\.+*?()|[]{}^$#&-~\"<>@".contains(c) {
+        if "\\.+*?()|[]{}^$".contains(c) {
             escaped.push('\\');
         }
         escaped.push(c);

@@ -260,23 +260,30 @@ fn contribute(series: &Series, query: &MetricQuery, step: i64, accumulators: &mu
                 let Some((count, counts)) = histogram else {
                     continue;
                 };
-                let (delta_count, delta_counts, delta_sum) = match (cumulative, previous) {
-                    (true, Some((_, before_sum, Some((before_count, before_counts)))))
-                        if count >= before_count && counts.len() == before_counts.len() =>
-                    {
-                        let deltas: Vec<u64> = counts
-                            .iter()
-                            .zip(before_counts)
-                            .map(|(a, b)| a.saturating_sub(*b))
-                            .collect();
-                        (count - before_count, deltas, value - before_sum)
-                    }
-                    // First point of a cumulative series, a reset, or delta temporality: the point itself.
-                    _ => (*count, counts.clone(), *value),
-                };
+                let (delta_count, delta_counts, delta_sum, known_increase) =
+                    match (cumulative, previous) {
+                        (true, Some((_, before_sum, Some((before_count, before_counts)))))
+                            if count >= before_count && counts.len() == before_counts.len() =>
+                        {
+                            let deltas: Vec<u64> = counts
+                                .iter()
+                                .zip(before_counts)
+                                .map(|(a, b)| a.saturating_sub(*b))
+                                .collect();
+                            (count - before_count, deltas, value - before_sum, true)
+                        }
+                        // A reset (the count went down): the point holds everything since the restart.
+                        (true, Some(_)) => (*count, counts.clone(), *value, true),
+                        // The first point of a cumulative series: its distribution since the sender started is the best
+                        // estimate of the quantiles, but how much of it falls in this step is unknown, so no rate.
+                        (true, None) => (*count, counts.clone(), *value, false),
+                        (false, _) => (*count, counts.clone(), *value, true),
+                    };
                 acc.add_counts(&bounds, &delta_counts);
-                acc.add_increase(delta_count as f64);
-                acc.add_sum(delta_sum);
+                if known_increase {
+                    acc.add_increase(delta_count as f64);
+                    acc.add_sum(delta_sum);
+                }
                 if delta_count > 0 {
                     acc.values.push(delta_sum / delta_count as f64);
                 }

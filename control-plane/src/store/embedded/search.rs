@@ -500,7 +500,9 @@ pub fn services(catalog: &Catalog, range: TimeRange) -> Result<Vec<ServiceRow>, 
             }
         }
     }
-    let seconds = ((range.to_ns - range.from_ns) as f64 / 1e9).max(1e-9);
+    // A range reaching into the future only counts up to now for the request rate.
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let seconds = ((range.to_ns.min(now_ns) - range.from_ns) as f64 / 1e9).max(1e-3);
     Ok(groups
         .into_iter()
         .map(|((service, version), mut red)| {

@@ -122,6 +122,28 @@ fn decode_payload(payload: &[u8]) -> Option<(Option<String>, OtlpRequest)> {
     Some(((!id.is_empty()).then(|| id.to_owned()), request))
 }
 
+/// What became of one batch of a group.
+enum Entry {
+    /// Its id was seen recently.
+    Duplicate,
+    /// In the WAL at this seq; `key` is its dedup key.
+    Appended { seq: u64, key: Option<String> },
+    /// Its append failed.
+    Failed { key: Option<String> },
+    /// Not tried: an earlier append of the group failed.
+    Skipped,
+}
+
+/// The dedup key of a batch: its id within its signal, so a logs batch and a traces batch may share an id.
+fn dedup_key(request: &OtlpRequest, id: &str) -> String {
+    let signal = match request {
+        OtlpRequest::Logs(_) => "logs",
+        OtlpRequest::Traces(_) => "traces",
+        OtlpRequest::Metrics(_) => "metrics",
+    };
+    format!("{signal}/{id}")
+}
+
 /// Shared counters of the write path.
 #[derive(Default)]
 pub struct WriteStats {
@@ -159,21 +181,26 @@ pub fn run_wal(
         let mut written = Vec::with_capacity(group.len());
         let mut failure = None;
         for pending in group {
-            let fresh = pending
+            if failure.is_some() {
+                written.push((Entry::Skipped, pending));
+                continue;
+            }
+            let key = pending
                 .batch
                 .id
                 .as_deref()
-                .is_none_or(|id| seen.insert(id, now_s));
-            if !fresh {
-                written.push((None, pending));
+                .map(|id| dedup_key(&pending.batch.request, id));
+            if let Some(key) = &key
+                && !seen.insert(key, now_s)
+            {
+                written.push((Entry::Duplicate, pending));
                 continue;
             }
             match wal.append(&encode_payload(&pending.batch)) {
-                Ok(seq) => written.push((Some(seq), pending)),
+                Ok(seq) => written.push((Entry::Appended { seq, key }, pending)),
                 Err(error) => {
                     failure = Some(error.to_string());
-                    written.push((None, pending));
-                    break;
+                    written.push((Entry::Failed { key }, pending));
                 }
             }
         }
@@ -184,11 +211,13 @@ pub fn run_wal(
         }
         if let Some(error) = failure {
             tracing::error!(error = %error, "write-ahead log append failed; the batches are refused");
-            for (seq, pending) in written {
-                if seq.is_some()
-                    && let Some(id) = &pending.batch.id
+            // Nothing of this group is acknowledged, so no id of it may count as seen (a duplicate in the group may
+            // be of a batch that failed with it): every sender retries.
+            for (entry, pending) in written {
+                if let Entry::Appended { key: Some(key), .. } | Entry::Failed { key: Some(key) } =
+                    &entry
                 {
-                    seen.remove(id);
+                    seen.remove(key);
                 }
                 let _ = pending.reply.send(Err(StoreError::Internal(format!(
                     "write-ahead log: {error}"
@@ -196,9 +225,9 @@ pub fn run_wal(
             }
             continue;
         }
-        for (seq, pending) in written {
-            let outcome = match seq {
-                Some(seq) => {
+        for (entry, pending) in written {
+            let outcome = match entry {
+                Entry::Appended { seq, .. } => {
                     // Blocks when the indexer lags: the queue in front of this thread then fills and ingest answers 429.
                     if to_indexer.send((seq, pending.batch.request)).is_err() {
                         let _ = pending.reply.send(Err(StoreError::ShuttingDown));
@@ -206,7 +235,9 @@ pub fn run_wal(
                     }
                     WriteOutcome::Stored
                 }
-                None => WriteOutcome::Duplicate,
+                Entry::Duplicate => WriteOutcome::Duplicate,
+                // Only a failed group has these, and it was answered above.
+                Entry::Failed { .. } | Entry::Skipped => continue,
             };
             let _ = pending.reply.send(Ok(outcome));
         }
@@ -219,6 +250,15 @@ pub fn run_wal(
         stats.wal_bytes.store(wal.size_bytes(), Ordering::Relaxed);
     }
     tracing::debug!("write-ahead log thread stopped");
+}
+
+/// Fewer, larger merges than tantivy's default: commits every half second make many small segments, and merges
+/// (rebuilding term dictionaries full of ids) were 40% of the plane's CPU under load with the default policy.
+fn merge_policy() -> tantivy::merge_policy::LogMergePolicy {
+    let mut policy = tantivy::merge_policy::LogMergePolicy::default();
+    policy.set_min_num_segments(12);
+    policy.set_min_layer_size(20_000);
+    policy
 }
 
 /// A partition's writer, and whether it got documents since the last commit.
@@ -294,7 +334,7 @@ impl Indexer {
                 continue;
             };
             if let Some(id) = id {
-                self.seen.insert(&id, now_s);
+                self.seen.insert(&dedup_key(&request, &id), now_s);
             }
             self.index(seq, &request)?;
             replayed += 1;
@@ -391,7 +431,8 @@ impl Indexer {
         };
         let key = (signal, partition.start_ns);
         if !self.writers.contains_key(&key) {
-            let writer = partition.index.writer_with_num_threads(1, memory)?;
+            let writer: IndexWriter = partition.index.writer_with_num_threads(1, memory)?;
+            writer.set_merge_policy(Box::new(merge_policy()));
             self.writers.insert(
                 key,
                 OpenWriter {
