@@ -867,7 +867,10 @@ impl Plane {
 
 impl Drop for Plane {
     fn drop(&mut self) {
-        if std::thread::panicking() && self.child.is_some() {
+        // Tests report failures as `Err`, not panics: set GANTRY_TEST_PLANE_LOGS=1 to see the
+        // plane's stderr for every test (the temp dir holding it is deleted afterwards).
+        let verbose = std::env::var("GANTRY_TEST_PLANE_LOGS").is_ok_and(|v| v == "1");
+        if (std::thread::panicking() || verbose) && !self.stderr_path.as_os_str().is_empty() {
             eprintln!("{}", self.stderr_tail(80));
         }
         let _ = self.kill9();

@@ -1,7 +1,8 @@
 //! Metric queries: the points of the matching series, aggregated per time step and per label group.
 //!
-//! Counters are handled by temporality: a cumulative series contributes its increase between steps (resets taken
-//! as a restart from zero), a delta series the sum of its points. Quantiles of histograms merge bucket counts.
+//! Counters are handled by temporality: a cumulative series contributes its increase between consecutive points
+//! (resets taken as a restart from zero), a delta series the sum of its points. A series' rate in a step is the mean
+//! of its per-second rates between consecutive points there; the rates of the series of a group add up. Quantiles of histograms merge bucket counts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound as StdBound;
@@ -45,7 +46,6 @@ pub fn query(catalog: &Catalog, query: &MetricQuery) -> Result<Vec<MetricSeries>
             .or_insert_with(|| (0..buckets).map(|_| Accumulator::default()).collect());
         contribute(series, query, step, accumulators);
     }
-    let seconds = step as f64 / 1e9;
     Ok(groups
         .into_iter()
         .map(|(labels, accumulators)| MetricSeries {
@@ -54,7 +54,7 @@ pub fn query(catalog: &Catalog, query: &MetricQuery) -> Result<Vec<MetricSeries>
                 .into_iter()
                 .enumerate()
                 .filter_map(|(i, acc)| {
-                    let value = acc.finish(query.aggregation, seconds)?;
+                    let value = acc.finish(query.aggregation)?;
                     Some(((query.range.from_ns + i as i64 * step) / 1_000_000, value))
                 })
                 .collect(),
@@ -161,15 +161,15 @@ fn group_labels(point: &MetricPoint, group_by: &[String]) -> BTreeMap<String, St
 #[derive(Default)]
 struct Accumulator {
     values: Vec<f64>,
-    increase: Option<f64>,
+    rate: Option<f64>,
     sum: Option<f64>,
     bounds: Option<Vec<f64>>,
     counts: Vec<u64>,
 }
 
 impl Accumulator {
-    fn add_increase(&mut self, value: f64) {
-        *self.increase.get_or_insert(0.0) += value;
+    fn add_rate(&mut self, value: f64) {
+        *self.rate.get_or_insert(0.0) += value;
     }
 
     fn add_sum(&mut self, value: f64) {
@@ -192,9 +192,9 @@ impl Accumulator {
         }
     }
 
-    fn finish(self, aggregation: Aggregation, step_seconds: f64) -> Option<f64> {
+    fn finish(self, aggregation: Aggregation) -> Option<f64> {
         match aggregation {
-            Aggregation::Rate => self.increase.map(|increase| increase / step_seconds),
+            Aggregation::Rate => self.rate,
             Aggregation::Sum => self
                 .sum
                 .or_else(|| (!self.values.is_empty()).then(|| self.values.iter().sum())),
@@ -234,11 +234,20 @@ fn contribute(series: &Series, query: &MetricQuery, step: i64, accumulators: &mu
     };
     let mut previous: Option<&(i64, f64, Option<(u64, Vec<u64>)>)> = None;
     let mut last_in_bucket: HashMap<usize, f64> = HashMap::new();
+    // Per step: the sum and number of this series' per-second rates.
+    let mut rates: HashMap<usize, (f64, u32)> = HashMap::new();
     for point in &series.points {
         let (ts, value, histogram) = point;
         let Some(index) = bucket_of(*ts) else {
             previous = Some(point);
             continue;
+        };
+        // The time an increase accrued over: since the previous point, or one step for the first.
+        let seconds = previous.map_or(step, |(before, _, _)| (ts - before).max(1)) as f64 / 1e9;
+        let mut add_increase = |amount: f64| {
+            let rate = rates.entry(index).or_default();
+            rate.0 += amount / seconds;
+            rate.1 += 1;
         };
         let acc = &mut accumulators[index];
         match kind {
@@ -247,11 +256,11 @@ fn contribute(series: &Series, query: &MetricQuery, step: i64, accumulators: &mu
                 if cumulative {
                     if let Some((_, before, _)) = previous {
                         let delta = value - before;
-                        acc.add_increase(if delta < 0.0 { *value } else { delta });
+                        add_increase(if delta < 0.0 { *value } else { delta });
                     }
                     last_in_bucket.insert(index, *value);
                 } else {
-                    acc.add_increase(*value);
+                    add_increase(*value);
                     acc.add_sum(*value);
                     acc.values.push(*value);
                 }
@@ -281,7 +290,7 @@ fn contribute(series: &Series, query: &MetricQuery, step: i64, accumulators: &mu
                     };
                 acc.add_counts(&bounds, &delta_counts);
                 if known_increase {
-                    acc.add_increase(delta_count as f64);
+                    add_increase(delta_count as f64);
                     acc.add_sum(delta_sum);
                 }
                 if delta_count > 0 {
@@ -290,6 +299,9 @@ fn contribute(series: &Series, query: &MetricQuery, step: i64, accumulators: &mu
             }
         }
         previous = Some(point);
+    }
+    for (index, (sum, n)) in rates {
+        accumulators[index].add_rate(sum / f64::from(n));
     }
     // A cumulative counter's value at the end of each step: what `sum`, `avg`, `min` and `max` report.
     for (index, value) in last_in_bucket {
