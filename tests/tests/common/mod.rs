@@ -75,9 +75,17 @@ pub fn gantry_bin() -> Result<PathBuf> {
 pub fn python_or_skip(test: &str) -> Result<Option<PathBuf>> {
     let path = match std::env::var_os("GANTRY_PYTHON") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => repo_root().join(".venv/bin/python"),
+        _ => {
+            // The default venv is made on first use, so `cargo test` alone works on a fresh machine.
+            static VENV: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+            let made = VENV.get_or_init(|| make_venv().map_err(|error| format!("{error:#}")));
+            if let Err(error) = made {
+                eprintln!("could not create the test venv: {error}");
+            }
+            repo_root().join(".venv/bin/python")
+        }
     };
-    if path.exists() {
+    if path.exists() && sdk_importable(&path) {
         return Ok(Some(path));
     }
     let msg = format!(
@@ -95,6 +103,37 @@ pub fn python_or_skip(test: &str) -> Result<Option<PathBuf>> {
     eprintln!("!!! SKIP {test}: {msg}");
     eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
     Ok(None)
+}
+
+fn sdk_importable(python: &Path) -> bool {
+    Command::new(python)
+        .args(["-c", "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, opentelemetry.exporter.otlp.proto.grpc"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Creates `<repo>/.venv` with the pinned SDK unless it already has it. Test binaries run one after another, and
+/// the tests of one binary share the `OnceLock` above, so no two of these run at once.
+fn make_venv() -> Result<()> {
+    let venv = repo_root().join(".venv");
+    let python = venv.join("bin/python");
+    if python.exists() && sdk_importable(&python) {
+        return Ok(());
+    }
+    let status = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .status()?;
+    ensure!(status.success(), "python3 -m venv failed: {status}");
+    let status = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(repo_root().join("tests/python/requirements.txt"))
+        .status()?;
+    ensure!(status.success(), "pip install failed: {status}");
+    Ok(())
 }
 
 /// A `Command` for the gantry binary with every inherited `GANTRY_*` variable removed, so the

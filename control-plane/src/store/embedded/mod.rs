@@ -26,8 +26,8 @@ use tokio::sync::oneshot;
 use self::partitions::{Catalog, dir_size};
 pub use self::partitions::{dir_size as disk_bytes, index_settings};
 pub use self::schema::Signal;
-pub use self::writer::encode_request;
 use self::writer::{Indexer, Pending, SeenIds, WriteStats};
+pub use self::writer::{encode_request, merge_policy};
 use super::{
     Batch, LogPage, LogSearch, MetricQuery, Store, StoreConfig, StoreError, StoreStats, TimeRange,
     TraceSearch, WriteOutcome,

@@ -254,7 +254,7 @@ pub fn run_wal(
 
 /// Fewer, larger merges than tantivy's default: commits every half second make many small segments, and merges
 /// (rebuilding term dictionaries full of ids) were 40% of the plane's CPU under load with the default policy.
-fn merge_policy() -> tantivy::merge_policy::LogMergePolicy {
+pub fn merge_policy() -> tantivy::merge_policy::LogMergePolicy {
     let mut policy = tantivy::merge_policy::LogMergePolicy::default();
     policy.set_min_num_segments(12);
     policy.set_min_layer_size(20_000);
