@@ -177,9 +177,14 @@ fn demo(data_dir: PathBuf, http_addr: String) -> anyhow::Result<()> {
     let tokens = TokenStore::open(&data_dir)?;
     let name = format!("demo-admin-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"));
     let admin = tokens.create(&name, Role::Admin)?;
+    let feeder = tokens.create(
+        &format!("demo-feeder-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")),
+        Role::Ingest,
+    )?;
     runtime()?.block_on(async {
         let bound = gantry_plane::server::bind_all(&config).await?;
         let endpoints = bound.endpoints.clone();
+        tokio::spawn(feed_sample_telemetry(format!("http://{}", endpoints.http), feeder.token));
         println!();
         println!(
             "Gantry is running (embedded store in {}).",
@@ -197,10 +202,39 @@ fn demo(data_dir: PathBuf, http_addr: String) -> anyhow::Result<()> {
             "  Try:  curl -H 'Authorization: Bearer {}' 'http://{}/api/v1/services?from=-1h'",
             admin.token, endpoints.http
         );
+        println!("  Sample logs and traces of 12 generated services arrive every second (until the demo platform lands).");
         println!("Press Ctrl-C to stop.");
         println!();
         gantry_plane::server::serve(config, bound, gantry_plane::server::termination()).await
     })
+}
+
+/// Sends generated logs and traces to the demo plane over OTLP/HTTP, once a second, so there is something to search.
+async fn feed_sample_telemetry(base: String, token: String) {
+    use prost::Message;
+    let client = reqwest::Client::new();
+    let mut generator = gantry_plane::bench::generate::Generator::new(42, 12);
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let batches = [
+            ("logs", generator.logs(40, now).encode_to_vec()),
+            ("traces", generator.traces(3, now).encode_to_vec()),
+        ];
+        for (path, body) in batches {
+            let sent = client
+                .post(format!("{base}/v1/{path}"))
+                .bearer_auth(&token)
+                .header("content-type", "application/x-protobuf")
+                .body(body)
+                .send()
+                .await;
+            if let Err(error) = sent {
+                tracing::debug!(error = %error, "demo feeder could not send");
+            }
+        }
+    }
 }
 
 fn token(command: TokenCommand) -> anyhow::Result<()> {

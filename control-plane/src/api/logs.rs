@@ -70,16 +70,11 @@ pub async fn search(
             .transpose()?,
     };
     let page = state.ingest.store.search_logs(search).await?;
-    let took = started.elapsed();
-    state.ingest.metrics.observe(
-        "gantry_query_seconds",
-        &[("endpoint", "logs")],
-        took.as_secs_f64(),
-    );
+    let took_ms = state.query_done("logs", started);
     Ok(Json(LogsResponse {
         hits: page.hits,
         next_cursor: page.next.map(encode_cursor),
-        took_ms: took.as_millis() as u64,
+        took_ms,
     }))
 }
 
@@ -112,16 +107,11 @@ pub async fn histogram(
         .store
         .log_histogram(query, range, buckets)
         .await?;
-    let took = started.elapsed();
-    state.ingest.metrics.observe(
-        "gantry_query_seconds",
-        &[("endpoint", "histogram")],
-        took.as_secs_f64(),
-    );
+    let took_ms = state.query_done("histogram", started);
     Ok(Json(HistogramResponse {
         buckets: counts,
         interval_ms: ((range.to_ns - range.from_ns) / buckets as i64).max(1) / 1_000_000,
-        took_ms: took.as_millis() as u64,
+        took_ms,
     }))
 }
 

@@ -111,17 +111,12 @@ pub async fn query(
         range,
     };
     let series = state.ingest.store.metrics(query).await?;
-    let took = started.elapsed();
-    state.ingest.metrics.observe(
-        "gantry_query_seconds",
-        &[("endpoint", "metrics")],
-        took.as_secs_f64(),
-    );
+    let took_ms = state.query_done("metrics", started);
     Ok(Json(MetricsResponse {
         name,
         step_ms: step.as_millis() as i64,
         series,
-        took_ms: took.as_millis() as u64,
+        took_ms,
     }))
 }
 

@@ -34,6 +34,19 @@ pub struct AppState {
     pub tokens: Arc<TokenStore>,
 }
 
+impl AppState {
+    /// Records a query's latency in `gantry_query_seconds` and returns it in milliseconds.
+    pub fn query_done(&self, endpoint: &'static str, started: std::time::Instant) -> u64 {
+        let took = started.elapsed();
+        self.ingest.metrics.observe(
+            "gantry_query_seconds",
+            &[("endpoint", endpoint)],
+            took.as_secs_f64(),
+        );
+        took.as_millis() as u64
+    }
+}
+
 /// The whole HTTP application of the API port.
 pub fn app(state: AppState) -> Router {
     Router::new()

@@ -1,4 +1,8 @@
 //! Token administration: create (the secret is in this one answer), list, revoke. Admin only.
+//!
+//! The token file is written with an fsync under a lock, so each change runs on a blocking thread.
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -6,6 +10,18 @@ use axum::http::StatusCode;
 use gantry_proto::{CreateTokenRequest, CreatedToken, TokenInfo};
 
 use super::{AdminAccess, ApiError, AppState, Caller, JsonBody};
+use crate::auth::{TokenError, TokenStore};
+
+async fn blocking<T: Send + 'static>(
+    tokens: &Arc<TokenStore>,
+    work: impl FnOnce(&TokenStore) -> Result<T, TokenError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let tokens = tokens.clone();
+    tokio::task::spawn_blocking(move || work(&tokens))
+        .await
+        .map_err(|error| ApiError::Internal(format!("token task failed: {error}")))?
+        .map_err(ApiError::from)
+}
 
 /// `POST /api/v1/tokens`.
 pub async fn create(
@@ -13,7 +29,10 @@ pub async fn create(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let created = state.tokens.create(&request.name, request.role)?;
+    let created = blocking(&state.tokens, move |tokens| {
+        tokens.create(&request.name, request.role)
+    })
+    .await?;
     tracing::info!(by = %caller.token.name, name = %created.info.name, role = %created.info.role, "token created");
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -23,7 +42,7 @@ pub async fn list(
     _: Caller<AdminAccess>,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
-    Ok(Json(state.tokens.list()?))
+    Ok(Json(blocking(&state.tokens, |tokens| tokens.list()).await?))
 }
 
 /// `DELETE /api/v1/tokens/{id}`.
@@ -32,7 +51,7 @@ pub async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let revoked = state.tokens.revoke(&id)?;
+    let revoked = blocking(&state.tokens, move |tokens| tokens.revoke(&id)).await?;
     tracing::info!(by = %caller.token.name, name = %revoked.name, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

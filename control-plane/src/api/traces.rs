@@ -25,11 +25,7 @@ pub async fn by_id(
         )));
     }
     let spans = state.ingest.store.trace(&trace_id).await?;
-    state.ingest.metrics.observe(
-        "gantry_query_seconds",
-        &[("endpoint", "trace")],
-        started.elapsed().as_secs_f64(),
-    );
+    state.query_done("trace", started);
     if spans.is_empty() {
         return Err(ApiError::NotFound(format!("no spans of trace {trace_id}")));
     }
@@ -81,16 +77,8 @@ pub async fn search(
         limit,
     };
     let traces = state.ingest.store.search_traces(search).await?;
-    let took = started.elapsed();
-    state.ingest.metrics.observe(
-        "gantry_query_seconds",
-        &[("endpoint", "traces")],
-        took.as_secs_f64(),
-    );
-    Ok(Json(TracesResponse {
-        traces,
-        took_ms: took.as_millis() as u64,
-    }))
+    let took_ms = state.query_done("traces", started);
+    Ok(Json(TracesResponse { traces, took_ms }))
 }
 
 /// Query string of the services view.
@@ -109,14 +97,6 @@ pub async fn services(
     let started = Instant::now();
     let range = parse_range(params.from.as_deref(), params.to.as_deref())?;
     let services = state.ingest.store.services(range).await?;
-    let took = started.elapsed();
-    state.ingest.metrics.observe(
-        "gantry_query_seconds",
-        &[("endpoint", "services")],
-        took.as_secs_f64(),
-    );
-    Ok(Json(ServicesResponse {
-        services,
-        took_ms: took.as_millis() as u64,
-    }))
+    let took_ms = state.query_done("services", started);
+    Ok(Json(ServicesResponse { services, took_ms }))
 }

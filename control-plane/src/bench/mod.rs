@@ -373,20 +373,54 @@ pub fn run_ingest(options: IngestBench) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(())
     })?;
 
-    let index_bytes = crate::store::embedded::disk_bytes(&data_dir.join("index"));
+    let logs_bytes = crate::store::embedded::disk_bytes(&data_dir.join("index/logs"));
+    let spans_bytes = crate::store::embedded::disk_bytes(&data_dir.join("index/spans"));
     let wal_bytes = crate::store::embedded::disk_bytes(&data_dir.join("wal"));
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
     println!(
-        "disk: {:.0} MiB of indexes ({:.3} bytes per raw byte, logs and spans), {:.0} MiB of WAL not yet cut",
-        index_bytes as f64 / (1 << 20) as f64,
-        index_bytes as f64 / raw,
-        wal_bytes as f64 / (1 << 20) as f64
+        "disk: logs index {:.0} MiB ({:.3} bytes per raw log byte), spans index {:.0} MiB, WAL not yet cut {:.0} MiB",
+        mib(logs_bytes),
+        logs_bytes as f64 / raw,
+        mib(spans_bytes),
+        mib(wal_bytes)
     );
+    for (kind, bytes) in file_kinds(&data_dir.join("index/logs")) {
+        println!(
+            "  logs {kind:<10} {:>8.1} MiB  {:.3} bytes per raw byte",
+            mib(bytes),
+            bytes as f64 / raw
+        );
+    }
     println!("plane peak RSS: {:.0} MiB", plane.peak_rss_mib());
     drop(plane);
     if temporary {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
     Ok(())
+}
+
+/// Bytes per tantivy file kind (doc store, postings, positions, terms, fast fields) below a directory.
+fn file_kinds(dir: &Path) -> Vec<(String, u64)> {
+    let mut kinds: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => stack.push(path),
+                Ok(meta) => {
+                    let kind = path
+                        .extension()
+                        .and_then(|e| e.to_str())
+                        .unwrap_or("other")
+                        .to_owned();
+                    *kinds.entry(kind).or_default() += meta.len();
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    kinds.into_iter().filter(|(_, bytes)| *bytes > 0).collect()
 }
 
 async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {

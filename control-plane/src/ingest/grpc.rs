@@ -149,7 +149,7 @@ impl LogsService for OtlpGrpc {
             .accept(request, Signal::Logs, OtlpRequest::Logs)
             .await?;
         Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: (accepted.rejected > 0).then(|| ExportLogsPartialSuccess {
+            partial_success: (accepted.rejected > 0).then_some(ExportLogsPartialSuccess {
                 rejected_log_records: accepted.rejected as i64,
                 error_message: accepted.message,
             }),
@@ -167,7 +167,7 @@ impl TraceService for OtlpGrpc {
             .accept(request, Signal::Spans, OtlpRequest::Traces)
             .await?;
         Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: (accepted.rejected > 0).then(|| ExportTracePartialSuccess {
+            partial_success: (accepted.rejected > 0).then_some(ExportTracePartialSuccess {
                 rejected_spans: accepted.rejected as i64,
                 error_message: accepted.message,
             }),
@@ -185,7 +185,7 @@ impl MetricsService for OtlpGrpc {
             .accept(request, Signal::Metrics, OtlpRequest::Metrics)
             .await?;
         Ok(Response::new(ExportMetricsServiceResponse {
-            partial_success: (accepted.rejected > 0).then(|| ExportMetricsPartialSuccess {
+            partial_success: (accepted.rejected > 0).then_some(ExportMetricsPartialSuccess {
                 rejected_data_points: accepted.rejected as i64,
                 error_message: accepted.message,
             }),

@@ -119,10 +119,7 @@ impl<'a> Compiler<'a> {
             FieldRef::Attribute(key) => self.attribute(self.fields.attrs, key, leaf),
             FieldRef::Resource(key) => self.attribute(self.fields.res, key, leaf),
             FieldRef::AttributeOrResource(key) => Ok(Box::new(BooleanQuery::new(vec![
-                (
-                    Occur::Should,
-                    self.attribute(self.fields.attrs, key, leaf.clone())?,
-                ),
+                (Occur::Should, self.attribute(self.fields.attrs, key, leaf)?),
                 (Occur::Should, self.attribute(self.fields.res, key, leaf)?),
             ]))),
         }

@@ -22,10 +22,13 @@ use crate::store::{Aggregation, MetricQuery, StoreError, TimeRange};
 /// Most points one query may read.
 const MAX_POINTS: usize = 5_000_000;
 
+/// One point of a series: time, value, and for histograms the count and bucket counts.
+type Point = (i64, f64, Option<(u64, Vec<u64>)>);
+
 struct Series {
     first: MetricPoint,
     /// `(ts, value, histogram counts)` in time order.
-    points: Vec<(i64, f64, Option<(u64, Vec<u64>)>)>,
+    points: Vec<Point>,
 }
 
 /// Runs a metric query.
@@ -232,7 +235,7 @@ fn contribute(series: &Series, query: &MetricQuery, step: i64, accumulators: &mu
             .then(|| ((ts - query.range.from_ns) / step) as usize)
             .filter(|i| *i < buckets)
     };
-    let mut previous: Option<&(i64, f64, Option<(u64, Vec<u64>)>)> = None;
+    let mut previous: Option<&Point> = None;
     let mut last_in_bucket: HashMap<usize, f64> = HashMap::new();
     // Per step: the sum and number of this series' per-second rates.
     let mut rates: HashMap<usize, (f64, u32)> = HashMap::new();

@@ -6,7 +6,7 @@
 use gantry_proto::{Attributes, LogRecord, SpanRecord};
 use tantivy::TantivyDocument;
 use tantivy::schema::{
-    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
+    FAST, Field, INDEXED, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions,
 };
 
 use crate::store::model::{MetricPoint, value_text};
@@ -77,14 +77,29 @@ pub struct Fields {
     pub value: Option<Field>,
 }
 
+/// An untokenized string field without field norms: nothing is scored, so norms would only take disk.
+fn raw() -> TextOptions {
+    TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_index_option(IndexRecordOption::Basic)
+            .set_fieldnorms(false),
+    )
+}
+
+/// [`raw`], also as a fast field (read per document by aggregations).
+fn raw_fast() -> TextOptions {
+    raw().set_fast("raw")
+}
+
 impl Fields {
     /// The schema of a signal.
     pub fn new(signal: Signal) -> Self {
         let mut builder = Schema::builder();
         let ts = builder.add_i64_field("ts", INDEXED | FAST);
-        let service = builder.add_text_field("service", STRING | FAST);
-        let attrs = builder.add_text_field("attrs", STRING);
-        let res = builder.add_text_field("res", STRING);
+        let service = builder.add_text_field("service", raw_fast());
+        let attrs = builder.add_text_field("attrs", raw());
+        let res = builder.add_text_field("res", raw());
         let doc = builder.add_bytes_field("doc", STORED);
         let mut fields = Fields {
             schema: Schema::builder().build(),
@@ -112,24 +127,25 @@ impl Fields {
                 let body = TextOptions::default().set_indexing_options(
                     TextFieldIndexing::default()
                         .set_tokenizer("default")
-                        .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+                        .set_index_option(IndexRecordOption::WithFreqsAndPositions)
+                        .set_fieldnorms(false),
                 );
                 fields.body = Some(builder.add_text_field("body", body));
-                fields.trace_id = Some(builder.add_text_field("trace_id", STRING));
-                fields.span_id = Some(builder.add_text_field("span_id", STRING));
+                fields.trace_id = Some(builder.add_text_field("trace_id", raw()));
+                fields.span_id = Some(builder.add_text_field("span_id", raw()));
             }
             Signal::Spans => {
-                fields.trace_id = Some(builder.add_text_field("trace_id", STRING | FAST));
-                fields.span_id = Some(builder.add_text_field("span_id", STRING));
-                fields.parent_span_id = Some(builder.add_text_field("parent_span_id", STRING));
-                fields.name = Some(builder.add_text_field("name", STRING | FAST));
-                fields.version = Some(builder.add_text_field("version", STRING | FAST));
+                fields.trace_id = Some(builder.add_text_field("trace_id", raw_fast()));
+                fields.span_id = Some(builder.add_text_field("span_id", raw()));
+                fields.parent_span_id = Some(builder.add_text_field("parent_span_id", raw()));
+                fields.name = Some(builder.add_text_field("name", raw_fast()));
+                fields.version = Some(builder.add_text_field("version", raw_fast()));
                 fields.kind = Some(builder.add_u64_field("kind", INDEXED | FAST));
                 fields.status = Some(builder.add_u64_field("status", INDEXED | FAST));
                 fields.duration = Some(builder.add_u64_field("duration", INDEXED | FAST));
             }
             Signal::Metrics => {
-                fields.name = Some(builder.add_text_field("name", STRING | FAST));
+                fields.name = Some(builder.add_text_field("name", raw_fast()));
                 fields.series = Some(builder.add_u64_field("series", FAST));
                 fields.value = Some(builder.add_f64_field("value", FAST));
             }

@@ -401,10 +401,13 @@ pub fn search_traces(
         };
         let mut columns = HashMap::new();
         for (_, address) in top {
-            if !columns.contains_key(&address.segment_ord) {
-                columns.insert(address.segment_ord, column(address.segment_ord)?);
-            }
-            let Some(Some(column)) = columns.get(&address.segment_ord) else {
+            let column = match columns.entry(address.segment_ord) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    entry.insert(column(address.segment_ord)?)
+                }
+            };
+            let Some(column) = column else {
                 continue;
             };
             let mut id = String::new();

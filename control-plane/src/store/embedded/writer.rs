@@ -429,20 +429,18 @@ impl Indexer {
             Signal::Logs => self.config.indexer_memory_bytes,
             Signal::Spans | Signal::Metrics => (self.config.indexer_memory_bytes / 2).max(20 << 20),
         };
-        let key = (signal, partition.start_ns);
-        if !self.writers.contains_key(&key) {
-            let writer: IndexWriter = partition.index.writer_with_num_threads(1, memory)?;
-            writer.set_merge_policy(Box::new(merge_policy()));
-            self.writers.insert(
-                key,
-                OpenWriter {
+        let open = match self.writers.entry((signal, partition.start_ns)) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let writer: IndexWriter = partition.index.writer_with_num_threads(1, memory)?;
+                writer.set_merge_policy(Box::new(merge_policy()));
+                entry.insert(OpenWriter {
                     partition: partition.clone(),
                     writer,
                     touched: false,
-                },
-            );
-        }
-        let open = self.writers.get_mut(&key).expect("inserted above");
+                })
+            }
+        };
         open.touched = true;
         Ok(Some((partition, &mut open.writer)))
     }
@@ -526,12 +524,6 @@ impl Indexer {
     }
 }
 
-/// Starts nothing; exposes the payload codec to tests.
-#[cfg(test)]
-pub(crate) fn round_trip(batch: &Batch) -> Option<(Option<String>, OtlpRequest)> {
-    decode_payload(&encode_payload(batch))
-}
-
 /// The protobuf body a request is kept as in the WAL.
 pub fn encode_request(request: &OtlpRequest) -> Bytes {
     Bytes::from(match request {
@@ -539,4 +531,43 @@ pub fn encode_request(request: &OtlpRequest) -> Bytes {
         OtlpRequest::Traces(r) => r.encode_to_vec(),
         OtlpRequest::Metrics(r) => r.encode_to_vec(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_payloads_round_trip_and_garbage_is_refused() {
+        let request = OtlpRequest::Logs(
+            crate::bench::generate::Generator::new(3, 2).logs(5, 1_700_000_000_000_000_000),
+        );
+        for id in [Some("agent-7/42".to_owned()), None] {
+            let batch = Batch {
+                id: id.clone(),
+                encoded: encode_request(&request),
+                request: request.clone(),
+            };
+            let (decoded_id, decoded) = decode_payload(&encode_payload(&batch)).expect("decodes");
+            assert_eq!(decoded_id, id);
+            assert_eq!(encode_request(&decoded), batch.encoded);
+        }
+        for garbage in [&b""[..], &[7, 0, 0][..], &[0, 9, 0, b'x'][..]] {
+            assert!(decode_payload(garbage).is_none(), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn dedup_keys_are_per_signal() {
+        let logs = OtlpRequest::Logs(Default::default());
+        let traces = OtlpRequest::Traces(Default::default());
+        assert_ne!(dedup_key(&logs, "b-1"), dedup_key(&traces, "b-1"));
+        let seen = SeenIds::default();
+        assert!(seen.insert(&dedup_key(&logs, "b-1"), 1_000));
+        assert!(!seen.insert(&dedup_key(&logs, "b-1"), 1_000 + 599));
+        assert!(
+            seen.insert(&dedup_key(&logs, "b-1"), 1_000 + 600),
+            "forgotten after 10 minutes"
+        );
+    }
 }
