@@ -252,12 +252,14 @@ pub fn run_wal(
     tracing::debug!("write-ahead log thread stopped");
 }
 
-/// Fewer, larger merges than tantivy's default: commits every half second make many small segments, and merges
-/// (rebuilding term dictionaries full of ids) were 40% of the plane's CPU under load with the default policy.
+/// Fewer merges than tantivy's default: commits every half second make many small segments, and merges (rebuilding
+/// term dictionaries full of ids) were 40% of the plane's CPU under load with the default policy. Segments stop
+/// growing at 2 M documents: merging them further costs more CPU than a handful more segments cost queries.
 pub fn merge_policy() -> tantivy::merge_policy::LogMergePolicy {
     let mut policy = tantivy::merge_policy::LogMergePolicy::default();
     policy.set_min_num_segments(12);
     policy.set_min_layer_size(20_000);
+    policy.set_max_docs_before_merge(2_000_000);
     policy
 }
 
