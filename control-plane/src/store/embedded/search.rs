@@ -18,7 +18,7 @@ use tantivy::{
 
 use super::compile::Compiler;
 use super::partitions::{Catalog, Partition};
-use super::schema::{Fields, Signal};
+use super::schema::{Fields, Signal, StoredLog};
 use crate::store::model::rfc3339;
 use crate::store::{Cursor, LogPage, LogSearch, StoreError, TimeRange, TraceSearch};
 
@@ -204,7 +204,7 @@ pub fn search_logs(catalog: &Catalog, search: &LogSearch) -> Result<LogPage, Sto
                 skip -= 1;
                 continue;
             }
-            hits.push(stored(&searcher, fields, address)?);
+            hits.push(stored::<StoredLog>(&searcher, fields, address)?.into());
         }
         skip = 0;
         if hits.len() > search.limit {
