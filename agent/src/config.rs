@@ -1,0 +1,543 @@
+//! The agent's configuration: a raw serde form (TOML file, `GANTRY_AGENT_*` variables, flags) and its validated form.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+
+/// Keys that can be set through `GANTRY_AGENT_<KEY>` environment variables (upper-cased).
+const ENV_KEYS: &[&str] = &[
+    "plane",
+    "token",
+    "data_dir",
+    "http_addr",
+    "buffer_max_bytes",
+    "batch_max_lines",
+    "batch_timeout_ms",
+    "shutdown_timeout_ms",
+];
+
+/// Default `buffer_max_bytes`: 256 MiB.
+pub const DEFAULT_BUFFER_MAX_BYTES: u64 = 256 << 20;
+/// Smallest accepted `buffer_max_bytes`: the buffer needs room for a few segments.
+pub const MIN_BUFFER_MAX_BYTES: u64 = 1 << 20;
+
+/// The configuration as written by the user; every field optional, unknown keys rejected.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    plane: Option<String>,
+    token: Option<String>,
+    data_dir: Option<PathBuf>,
+    http_addr: Option<String>,
+    buffer_max_bytes: Option<u64>,
+    batch_max_lines: Option<usize>,
+    batch_timeout_ms: Option<u64>,
+    shutdown_timeout_ms: Option<u64>,
+    #[serde(default)]
+    files: Vec<RawFileSource>,
+}
+
+/// One `[[files]]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFileSource {
+    /// Glob pattern (`*`, `?` and `[...]` inside path components).
+    pub path: String,
+    /// `service.name` of the records; default: the file stem.
+    pub service: Option<String>,
+    /// Regex that starts a record; other lines continue the previous one.
+    pub multiline_start_pattern: Option<String>,
+    /// Regex with named groups `time`, `level` and `msg` for lines that are neither JSON nor logfmt.
+    pub parse_regex: Option<String>,
+}
+
+/// Command-line overrides, which win over the environment and the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--plane`.
+    pub plane: Option<String>,
+    /// `--token`.
+    pub token: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--http-addr`.
+    pub http_addr: Option<String>,
+    /// `--file` (repeatable); when given, replaces the file's `[[files]]`.
+    pub files: Vec<String>,
+}
+
+/// The validated configuration the agent runs with.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// Base URL of the plane, without a trailing slash (`http://host:8700`).
+    pub plane: String,
+    /// An `ingest` token.
+    pub token: String,
+    /// Agent id, buffer, checkpoints, cursor.
+    pub data_dir: PathBuf,
+    /// The agent's own `/metrics` and `/healthz`.
+    pub http_addr: SocketAddr,
+    /// Disk buffer size limit; file sources pause when it is reached.
+    pub buffer_max_bytes: u64,
+    /// A batch is cut at this many records.
+    pub batch_max_lines: usize,
+    /// A non-empty batch is cut at the latest this long after its first record.
+    pub batch_timeout: Duration,
+    /// How long the shipper keeps sending after SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// File sources, one per pattern.
+    pub files: Vec<FileSourceConfig>,
+}
+
+impl fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("plane", &self.plane)
+            .field("token", &"<redacted>")
+            .field("data_dir", &self.data_dir)
+            .field("http_addr", &self.http_addr)
+            .field("buffer_max_bytes", &self.buffer_max_bytes)
+            .field("batch_max_lines", &self.batch_max_lines)
+            .field("batch_timeout", &self.batch_timeout)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RawConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawConfig")
+            .field("plane", &self.plane)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("data_dir", &self.data_dir)
+            .field("http_addr", &self.http_addr)
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One validated file source.
+#[derive(Debug, Clone)]
+pub struct FileSourceConfig {
+    /// The glob pattern as written (also the `pattern` label of its metrics).
+    pub pattern: String,
+    /// Fixed `service.name`, or `None` for the file stem.
+    pub service: Option<String>,
+    /// Start-of-record rule for multi-line records.
+    pub multiline: Multiline,
+    /// Extra parser for lines that are neither JSON nor logfmt.
+    pub parse_regex: Option<Regex>,
+}
+
+/// How lines are grouped into records.
+#[derive(Debug, Clone)]
+pub enum Multiline {
+    /// A line that starts with whitespace or `Caused by:` continues the previous one.
+    Default,
+    /// A line that does not match the regex continues the previous one.
+    StartPattern(Regex),
+}
+
+/// A configuration problem, named precisely enough to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or names an unknown key.
+    #[error("invalid config {origin}: {message}")]
+    Parse {
+        /// File or environment.
+        origin: String,
+        /// The parser's message (names the key).
+        message: String,
+    },
+    /// A value is out of range, malformed or missing.
+    #[error("invalid value for `{key}`: {message}")]
+    Value {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn value_error(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        key,
+        message: message.into(),
+    }
+}
+
+impl RawConfig {
+    /// Reads a TOML file; unknown keys are an error that names them.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|error| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: error.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Applies `GANTRY_AGENT_<KEY>` variables from `vars` (passed in, not read here) over this configuration.
+    pub fn with_env(
+        self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = toml::Table::new();
+        for (name, value) in vars {
+            let Some(key) = name
+                .strip_prefix("GANTRY_AGENT_")
+                .map(str::to_ascii_lowercase)
+            else {
+                continue;
+            };
+            if !ENV_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            let value = match value.parse::<i64>() {
+                Ok(number) if key != "token" && key != "plane" => toml::Value::Integer(number),
+                _ => toml::Value::String(value),
+            };
+            // Checked one by one so that an error names the variable.
+            let mut single = toml::Table::new();
+            single.insert(key.clone(), value.clone());
+            single
+                .try_into::<RawConfig>()
+                .map_err(|error: toml::de::Error| ConfigError::Parse {
+                    origin: format!("from {name}"),
+                    message: error.message().to_owned(),
+                })?;
+            table.insert(key, value);
+        }
+        let env: RawConfig =
+            table
+                .try_into()
+                .map_err(|error: toml::de::Error| ConfigError::Parse {
+                    origin: "from GANTRY_AGENT_* environment variables".to_owned(),
+                    message: error.message().to_owned(),
+                })?;
+        Ok(self.overlay(env))
+    }
+
+    /// Applies command-line flags over this configuration.
+    pub fn with_overrides(mut self, flags: Overrides) -> Self {
+        self.plane = flags.plane.or(self.plane);
+        self.token = flags.token.or(self.token);
+        self.data_dir = flags.data_dir.or(self.data_dir);
+        self.http_addr = flags.http_addr.or(self.http_addr);
+        if !flags.files.is_empty() {
+            self.files = flags
+                .files
+                .into_iter()
+                .map(|path| RawFileSource {
+                    path,
+                    ..RawFileSource::default()
+                })
+                .collect();
+        }
+        self
+    }
+
+    fn overlay(self, top: RawConfig) -> Self {
+        Self {
+            plane: top.plane.or(self.plane),
+            token: top.token.or(self.token),
+            data_dir: top.data_dir.or(self.data_dir),
+            http_addr: top.http_addr.or(self.http_addr),
+            buffer_max_bytes: top.buffer_max_bytes.or(self.buffer_max_bytes),
+            batch_max_lines: top.batch_max_lines.or(self.batch_max_lines),
+            batch_timeout_ms: top.batch_timeout_ms.or(self.batch_timeout_ms),
+            shutdown_timeout_ms: top.shutdown_timeout_ms.or(self.shutdown_timeout_ms),
+            files: if top.files.is_empty() {
+                self.files
+            } else {
+                top.files
+            },
+        }
+    }
+
+    /// Checks every value and fills in defaults.
+    pub fn validate(self) -> Result<AgentConfig, ConfigError> {
+        let plane = self.plane.ok_or_else(|| {
+            value_error(
+                "plane",
+                "missing: pass --plane http://HOST:8700 or set GANTRY_AGENT_PLANE",
+            )
+        })?;
+        let plane = plane.trim_end_matches('/').to_owned();
+        let Some(host) = plane.strip_prefix("http://") else {
+            return Err(value_error(
+                "plane",
+                format!("`{plane}` must be an http:// URL such as http://10.0.0.5:8700"),
+            ));
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(value_error(
+                "plane",
+                format!("`{plane}` must be the plane's base URL, http://HOST:PORT, without a path"),
+            ));
+        }
+        let token = self.token.unwrap_or_default();
+        if token.trim().is_empty() {
+            return Err(value_error(
+                "token",
+                "missing: pass --token with an ingest token (`gantry token create --role ingest`)",
+            ));
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(value_error("token", "must not contain whitespace"));
+        }
+        let http_addr = self.http_addr.as_deref().unwrap_or("127.0.0.1:8701");
+        let http_addr = http_addr.parse().map_err(|_| {
+            value_error(
+                "http_addr",
+                format!("`{http_addr}` is not a host:port address such as 127.0.0.1:8701"),
+            )
+        })?;
+        let buffer_max_bytes = self.buffer_max_bytes.unwrap_or(DEFAULT_BUFFER_MAX_BYTES);
+        if buffer_max_bytes < MIN_BUFFER_MAX_BYTES {
+            return Err(value_error(
+                "buffer_max_bytes",
+                format!("must be at least {MIN_BUFFER_MAX_BYTES} (1 MiB)"),
+            ));
+        }
+        let batch_max_lines = self.batch_max_lines.unwrap_or(1000);
+        if batch_max_lines == 0 || batch_max_lines > 100_000 {
+            return Err(value_error(
+                "batch_max_lines",
+                "must be between 1 and 100000",
+            ));
+        }
+        let batch_timeout_ms = self.batch_timeout_ms.unwrap_or(1000);
+        if batch_timeout_ms == 0 {
+            return Err(value_error("batch_timeout_ms", "must be greater than 0"));
+        }
+        if self.files.is_empty() {
+            return Err(value_error(
+                "files",
+                "no source configured: pass --file '/var/log/app/*.log' or add a [[files]] table",
+            ));
+        }
+        let files = self
+            .files
+            .into_iter()
+            .map(RawFileSource::validate)
+            .collect::<Result<_, _>>()?;
+        Ok(AgentConfig {
+            plane,
+            token,
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("gantry-agent-data")),
+            http_addr,
+            buffer_max_bytes,
+            batch_max_lines,
+            batch_timeout: Duration::from_millis(batch_timeout_ms),
+            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms.unwrap_or(5000)),
+            files,
+        })
+    }
+}
+
+impl RawFileSource {
+    fn validate(self) -> Result<FileSourceConfig, ConfigError> {
+        if !self.path.starts_with('/') {
+            return Err(value_error(
+                "files.path",
+                format!("`{}` must be an absolute path pattern", self.path),
+            ));
+        }
+        crate::sources::file::glob::Pattern::new(&self.path)
+            .map_err(|message| value_error("files.path", message))?;
+        if let Some(service) = &self.service
+            && service.trim().is_empty()
+        {
+            return Err(value_error("files.service", "must not be empty"));
+        }
+        let regex = |key: &'static str, text: Option<String>| {
+            text.map(|text| {
+                Regex::new(&text)
+                    .map_err(|error| value_error(key, format!("`{text}` is not a regex: {error}")))
+            })
+            .transpose()
+        };
+        let multiline = match regex(
+            "files.multiline_start_pattern",
+            self.multiline_start_pattern,
+        )? {
+            Some(regex) => Multiline::StartPattern(regex),
+            None => Multiline::Default,
+        };
+        let parse_regex = regex("files.parse_regex", self.parse_regex)?;
+        if let Some(regex) = &parse_regex
+            && !regex.capture_names().flatten().any(|name| name == "msg")
+        {
+            return Err(value_error(
+                "files.parse_regex",
+                "needs a named group `msg` (and optionally `time` and `level`)",
+            ));
+        }
+        Ok(FileSourceConfig {
+            pattern: self.path,
+            service: self.service,
+            multiline,
+            parse_regex,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "plane = \"http://127.0.0.1:8700\"\ntoken = \"gty_x\"\n[[files]]\npath = \"/var/log/*.log\"\n";
+
+    /// Parses `toml` and validates; `Ok(())` or the error text.
+    fn outcome(toml: &str) -> Result<AgentConfig, String> {
+        RawConfig::from_toml(toml, "test.toml")
+            .and_then(RawConfig::validate)
+            .map_err(|error| error.to_string())
+    }
+
+    /// `toml` fails and the message contains every one of `needles`.
+    fn check_err(toml: &str, needles: &[&str]) {
+        let error = outcome(toml).expect_err(toml);
+        for needle in needles {
+            assert!(error.contains(needle), "{error:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_configs_name_the_key() {
+        check_err(&format!("{MINIMAL}frobnicate = 1\n"), &["frobnicate"]);
+        check_err(
+            &format!("{MINIMAL}service = \"x\"\nbogus_file_key = 2\n"),
+            &["bogus_file_key"],
+        );
+        check_err("token = \"t\"\n[[files]]\npath = \"/a\"\n", &["plane"]);
+        check_err(
+            "plane = \"https://x:1\"\ntoken = \"t\"\n[[files]]\npath = \"/a\"\n",
+            &["plane", "http://"],
+        );
+        check_err(
+            "plane = \"http://x:1/v1\"\ntoken = \"t\"\n[[files]]\npath = \"/a\"\n",
+            &["plane"],
+        );
+        check_err(
+            "plane = \"http://x:1\"\n[[files]]\npath = \"/a\"\n",
+            &["token"],
+        );
+        check_err("plane = \"http://x:1\"\ntoken = \"t\"\n", &["files"]);
+        check_err(
+            &format!("{MINIMAL}\nmultiline_start_pattern = \"(\"\n"),
+            &["multiline_start_pattern"],
+        );
+        check_err(
+            &format!("{MINIMAL}\nparse_regex = \"(?P<level>\\\\w+)\"\n"),
+            &["parse_regex", "msg"],
+        );
+        check_err(
+            "plane = \"http://x:1\"\ntoken = \"t\"\n[[files]]\npath = \"rel/*.log\"\n",
+            &["files.path", "absolute"],
+        );
+        check_err(
+            &format!("buffer_max_bytes = 10\n{MINIMAL}"),
+            &["buffer_max_bytes"],
+        );
+        check_err(
+            &format!("batch_max_lines = 0\n{MINIMAL}"),
+            &["batch_max_lines"],
+        );
+        check_err(&format!("http_addr = \"nope\"\n{MINIMAL}"), &["http_addr"]);
+        check_err(
+            &format!("batch_max_lines = \"many\"\n{MINIMAL}"),
+            &["batch_max_lines"],
+        );
+    }
+
+    #[test]
+    fn valid_config_gets_defaults() {
+        let config = outcome(MINIMAL).unwrap();
+        assert_eq!(config.plane, "http://127.0.0.1:8700");
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8701");
+        assert_eq!(config.buffer_max_bytes, DEFAULT_BUFFER_MAX_BYTES);
+        assert_eq!(config.files.len(), 1);
+        assert!(matches!(config.files[0].multiline, Multiline::Default));
+        let config = outcome(&MINIMAL.replace(":8700", ":8700/")).unwrap();
+        assert_eq!(config.plane, "http://127.0.0.1:8700");
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let file = RawConfig::from_toml(
+            "http_addr = \"127.0.0.1:1\"\nbuffer_max_bytes = 2000000\nplane = \"http://a:1\"\ntoken = \"file\"\n[[files]]\npath = \"/from/file\"\n",
+            "test.toml",
+        )
+        .unwrap();
+        let env = vec![
+            (
+                "GANTRY_AGENT_HTTP_ADDR".to_owned(),
+                "127.0.0.1:2".to_owned(),
+            ),
+            ("GANTRY_AGENT_TOKEN".to_owned(), "12345".to_owned()),
+            ("GANTRY_AGENT_PLANE".to_owned(), "http://b:2".to_owned()),
+            ("GANTRY_BIN".to_owned(), "/not/a/config/key".to_owned()),
+        ];
+        let flags = Overrides {
+            plane: Some("http://c:3".to_owned()),
+            files: vec!["/from/flag/*.log".to_owned()],
+            ..Overrides::default()
+        };
+        let config = file
+            .with_env(env)
+            .unwrap()
+            .with_overrides(flags)
+            .validate()
+            .unwrap();
+        assert_eq!(config.http_addr.port(), 2);
+        assert_eq!(config.token, "12345");
+        assert_eq!(config.plane, "http://c:3");
+        assert_eq!(config.buffer_max_bytes, 2_000_000);
+        assert_eq!(config.files.len(), 1);
+        assert_eq!(config.files[0].pattern, "/from/flag/*.log");
+
+        let error = RawConfig::default()
+            .with_env([(
+                "GANTRY_AGENT_BUFFER_MAX_BYTES".to_owned(),
+                "lots".to_owned(),
+            )])
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("GANTRY_AGENT_BUFFER_MAX_BYTES"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn token_is_redacted_in_debug() {
+        let config = outcome(&MINIMAL.replace("gty_x", "gty_supersecret")).unwrap();
+        let text = format!("{config:?}");
+        assert!(!text.contains("supersecret"), "{text}");
+        let raw = RawConfig::from_toml(&MINIMAL.replace("gty_x", "gty_supersecret"), "t").unwrap();
+        assert!(!format!("{raw:?}").contains("supersecret"));
+    }
+}

@@ -1,0 +1,75 @@
+//! The `gantry-agent` binary: parses flags, reads the config file and `GANTRY_AGENT_*` variables, and runs the agent until SIGTERM.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use gantry_agent::config::{Overrides, RawConfig};
+
+/// Gantry's node agent: tails log files and ships them to the plane, at least once.
+#[derive(Debug, Parser)]
+#[command(name = "gantry-agent", version)]
+struct Cli {
+    /// TOML config file (unknown keys are an error).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The plane's base URL, e.g. http://10.0.0.5:8700.
+    #[arg(long)]
+    plane: Option<String>,
+    /// An ingest token (`gantry token create --role ingest`).
+    #[arg(long)]
+    token: Option<String>,
+    /// Where the agent keeps its id, disk buffer and checkpoints.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A glob of files to tail, e.g. '/var/log/app/*.log' (repeatable).
+    #[arg(long = "file")]
+    files: Vec<String>,
+    /// Address for the agent's own /metrics and /healthz (port 0 picks one).
+    #[arg(long)]
+    http_addr: Option<String>,
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    let raw = match &cli.config {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::default(),
+    };
+    let config = raw
+        .with_env(std::env::vars())?
+        .with_overrides(Overrides {
+            plane: cli.plane,
+            token: cli.token,
+            data_dir: cli.data_dir,
+            http_addr: cli.http_addr,
+            files: cli.files,
+        })
+        .validate()?;
+    tracing::debug!(?config, "configuration");
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(gantry_agent::run(config, termination()))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,409 @@
+//! The shipper: reads batches from the disk buffer after the shipped cursor and sends them to the plane as gzipped OTLP/HTTP protobuf, one at a time, until acknowledged.
+//!
+//! Delivery is at least once: the cursor advances (and the buffer drops the batch) only after a
+//! 2xx, which the plane sends once the batch is durable. A batch resent after a crash carries the
+//! same `Gantry-Batch-Id` (`<agent id>-<buffer seq>`), so the plane stores it once.
+
+mod backoff;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use gantry_proto::BATCH_ID_HEADER;
+use gantry_wal::WalReader;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use prost::Message;
+use tokio::sync::watch;
+
+pub use backoff::Backoff;
+
+use crate::buffer::{Buffer, BufferRecord};
+use crate::telemetry::Telemetry;
+
+/// The longest `Retry-After` honoured; a larger value is capped to this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Per-request deadline.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where and as whom to ship.
+#[derive(Clone)]
+pub struct ShipperConfig {
+    /// `{plane}/v1/logs`.
+    pub logs_url: String,
+    /// The ingest token.
+    pub token: String,
+    /// Prefix of every batch id.
+    pub agent_id: String,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// 2xx: durable at the plane; `rejected_records` from an OTLP partial success.
+    Delivered {
+        /// Records the plane declined inside an accepted batch.
+        rejected_records: u64,
+    },
+    /// A permanent refusal (4xx other than 408 and 429): the batch is skipped.
+    Rejected {
+        /// Metric label, such as `http_400`.
+        reason: String,
+    },
+    /// Try again, after at least `after` if the plane said so.
+    Retry {
+        /// What went wrong, for the log.
+        reason: String,
+        /// `Retry-After`, capped.
+        after: Option<Duration>,
+    },
+}
+
+/// Classifies a response by status and headers (the body only matters for 2xx).
+pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Attempt {
+    match status {
+        200..=299 => Attempt::Delivered {
+            rejected_records: ExportLogsServiceResponse::decode(body)
+                .ok()
+                .and_then(|r| r.partial_success)
+                .map(|p| p.rejected_log_records.max(0) as u64)
+                .unwrap_or(0),
+        },
+        408 | 429 => Attempt::Retry {
+            reason: format!("http_{status}"),
+            after: retry_after.and_then(parse_retry_after),
+        },
+        400..=499 => Attempt::Rejected {
+            reason: format!("http_{status}"),
+        },
+        _ => Attempt::Retry {
+            reason: format!("http_{status}"),
+            after: retry_after.and_then(parse_retry_after),
+        },
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+            let ms = at.timestamp_millis() - chrono::Utc::now().timestamp_millis();
+            Duration::from_millis(ms.max(0) as u64)
+        }
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// Builds the HTTP client the shipper uses.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+}
+
+/// Ships until `stop` is set and everything buffered was delivered. Callers bound the drain with
+/// a timeout and drop the task after it; an interrupted send is resent on the next start.
+pub async fn run(
+    buffer: Arc<Buffer>,
+    client: reqwest::Client,
+    config: ShipperConfig,
+    telemetry: Arc<Telemetry>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut appended = buffer.subscribe();
+    let mut cursor = buffer.shipped();
+    let mut reader: Option<WalReader> = None;
+    loop {
+        let last_seq = *appended.borrow_and_update();
+        let next = next_record(&buffer, &mut reader, cursor, last_seq).await;
+        let (seq, bytes) = match next {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                telemetry
+                    .oldest_unshipped_unix_nanos
+                    .store(0, Ordering::Relaxed);
+                if *stop.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    _ = appended.changed() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, cursor, "cannot read the disk buffer; retrying in 1 s");
+                reader = None;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        match BufferRecord::decode(&bytes) {
+            Ok(record) => {
+                telemetry
+                    .oldest_unshipped_unix_nanos
+                    .store(record.appended_unix_nanos, Ordering::Relaxed);
+                deliver(&client, &config, &telemetry, seq, record).await;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, seq, "skipping a malformed buffer record");
+                telemetry.dropped.add("malformed_buffer_record", 1);
+            }
+        }
+        cursor = seq;
+        let shipped = buffer.clone();
+        match tokio::task::spawn_blocking(move || shipped.mark_shipped(seq)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(error = %error, seq, "cannot persist the shipped cursor; the batch may be resent (the plane deduplicates)");
+            }
+            Err(error) => tracing::error!(error = %error, "cursor task failed"),
+        }
+    }
+}
+
+/// The next record after `cursor`, reusing `reader` while it has records and opening a new one
+/// when `last_seq` says more were appended.
+async fn next_record(
+    buffer: &Arc<Buffer>,
+    reader: &mut Option<WalReader>,
+    cursor: u64,
+    last_seq: u64,
+) -> anyhow::Result<Option<(u64, Vec<u8>)>> {
+    let taken = reader.take();
+    let buffer = buffer.clone();
+    let (kept, next) = tokio::task::spawn_blocking(move || {
+        let mut current = taken;
+        for _ in 0..2 {
+            if current.is_none() {
+                if last_seq <= cursor {
+                    return (None, Ok(None));
+                }
+                match buffer.read_from(cursor + 1) {
+                    Ok(r) => current = Some(r),
+                    Err(error) => return (None, Err(anyhow::Error::from(error))),
+                }
+            }
+            match current.as_mut().and_then(Iterator::next) {
+                Some(Ok(record)) => return (current, Ok(Some(record))),
+                Some(Err(error)) => return (None, Err(error.into())),
+                None => current = None,
+            }
+        }
+        (None, Ok(None))
+    })
+    .await?;
+    *reader = kept;
+    next
+}
+
+/// Sends one batch until it is delivered or rejected for good.
+async fn deliver(
+    client: &reqwest::Client,
+    config: &ShipperConfig,
+    telemetry: &Telemetry,
+    seq: u64,
+    record: BufferRecord,
+) {
+    let records = record.records as u64;
+    let body = match tokio::task::spawn_blocking(move || gzip(&record.payload)).await {
+        Ok(body) => body,
+        Err(error) => {
+            tracing::error!(error = %error, "gzip task failed");
+            return;
+        }
+    };
+    let batch_id = format!("{}-{seq}", config.agent_id);
+    let mut backoff = Backoff::default();
+    loop {
+        let attempt = match send(client, config, &batch_id, body.clone()).await {
+            Ok(attempt) => attempt,
+            Err(error) => Attempt::Retry {
+                reason: error_reason(&error),
+                after: None,
+            },
+        };
+        match attempt {
+            Attempt::Delivered { rejected_records } => {
+                telemetry.sent_batches.inc();
+                telemetry
+                    .sent_records
+                    .add(records - rejected_records.min(records));
+                telemetry.sent_bytes.add(body.len() as u64);
+                if rejected_records > 0 {
+                    tracing::warn!(
+                        batch_id,
+                        rejected_records,
+                        "the plane declined some records of a batch"
+                    );
+                    telemetry.dropped.add("partial_success", rejected_records);
+                }
+                tracing::debug!(batch_id, records, bytes = body.len(), "batch delivered");
+                return;
+            }
+            Attempt::Rejected { reason } => {
+                tracing::error!(
+                    batch_id,
+                    reason,
+                    records,
+                    "the plane refused a batch; skipping it"
+                );
+                telemetry.rejected.add(&reason, 1);
+                telemetry
+                    .dropped
+                    .add(&format!("rejected_{reason}"), records);
+                return;
+            }
+            Attempt::Retry { reason, after } => {
+                telemetry.retries.inc();
+                let delay = backoff.next_delay(after);
+                tracing::warn!(
+                    batch_id,
+                    reason,
+                    delay_ms = delay.as_millis() as u64,
+                    "send failed; retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+async fn send(
+    client: &reqwest::Client,
+    config: &ShipperConfig,
+    batch_id: &str,
+    body: Vec<u8>,
+) -> reqwest::Result<Attempt> {
+    let response = client
+        .post(&config.logs_url)
+        .bearer_auth(&config.token)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
+        .header(reqwest::header::CONTENT_ENCODING, "gzip")
+        .header(BATCH_ID_HEADER, batch_id)
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response.bytes().await?;
+    let attempt = classify(status, retry_after.as_deref(), &body);
+    if let Attempt::Rejected { reason } = &attempt {
+        let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+        tracing::error!(batch_id, reason, response = %text, "plane refused the batch");
+    }
+    Ok(attempt)
+}
+
+fn error_reason(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timeout".into()
+    } else if error.is_connect() {
+        format!("connect: {error}")
+    } else {
+        error.to_string()
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4 + 64),
+        flate2::Compression::default(),
+    );
+    encoder.write_all(data).expect("writing into a Vec");
+    encoder.finish().expect("writing into a Vec")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsPartialSuccess;
+
+    fn check(status: u16, retry_after: Option<&str>, expected: Attempt) {
+        assert_eq!(classify(status, retry_after, b""), expected, "{status}");
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        check(
+            200,
+            None,
+            Attempt::Delivered {
+                rejected_records: 0,
+            },
+        );
+        check(
+            204,
+            None,
+            Attempt::Delivered {
+                rejected_records: 0,
+            },
+        );
+        check(
+            429,
+            Some("3"),
+            Attempt::Retry {
+                reason: "http_429".into(),
+                after: Some(Duration::from_secs(3)),
+            },
+        );
+        check(
+            408,
+            None,
+            Attempt::Retry {
+                reason: "http_408".into(),
+                after: None,
+            },
+        );
+        check(
+            503,
+            Some("100000"),
+            Attempt::Retry {
+                reason: "http_503".into(),
+                after: Some(MAX_RETRY_AFTER),
+            },
+        );
+        for status in [400, 401, 403, 404, 413] {
+            check(
+                status,
+                Some("1"),
+                Attempt::Rejected {
+                    reason: format!("http_{status}"),
+                },
+            );
+        }
+        let body = ExportLogsServiceResponse {
+            partial_success: Some(ExportLogsPartialSuccess {
+                rejected_log_records: 4,
+                error_message: "too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            classify(200, None, &body),
+            Attempt::Delivered {
+                rejected_records: 4
+            }
+        );
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,647 @@
+//! The file source: tails files matching glob patterns, follows rotation, turns lines into OTLP log records and hands batches to the disk buffer, checkpointing what is durable.
+//!
+//! It runs on a dedicated thread (blocking file I/O, no async worker is held). Each pass reads new
+//! bytes from every tailed file; every second the patterns are expanded again, so new files are
+//! picked up and rotation is noticed:
+//!
+//! * **rename**: the path now names another inode. The old file keeps being read (through its
+//!   open descriptor) to its end and is closed once it stayed idle for a second; the new file at
+//!   the path is read from 0.
+//! * **copy-truncate**: same inode, but shorter than the offset read, or its first bytes changed.
+//!   Reading restarts at 0. A copy that the patterns also match is recognised by its first
+//!   bytes and read from where the original was, not again from 0.
+//!
+//! Files are identified by (device, inode) plus a fingerprint of their first 256 bytes; see
+//! [`checkpoint`] for how positions are persisted and recovered.
+
+pub mod checkpoint;
+pub mod glob;
+pub mod lines;
+pub mod parse;
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::buffer::{AppendOutcome, AppendRequest, Buffer, BufferRecord};
+use crate::config::{AgentConfig, FileSourceConfig};
+use crate::telemetry::{Telemetry, now_unix_nanos};
+use checkpoint::{Checkpoints, FilePosition, Fingerprint, SourceState};
+use lines::{Frame, Framer};
+
+/// Bytes read from one file per `read` call.
+const CHUNK: usize = 64 << 10;
+/// Bytes read from one file per pass before moving on to the next (fairness).
+const PER_FILE_PER_PASS: usize = 1 << 20;
+/// A batch is cut at this many bytes of records.
+const BATCH_MAX_BYTES: usize = 1 << 20;
+/// Pause between passes that found nothing new.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often patterns are expanded again.
+const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// A pending multi-line record is emitted after this long without a new line.
+const MULTILINE_IDLE: Duration = Duration::from_secs(1);
+/// A file that is no longer at its path is closed after being idle at its end this long.
+const ROTATED_CLOSE_AFTER: Duration = Duration::from_secs(1);
+/// How long a truncated file's old prefix is remembered to recognise its copy.
+const COPY_MEMORY: Duration = Duration::from_secs(60);
+
+/// Device and inode.
+type FileKey = (u64, u64);
+
+/// One file being read.
+struct Tailer {
+    key: FileKey,
+    fingerprint: Fingerprint,
+    path: PathBuf,
+    source: usize,
+    service: String,
+    file: std::fs::File,
+    framer: Framer,
+    /// The patterns no longer match this file (renamed away or deleted).
+    rotated: bool,
+    /// When a read last found nothing new.
+    idle_since: Option<Instant>,
+    /// Last timestamp given to a record without one, kept increasing per file.
+    last_time: u64,
+}
+
+impl Tailer {
+    fn position(&self) -> FilePosition {
+        FilePosition {
+            dev: self.key.0,
+            ino: self.key.1,
+            fingerprint: self.fingerprint,
+            path: self.path.clone(),
+            offset: self.framer.safe_offset(),
+        }
+    }
+}
+
+/// A batch being filled: records grouped by file, in read order.
+#[derive(Default)]
+struct Batch {
+    groups: Vec<(FileKey, PathBuf, String, Vec<LogRecord>)>,
+    records: usize,
+    lines: u64,
+    bytes: usize,
+    started: Option<Instant>,
+}
+
+/// The file source's state; [`FileSource::run`] drives it on its own thread.
+pub struct FileSource {
+    sources: Vec<(glob::Pattern, FileSourceConfig)>,
+    batch_max_lines: usize,
+    batch_timeout: Duration,
+    host_name: String,
+    checkpoint_path: PathBuf,
+    tailers: Vec<Tailer>,
+    /// Positions from the last run not yet matched to a file.
+    recovered: HashMap<FileKey, FilePosition>,
+    /// (old prefix, offset reached) of files truncated recently, to recognise their copies.
+    truncated: Vec<(Fingerprint, u64, Instant)>,
+    batch: Batch,
+    buffer: Arc<Buffer>,
+    appends: mpsc::Sender<AppendRequest>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl FileSource {
+    /// Loads `checkpoints.json`, applies the positions of buffer records written after it (a
+    /// crash between append and checkpoint), and stores the result. Blocking; call before the
+    /// shipper starts so those records are still in the buffer.
+    pub fn recover(
+        config: &AgentConfig,
+        buffer: Arc<Buffer>,
+        appends: mpsc::Sender<AppendRequest>,
+        telemetry: Arc<Telemetry>,
+    ) -> anyhow::Result<FileSource> {
+        let checkpoint_path = config.data_dir.join("checkpoints.json");
+        let mut checkpoints = Checkpoints::load(&checkpoint_path)?;
+        let mut newer = false;
+        for record in buffer.read_from(checkpoints.buffer_seq + 1)? {
+            let (seq, bytes) = record?;
+            let record = BufferRecord::decode(&bytes)?;
+            if record.source_state.is_empty() {
+                continue;
+            }
+            let state: SourceState = serde_json::from_slice(&record.source_state)
+                .with_context(|| format!("source state of buffer record {seq}"))?;
+            checkpoints = Checkpoints {
+                buffer_seq: seq,
+                files: state.file,
+            };
+            newer = true;
+        }
+        if newer {
+            tracing::info!(
+                buffer_seq = checkpoints.buffer_seq,
+                "file positions recovered from the disk buffer"
+            );
+            checkpoints
+                .store(&checkpoint_path)
+                .with_context(|| format!("writing {}", checkpoint_path.display()))?;
+        }
+        let sources = config
+            .files
+            .iter()
+            .map(|f| {
+                let pattern = glob::Pattern::new(&f.pattern).map_err(anyhow::Error::msg)?;
+                Ok((pattern, f.clone()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(FileSource {
+            sources,
+            batch_max_lines: config.batch_max_lines,
+            batch_timeout: config.batch_timeout,
+            host_name: host_name(),
+            checkpoint_path,
+            tailers: Vec::new(),
+            recovered: checkpoints
+                .files
+                .into_iter()
+                .map(|p| ((p.dev, p.ino), p))
+                .collect(),
+            truncated: Vec::new(),
+            batch: Batch::default(),
+            buffer,
+            appends,
+            telemetry,
+        })
+    }
+
+    /// Starts the source on its own thread; it returns once `stop` is set and what was read is
+    /// in the buffer (or the buffer is full, in which case the checkpoint stays behind).
+    pub fn spawn(
+        self,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
+        std::thread::Builder::new()
+            .name("file-source".into())
+            .spawn(move || self.run(&stop))
+    }
+
+    fn run(mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+        self.scan_orphans();
+        let mut last_scan: Option<Instant> = None;
+        let mut buf = vec![0u8; CHUNK];
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if last_scan.is_none_or(|t| now.duration_since(t) >= SCAN_INTERVAL) {
+                self.scan(now);
+                last_scan = Some(now);
+            }
+            let read = self.read_pass(&mut buf, now);
+            if self.batch_due(Instant::now()) && !self.commit(stop)? {
+                break;
+            }
+            if read == 0 {
+                std::thread::sleep(POLL_INTERVAL);
+            }
+        }
+        // Shutdown: whatever was read goes to the buffer; partial lines wait for the next run.
+        let mut frames = Vec::new();
+        for i in 0..self.tailers.len() {
+            self.tailers[i].framer.flush_pending(&mut frames);
+            self.add_frames(i, &mut frames);
+        }
+        if self.batch.records > 0 {
+            self.commit(stop)?;
+        }
+        Ok(())
+    }
+
+    fn batch_due(&self, now: Instant) -> bool {
+        self.batch.records >= self.batch_max_lines
+            || self.batch.bytes >= BATCH_MAX_BYTES
+            || self
+                .batch
+                .started
+                .is_some_and(|t| now.duration_since(t) >= self.batch_timeout)
+    }
+
+    /// Expands the patterns: opens new files, notices renamed, deleted and truncated ones.
+    fn scan(&mut self, now: Instant) {
+        let mut seen: HashMap<FileKey, (PathBuf, usize)> = HashMap::new();
+        let mut order = Vec::new();
+        for (index, (pattern, _)) in self.sources.iter().enumerate() {
+            for path in pattern.expand() {
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                let key = (meta.dev(), meta.ino());
+                if let std::collections::hash_map::Entry::Vacant(e) = seen.entry(key) {
+                    e.insert((path, index));
+                    order.push(key);
+                }
+            }
+        }
+        self.truncated
+            .retain(|(_, _, at)| now.duration_since(*at) < COPY_MEMORY);
+        let mut frames = Vec::new();
+        for i in 0..self.tailers.len() {
+            let tailer = &mut self.tailers[i];
+            match seen.remove(&tailer.key) {
+                Some((path, _)) => {
+                    if tailer.rotated {
+                        tracing::info!(path = %path.display(), "file is back under a matching path");
+                    }
+                    tailer.path = path;
+                    tailer.rotated = false;
+                }
+                None => {
+                    if !tailer.rotated {
+                        tracing::info!(path = %tailer.path.display(), "file was rotated or deleted; reading it to its end");
+                    }
+                    tailer.rotated = true;
+                    continue;
+                }
+            }
+            if let Some(copy) = check_truncation(tailer, now, &mut frames) {
+                self.truncated.push((copy.0, copy.1, now));
+            }
+            self.add_frames(i, &mut frames);
+            let tailer = &mut self.tailers[i];
+            if (tailer.fingerprint.len as usize) < checkpoint::FINGERPRINT_BYTES
+                && let Ok(fp) = Fingerprint::of(&tailer.file)
+            {
+                tailer.fingerprint = fp;
+            }
+        }
+        for key in order {
+            let Some((path, source)) = seen.remove(&key) else {
+                continue;
+            };
+            if let Err(error) = self.open(&path, source, false) {
+                tracing::warn!(path = %path.display(), error = %error, "cannot open file");
+            }
+        }
+        self.telemetry
+            .files_open
+            .store(self.tailers.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Files from the last run's checkpoint that no pattern matches any more: they were rotated
+    /// while the agent was down. Looks for them (same inode) next to their old path and reads
+    /// them to their end.
+    fn scan_orphans(&mut self) {
+        let mut matched = std::collections::HashSet::new();
+        for (pattern, _) in &self.sources {
+            for path in pattern.expand() {
+                if let Ok(meta) = std::fs::metadata(&path) {
+                    matched.insert((meta.dev(), meta.ino()));
+                }
+            }
+        }
+        let orphans: Vec<FilePosition> = self
+            .recovered
+            .values()
+            .filter(|p| !matched.contains(&(p.dev, p.ino)))
+            .cloned()
+            .collect();
+        for position in orphans {
+            let Some(dir) = position.path.parent() else {
+                continue;
+            };
+            let source = self
+                .sources
+                .iter()
+                .position(|(pattern, _)| pattern.matches(&position.path))
+                .unwrap_or(0);
+            let found = std::fs::read_dir(dir).ok().and_then(|entries| {
+                entries.flatten().map(|e| e.path()).find(|p| {
+                    std::fs::metadata(p).is_ok_and(|m| {
+                        m.is_file() && (m.dev(), m.ino()) == (position.dev, position.ino)
+                    })
+                })
+            });
+            if let Some(path) = found {
+                tracing::info!(path = %path.display(), was = %position.path.display(), "reading the rest of a file rotated while the agent was down");
+                if let Err(error) = self.open(&path, source, true) {
+                    tracing::warn!(path = %path.display(), error = %error, "cannot open rotated file");
+                }
+            }
+        }
+    }
+
+    /// Starts tailing `path`, from its recovered position if it is the same file.
+    fn open(&mut self, path: &Path, source: usize, rotated: bool) -> anyhow::Result<()> {
+        let file = std::fs::File::open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            bail!("not a regular file");
+        }
+        let key = (meta.dev(), meta.ino());
+        if self.tailers.iter().any(|t| t.key == key) {
+            return Ok(());
+        }
+        let fingerprint = Fingerprint::of(&file)?;
+        let mut offset = 0;
+        if let Some(position) = self.recovered.remove(&key) {
+            if position.fingerprint.matches(&file)? && position.offset <= meta.len() {
+                offset = position.offset;
+            } else {
+                tracing::info!(path = %path.display(), "file changed since the checkpoint (truncated or inode reused); reading it from the start");
+            }
+        } else if fingerprint.len as usize == checkpoint::FINGERPRINT_BYTES
+            && let Some(&(_, reached, _)) = self
+                .truncated
+                .iter()
+                .find(|(fp, reached, _)| *fp == fingerprint && *reached <= meta.len())
+        {
+            tracing::info!(path = %path.display(), offset = reached, "file is a copy of a truncated file; reading it from where the original was");
+            offset = reached;
+        }
+        let config = &self.sources[source].1;
+        let service = config.service.clone().unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "unknown_service".into())
+        });
+        tracing::info!(path = %path.display(), offset, service, "tailing file");
+        self.tailers.push(Tailer {
+            key,
+            fingerprint,
+            path: path.to_path_buf(),
+            source,
+            service,
+            file,
+            framer: Framer::new(offset, config.multiline.clone()),
+            rotated,
+            idle_since: None,
+            last_time: 0,
+        });
+        Ok(())
+    }
+
+    /// Reads new bytes from every file into the batch; returns the bytes read. Stops early when
+    /// the batch is full. Closes rotated files that are done.
+    fn read_pass(&mut self, buf: &mut [u8], now: Instant) -> usize {
+        let mut total = 0;
+        let mut frames = Vec::new();
+        for i in 0..self.tailers.len() {
+            let mut read_here = 0;
+            loop {
+                let tailer = &mut self.tailers[i];
+                let n = match tailer.file.read_at(buf, tailer.framer.read_offset()) {
+                    Ok(n) => n,
+                    Err(error) => {
+                        tracing::warn!(path = %tailer.path.display(), error = %error, "read failed");
+                        0
+                    }
+                };
+                if n == 0 {
+                    tailer.idle_since.get_or_insert(now);
+                    break;
+                }
+                tailer.idle_since = None;
+                tailer.framer.push(&buf[..n], now, &mut frames);
+                self.add_frames(i, &mut frames);
+                read_here += n;
+                if read_here >= PER_FILE_PER_PASS || self.batch_due(now) {
+                    break;
+                }
+            }
+            total += read_here;
+            let tailer = &mut self.tailers[i];
+            tailer.framer.flush_idle(now, MULTILINE_IDLE, &mut frames);
+            if tailer.rotated
+                && tailer
+                    .idle_since
+                    .is_some_and(|t| now.duration_since(t) >= ROTATED_CLOSE_AFTER)
+            {
+                tailer.framer.finish(now, &mut frames);
+            }
+            self.add_frames(i, &mut frames);
+            if self.batch_due(now) {
+                break;
+            }
+        }
+        // Done rotated files leave; their last records are in the batch, and the next
+        // checkpoint no longer lists them.
+        let before = self.tailers.len();
+        self.tailers.retain(|t| {
+            let done = t.rotated
+                && t.framer.is_idle()
+                && t.idle_since
+                    .is_some_and(|s| now.duration_since(s) >= ROTATED_CLOSE_AFTER);
+            if done {
+                tracing::info!(path = %t.path.display(), "finished reading rotated file");
+            }
+            !done
+        });
+        if self.tailers.len() != before {
+            self.telemetry
+                .files_open
+                .store(self.tailers.len() as u64, Ordering::Relaxed);
+        }
+        total
+    }
+
+    /// Parses `frames` of tailer `i` into log records of the batch.
+    fn add_frames(&mut self, i: usize, frames: &mut Vec<Frame>) {
+        if frames.is_empty() {
+            return;
+        }
+        let tailer = &mut self.tailers[i];
+        let config = &self.sources[tailer.source].1;
+        let mut lines = 0;
+        let count = frames.len() as u64;
+        let mut records = Vec::with_capacity(frames.len());
+        for frame in frames.drain(..) {
+            lines += frame.lines;
+            self.batch.bytes += frame.text.len() + 64;
+            let parsed = parse::parse(&frame.text, config.parse_regex.as_ref());
+            // Records without a time of their own get the time they were read, kept increasing
+            // per file so that their order survives.
+            let observed = frame.read_unix_nanos.max(tailer.last_time + 1);
+            tailer.last_time = observed;
+            let time = parsed.time_unix_nano.unwrap_or(observed);
+            let (severity_number, severity_text) = parsed.severity.unwrap_or_default();
+            records.push(LogRecord {
+                time_unix_nano: time,
+                observed_time_unix_nano: observed,
+                severity_number,
+                severity_text,
+                body: Some(string_value(parsed.body)),
+                attributes: parsed.attributes,
+                ..Default::default()
+            });
+        }
+        self.telemetry.read(&config.pattern, lines, count);
+        self.batch.records += records.len();
+        self.batch.lines += lines;
+        self.batch.started.get_or_insert_with(Instant::now);
+        match self.batch.groups.last_mut() {
+            Some((key, _, _, group)) if *key == tailer.key => group.extend(records),
+            _ => self.batch.groups.push((
+                tailer.key,
+                tailer.path.clone(),
+                tailer.service.clone(),
+                records,
+            )),
+        }
+    }
+
+    /// Appends the batch to the buffer and checkpoints. Waits (paused) while the buffer is full;
+    /// returns `Ok(false)` if `stop` is set meanwhile (the batch is dropped from memory, its
+    /// bytes are read again on the next start since the checkpoint did not move).
+    fn commit(&mut self, stop: &AtomicBool) -> anyhow::Result<bool> {
+        let batch = std::mem::take(&mut self.batch);
+        let positions = SourceState {
+            file: self.tailers.iter().map(Tailer::position).collect(),
+        };
+        let request = ExportLogsServiceRequest {
+            resource_logs: batch
+                .groups
+                .into_iter()
+                .map(|(_, path, service, records)| ResourceLogs {
+                    resource: Some(Resource {
+                        attributes: vec![
+                            kv("host.name", &self.host_name),
+                            kv("service.name", &service),
+                            kv("log.file.path", &path.to_string_lossy()),
+                        ],
+                        ..Default::default()
+                    }),
+                    scope_logs: vec![ScopeLogs {
+                        scope: Some(InstrumentationScope {
+                            name: "gantry-agent".into(),
+                            version: env!("CARGO_PKG_VERSION").into(),
+                            ..Default::default()
+                        }),
+                        log_records: records,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let record = BufferRecord {
+            appended_unix_nanos: now_unix_nanos(),
+            records: batch.records as u32,
+            source_state: serde_json::to_vec(&positions)?,
+            payload: request.encode_to_vec(),
+        };
+        let mut paused = false;
+        let outcome = loop {
+            let (reply, answer) = oneshot::channel();
+            self.appends
+                .blocking_send(AppendRequest {
+                    record: record.clone(),
+                    pin: true,
+                    reply,
+                })
+                .context("the buffer writer stopped")?;
+            match answer
+                .blocking_recv()
+                .context("the buffer writer stopped")?
+            {
+                AppendOutcome::Full => {
+                    if !paused {
+                        paused = true;
+                        tracing::warn!(
+                            "disk buffer full; pausing file reading until the shipper makes room"
+                        );
+                        self.telemetry
+                            .sources_paused
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        break None;
+                    }
+                    std::thread::sleep(POLL_INTERVAL);
+                }
+                AppendOutcome::Appended(seq) => break Some(seq),
+                AppendOutcome::Failed(message) => bail!("disk buffer append failed: {message}"),
+            }
+        };
+        if paused {
+            tracing::info!("disk buffer has room again; resuming file reading");
+            self.telemetry
+                .sources_paused
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        let Some(seq) = outcome else {
+            return Ok(false);
+        };
+        Checkpoints {
+            buffer_seq: seq,
+            files: positions.file,
+        }
+        .store(&self.checkpoint_path)
+        .with_context(|| format!("writing {}", self.checkpoint_path.display()))?;
+        self.buffer.confirm(seq);
+        tracing::debug!(
+            seq,
+            records = batch.records,
+            lines = batch.lines,
+            "batch buffered"
+        );
+        Ok(true)
+    }
+}
+
+/// Detects a truncated or rewritten file, emits what was held back of the old content, and
+/// restarts at 0. Returns the old prefix and offset (to recognise a copy) when it had a full one.
+fn check_truncation(
+    tailer: &mut Tailer,
+    now: Instant,
+    frames: &mut Vec<Frame>,
+) -> Option<(Fingerprint, u64)> {
+    let len = tailer.file.metadata().ok()?.len();
+    let shorter = len < tailer.framer.read_offset();
+    let rewritten = !shorter && !tailer.fingerprint.matches(&tailer.file).unwrap_or(true);
+    if !(shorter || rewritten) {
+        return None;
+    }
+    tracing::info!(path = %tailer.path.display(), size = len, offset = tailer.framer.read_offset(), "file was truncated; reading it from the start");
+    let old = (tailer.fingerprint, tailer.framer.read_offset());
+    tailer.framer.finish(now, frames);
+    tailer.framer.reset(0);
+    tailer.fingerprint = Fingerprint::of(&tailer.file).unwrap_or_default();
+    (old.0.len as usize == checkpoint::FINGERPRINT_BYTES).then_some(old)
+}
+
+fn string_value(s: String) -> AnyValue {
+    AnyValue {
+        value: Some(any_value::Value::StringValue(s)),
+    }
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(string_value(value.to_owned())),
+        ..Default::default()
+    }
+}
+
+/// The machine's host name (`/proc/sys/kernel/hostname`, then `/etc/hostname`, then `$HOSTNAME`).
+fn host_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests;

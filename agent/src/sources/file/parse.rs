@@ -1,0 +1,464 @@
+//! Severity, timestamp, message and attributes from a record's text: JSON lines, logfmt, or a configured regex; the raw text otherwise.
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use regex::Regex;
+use serde_json::Value;
+
+/// What was understood of one record.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Parsed {
+    /// The event time, if the record carried one.
+    pub time_unix_nano: Option<u64>,
+    /// OTLP severity number (0 when unknown) and the text as written.
+    pub severity: Option<(i32, String)>,
+    /// The message (the whole record when nothing was parsed).
+    pub body: String,
+    /// Every other field.
+    pub attributes: Vec<KeyValue>,
+}
+
+const LEVEL_KEYS: [&str; 3] = ["level", "severity", "lvl"];
+const TIME_KEYS: [&str; 3] = ["time", "timestamp", "ts"];
+const MSG_KEYS: [&str; 2] = ["msg", "message"];
+
+/// Parses `text` (one record, possibly several lines): JSON object, then logfmt, then `regex`;
+/// the raw text is the body when none applies. Continuation lines of a multi-line record are
+/// appended to the parsed message.
+pub fn parse(text: &str, regex: Option<&Regex>) -> Parsed {
+    let trimmed = text.trim();
+    if trimmed.starts_with('{')
+        && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(trimmed)
+    {
+        return from_json(map);
+    }
+    let (first, rest) = match text.split_once('\n') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (text, None),
+    };
+    let mut parsed = match parse_logfmt(first).or_else(|| regex.and_then(|r| parse_regex(r, first)))
+    {
+        Some(parsed) => parsed,
+        None => {
+            return Parsed {
+                body: text.to_owned(),
+                ..Parsed::default()
+            };
+        }
+    };
+    if let Some(rest) = rest {
+        parsed.body.push('\n');
+        parsed.body.push_str(rest);
+    }
+    parsed
+}
+
+fn from_json(map: serde_json::Map<String, Value>) -> Parsed {
+    let mut parsed = Parsed::default();
+    let mut body = None;
+    for (key, value) in map {
+        let k = key.as_str();
+        if parsed.severity.is_none() && LEVEL_KEYS.contains(&k) {
+            if let Some(severity) = json_severity(&value) {
+                parsed.severity = Some(severity);
+                continue;
+            }
+        } else if parsed.time_unix_nano.is_none() && TIME_KEYS.contains(&k) {
+            if let Some(time) = json_time(&value) {
+                parsed.time_unix_nano = Some(time);
+                continue;
+            }
+        } else if body.is_none() && MSG_KEYS.contains(&k) {
+            body = Some(match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            });
+            continue;
+        }
+        parsed.attributes.push(KeyValue {
+            key,
+            value: Some(json_value(value)),
+            ..Default::default()
+        });
+    }
+    parsed.body = body.unwrap_or_default();
+    parsed
+}
+
+fn json_severity(value: &Value) -> Option<(i32, String)> {
+    match value {
+        Value::String(s) => Some((severity_number(s), s.to_ascii_uppercase())),
+        // Bunyan / pino numeric levels.
+        Value::Number(n) => {
+            let n = n.as_i64()?;
+            let (number, text) = match n {
+                ..=10 => (1, "TRACE"),
+                11..=20 => (5, "DEBUG"),
+                21..=30 => (9, "INFO"),
+                31..=40 => (13, "WARN"),
+                41..=50 => (17, "ERROR"),
+                _ => (21, "FATAL"),
+            };
+            Some((number, text.to_owned()))
+        }
+        _ => None,
+    }
+}
+
+fn json_time(value: &Value) -> Option<u64> {
+    match value {
+        Value::String(s) => parse_time(s),
+        Value::Number(n) => match n.as_u64() {
+            Some(i) => epoch_int_to_nanos(i),
+            None => epoch_to_nanos(n.as_f64()?),
+        },
+        _ => None,
+    }
+}
+
+fn json_value(value: Value) -> AnyValue {
+    let value = match value {
+        Value::String(s) => any_value::Value::StringValue(s),
+        Value::Bool(b) => any_value::Value::BoolValue(b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => any_value::Value::IntValue(i),
+            None => any_value::Value::DoubleValue(n.as_f64().unwrap_or(0.0)),
+        },
+        other => any_value::Value::StringValue(other.to_string()),
+    };
+    AnyValue { value: Some(value) }
+}
+
+fn string_value(s: &str) -> AnyValue {
+    AnyValue {
+        value: Some(any_value::Value::StringValue(s.to_owned())),
+    }
+}
+
+/// Parses `key=value key="quoted value"` pairs; `None` unless the whole line is pairs and one
+/// of them is a level or a message.
+fn parse_logfmt(line: &str) -> Option<Parsed> {
+    let pairs = logfmt_pairs(line)?;
+    let known = pairs
+        .iter()
+        .any(|(k, _)| LEVEL_KEYS.contains(&k.as_str()) || MSG_KEYS.contains(&k.as_str()));
+    if !known {
+        return None;
+    }
+    Some(from_fields(pairs))
+}
+
+fn from_fields(fields: Vec<(String, String)>) -> Parsed {
+    let mut parsed = Parsed::default();
+    let mut body = None;
+    for (key, value) in fields {
+        let k = key.as_str();
+        if parsed.severity.is_none() && LEVEL_KEYS.contains(&k) {
+            parsed.severity = Some((severity_number(&value), value.to_ascii_uppercase()));
+            continue;
+        }
+        if parsed.time_unix_nano.is_none()
+            && TIME_KEYS.contains(&k)
+            && let Some(time) = parse_time(&value)
+        {
+            parsed.time_unix_nano = Some(time);
+            continue;
+        }
+        if body.is_none() && MSG_KEYS.contains(&k) {
+            body = Some(value);
+            continue;
+        }
+        parsed.attributes.push(KeyValue {
+            key,
+            value: Some(string_value(&value)),
+            ..Default::default()
+        });
+    }
+    parsed.body = body.unwrap_or_default();
+    parsed
+}
+
+fn logfmt_pairs(line: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut chars = line.trim().chars().peekable();
+    while chars.peek().is_some() {
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' {
+                break;
+            }
+            if !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@')) {
+                return None;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if key.is_empty() || chars.next() != Some('=') {
+            return None;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' => break,
+                    '\\' => match chars.next()? {
+                        'n' => value.push('\n'),
+                        't' => value.push('\t'),
+                        other => value.push(other),
+                    },
+                    c => value.push(c),
+                }
+            }
+            if chars.peek().is_some_and(|c| !c.is_whitespace()) {
+                return None;
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                if c == '"' || c == '=' {
+                    return None;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        pairs.push((key, value));
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+    }
+    (!pairs.is_empty()).then_some(pairs)
+}
+
+fn parse_regex(regex: &Regex, line: &str) -> Option<Parsed> {
+    let caps = regex.captures(line)?;
+    let fields = regex
+        .capture_names()
+        .flatten()
+        .filter_map(|name| {
+            let value = caps.name(name)?.as_str();
+            let key = name;
+            Some((key.to_owned(), value.to_owned()))
+        })
+        .collect();
+    Some(from_fields(fields))
+}
+
+/// OTLP severity number for a level name (0 when unknown).
+pub fn severity_number(level: &str) -> i32 {
+    match level.to_ascii_lowercase().as_str() {
+        "trace" | "trc" => 1,
+        "debug" | "dbg" => 5,
+        "info" | "inf" | "information" | "notice" => 9,
+        "warn" | "warning" | "wrn" => 13,
+        "error" | "err" | "eror" => 17,
+        "fatal" | "critical" | "crit" | "panic" | "emerg" | "alert" => 21,
+        _ => 0,
+    }
+}
+
+/// RFC 3339 (also with a space instead of `T`) or a number of seconds, milliseconds,
+/// microseconds or nanoseconds since the epoch (told apart by magnitude).
+pub fn parse_time(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if let Ok(i) = text.parse::<u64>() {
+        return epoch_int_to_nanos(i);
+    }
+    if let Ok(n) = text.parse::<f64>() {
+        return epoch_to_nanos(n);
+    }
+    let parsed = chrono::DateTime::parse_from_rfc3339(text).or_else(|_| {
+        if text.len() > 10 && text.as_bytes()[10] == b' ' {
+            let mut fixed = text.to_owned();
+            fixed.replace_range(10..11, "T");
+            chrono::DateTime::parse_from_rfc3339(&fixed)
+        } else {
+            chrono::DateTime::parse_from_rfc3339("invalid")
+        }
+    });
+    let nanos = parsed.ok()?.timestamp_nanos_opt()?;
+    u64::try_from(nanos).ok()
+}
+
+/// Integer epoch values, exact: seconds, milliseconds, microseconds or nanoseconds by magnitude.
+fn epoch_int_to_nanos(n: u64) -> Option<u64> {
+    match n {
+        0 => None,
+        1..100_000_000_000 => n.checked_mul(1_000_000_000),
+        100_000_000_000..100_000_000_000_000 => n.checked_mul(1_000_000),
+        100_000_000_000_000..100_000_000_000_000_000 => n.checked_mul(1_000),
+        _ => Some(n),
+    }
+}
+
+fn epoch_to_nanos(n: f64) -> Option<u64> {
+    if !n.is_finite() || n <= 0.0 {
+        return None;
+    }
+    let nanos = if n < 1e11 {
+        n * 1e9
+    } else if n < 1e14 {
+        n * 1e6
+    } else if n < 1e17 {
+        n * 1e3
+    } else {
+        n
+    };
+    (nanos < u64::MAX as f64).then_some(nanos as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `text` and compares (time, severity number, severity text, body, attributes as `k=v`).
+    fn check(
+        text: &str,
+        regex: Option<&str>,
+        time: Option<u64>,
+        severity: Option<(i32, &str)>,
+        body: &str,
+        attributes: &[&str],
+    ) {
+        let regex = regex.map(|r| Regex::new(r).unwrap());
+        let parsed = parse(text, regex.as_ref());
+        assert_eq!(parsed.time_unix_nano, time, "time of {text:?}");
+        assert_eq!(
+            parsed.severity,
+            severity.map(|(n, s)| (n, s.to_owned())),
+            "severity of {text:?}"
+        );
+        assert_eq!(parsed.body, body, "body of {text:?}");
+        let mut attrs: Vec<String> = parsed
+            .attributes
+            .iter()
+            .map(|kv| {
+                let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(any_value::Value::StringValue(s)) => s.clone(),
+                    Some(any_value::Value::IntValue(i)) => i.to_string(),
+                    Some(any_value::Value::BoolValue(b)) => b.to_string(),
+                    Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+                    other => format!("{other:?}"),
+                };
+                format!("{}={v}", kv.key)
+            })
+            .collect();
+        attrs.sort();
+        assert_eq!(attrs, attributes, "attributes of {text:?}");
+    }
+
+    const T: u64 = 1_700_000_000_123_000_000;
+
+    #[test]
+    fn json_lines() {
+        check(
+            r#"{"level":"error","time":"2023-11-14T22:13:20.123Z","msg":"boom","user":"ann","n":3,"ok":true}"#,
+            None,
+            Some(T),
+            Some((17, "ERROR")),
+            "boom",
+            &["n=3", "ok=true", "user=ann"],
+        );
+        check(
+            r#"{"severity":"Warning","ts":1700000000.123,"message":"m"}"#,
+            None,
+            Some((1700000000.123f64 * 1e9) as u64),
+            Some((13, "WARNING")),
+            "m",
+            &[],
+        );
+        check(
+            r#"{"level":30,"time":1700000000123,"msg":"pino"}"#,
+            None,
+            Some(T),
+            Some((9, "INFO")),
+            "pino",
+            &[],
+        );
+        check(r#"{"a":"b"}"#, None, None, None, "", &["a=b"]);
+        // Not an object, or broken: raw.
+        check("[1,2]", None, None, None, "[1,2]", &[]);
+        check("{broken", None, None, None, "{broken", &[]);
+        // An unparseable time stays an attribute.
+        check(
+            r#"{"time":"yesterday","msg":"x"}"#,
+            None,
+            None,
+            None,
+            "x",
+            &["time=yesterday"],
+        );
+    }
+
+    #[test]
+    fn logfmt() {
+        check(
+            r#"time=2023-11-14T22:13:20.123Z level=warn msg="disk \"almost\" full" pct=91"#,
+            None,
+            Some(T),
+            Some((13, "WARN")),
+            "disk \"almost\" full",
+            &["pct=91"],
+        );
+        check(
+            "ts=\"2023-11-14 22:13:20.123Z\" lvl=debug msg=hi\n  detail line",
+            None,
+            Some(T),
+            Some((5, "DEBUG")),
+            "hi\n  detail line",
+            &[],
+        );
+        // Pairs without a level or message: not logfmt.
+        check("a=1 b=2", None, None, None, "a=1 b=2", &[]);
+        check("GET /x?a=1 200", None, None, None, "GET /x?a=1 200", &[]);
+        check(
+            "level=info msg=\"unterminated",
+            None,
+            None,
+            None,
+            "level=info msg=\"unterminated",
+            &[],
+        );
+    }
+
+    #[test]
+    fn configured_regex_and_raw() {
+        let re = r"^(?P<time>\S+) \[(?P<level>\w+)\] (?P<thread>\w+): (?P<msg>.*)$";
+        check(
+            "2023-11-14T22:13:20.123Z [ERROR] main: failed\n\tat x.y(Z.java:1)",
+            Some(re),
+            Some(T),
+            Some((17, "ERROR")),
+            "failed\n\tat x.y(Z.java:1)",
+            &["thread=main"],
+        );
+        check(
+            "plain text line",
+            Some(re),
+            None,
+            None,
+            "plain text line",
+            &[],
+        );
+        check("plain text line", None, None, None, "plain text line", &[]);
+    }
+
+    #[test]
+    fn severity_and_time_helpers() {
+        for (level, n) in [("INFO", 9), ("err", 17), ("Fatal", 21), ("verbose", 0)] {
+            assert_eq!(severity_number(level), n, "{level}");
+        }
+        for (text, nanos) in [
+            ("1700000000", Some(1_700_000_000_000_000_000)),
+            ("1700000000123", Some(1_700_000_000_123_000_000)),
+            ("1700000000123456", Some(1_700_000_000_123_456_000)),
+            ("2023-11-14T23:13:20.123+01:00", Some(T)),
+            ("-5", None),
+            ("not a time", None),
+        ] {
+            assert_eq!(parse_time(text), nanos, "{text}");
+        }
+    }
+}

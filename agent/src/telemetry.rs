@@ -1,0 +1,284 @@
+//! The agent's own counters and gauges, rendered as Prometheus text for `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters keyed by a reason (rare events: a mutex is fine).
+#[derive(Debug, Default)]
+pub struct ReasonCounter(Mutex<BTreeMap<String, u64>>);
+
+impl ReasonCounter {
+    /// Adds `n` under `reason`.
+    pub fn add(&self, reason: &str, n: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry(reason.to_owned()).or_default() += n;
+    }
+    /// A copy of every (reason, count).
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Everything `/metrics` reports.
+#[derive(Debug)]
+pub struct Telemetry {
+    /// Lines read, per file source pattern.
+    lines_read: BTreeMap<String, Counter>,
+    /// Records (after multi-line joining) read, per file source pattern.
+    records_read: BTreeMap<String, Counter>,
+    /// Files currently tailed.
+    pub files_open: AtomicU64,
+    /// Sources waiting for room in a full buffer (gauge).
+    pub sources_paused: AtomicU64,
+    /// Batches made durable in the buffer.
+    pub buffer_appends: Counter,
+    buffer_bytes: AtomicU64,
+    buffer_max_bytes: AtomicU64,
+    /// Append time of the oldest unshipped record (0: none).
+    pub oldest_unshipped_unix_nanos: AtomicU64,
+    /// Batches the plane acknowledged.
+    pub sent_batches: Counter,
+    /// Records in acknowledged batches.
+    pub sent_records: Counter,
+    /// Compressed bytes of acknowledged batches.
+    pub sent_bytes: Counter,
+    /// Attempts that failed and were retried.
+    pub retries: Counter,
+    /// Batches the plane refused for good, by reason.
+    pub rejected: ReasonCounter,
+    /// Records lost, by reason.
+    pub dropped: ReasonCounter,
+}
+
+impl Telemetry {
+    /// Counters for the given file source patterns.
+    pub fn new(patterns: &[String]) -> Telemetry {
+        let per_pattern = || {
+            patterns
+                .iter()
+                .map(|p| (p.clone(), Counter::default()))
+                .collect()
+        };
+        Telemetry {
+            lines_read: per_pattern(),
+            records_read: per_pattern(),
+            files_open: AtomicU64::new(0),
+            sources_paused: AtomicU64::new(0),
+            buffer_appends: Counter::default(),
+            buffer_bytes: AtomicU64::new(0),
+            buffer_max_bytes: AtomicU64::new(0),
+            oldest_unshipped_unix_nanos: AtomicU64::new(0),
+            sent_batches: Counter::default(),
+            sent_records: Counter::default(),
+            sent_bytes: Counter::default(),
+            retries: Counter::default(),
+            rejected: ReasonCounter::default(),
+            dropped: ReasonCounter::default(),
+        }
+    }
+
+    /// Counts lines and records read by the source with `pattern`.
+    pub fn read(&self, pattern: &str, lines: u64, records: u64) {
+        if let Some(c) = self.lines_read.get(pattern) {
+            c.add(lines);
+        }
+        if let Some(c) = self.records_read.get(pattern) {
+            c.add(records);
+        }
+    }
+
+    /// Updates the buffer gauges.
+    pub fn set_buffer(&self, bytes: u64, max_bytes: u64) {
+        self.buffer_bytes.store(bytes, Ordering::Relaxed);
+        self.buffer_max_bytes.store(max_bytes, Ordering::Relaxed);
+    }
+
+    /// Current size of the disk buffer.
+    pub fn buffer_bytes(&self) -> u64 {
+        self.buffer_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let labelled = |key: &str, map: BTreeMap<String, u64>| -> Vec<(String, u64)> {
+            map.into_iter()
+                .map(|(v, n)| (format!("{{{key}=\"{}\"}}", escape(&v)), n))
+                .collect()
+        };
+        let per_pattern = |counters: &BTreeMap<String, Counter>| {
+            counters
+                .iter()
+                .map(|(p, c)| {
+                    (
+                        format!("{{source=\"file\",pattern=\"{}\"}}", escape(p)),
+                        c.get(),
+                    )
+                })
+                .collect()
+        };
+        let plain = |v: u64| vec![(String::new(), v)];
+        metric(
+            "gantry_agent_lines_read_total",
+            "counter",
+            "Lines read, per source.",
+            per_pattern(&self.lines_read),
+        );
+        metric(
+            "gantry_agent_records_read_total",
+            "counter",
+            "Records read (multi-line records joined), per source.",
+            per_pattern(&self.records_read),
+        );
+        metric(
+            "gantry_agent_files_open",
+            "gauge",
+            "Files being tailed.",
+            plain(self.files_open.load(Ordering::Relaxed)),
+        );
+        metric(
+            "gantry_agent_sources_paused",
+            "gauge",
+            "Sources waiting for room in the full disk buffer.",
+            plain(self.sources_paused.load(Ordering::Relaxed)),
+        );
+        metric(
+            "gantry_agent_buffer_appends_total",
+            "counter",
+            "Batches made durable in the disk buffer.",
+            plain(self.buffer_appends.get()),
+        );
+        metric(
+            "gantry_agent_buffer_bytes",
+            "gauge",
+            "Size of the disk buffer.",
+            plain(self.buffer_bytes()),
+        );
+        metric(
+            "gantry_agent_buffer_max_bytes",
+            "gauge",
+            "Size limit of the disk buffer.",
+            plain(self.buffer_max_bytes.load(Ordering::Relaxed)),
+        );
+        let oldest = self.oldest_unshipped_unix_nanos.load(Ordering::Relaxed);
+        let age = if oldest == 0 {
+            0
+        } else {
+            now_unix_nanos().saturating_sub(oldest) / 1_000_000_000
+        };
+        metric(
+            "gantry_agent_buffer_oldest_age_seconds",
+            "gauge",
+            "Age of the oldest record not yet acknowledged by the plane (0: none).",
+            plain(age),
+        );
+        metric(
+            "gantry_agent_sent_batches_total",
+            "counter",
+            "Batches acknowledged by the plane.",
+            plain(self.sent_batches.get()),
+        );
+        metric(
+            "gantry_agent_sent_records_total",
+            "counter",
+            "Records in batches acknowledged by the plane.",
+            plain(self.sent_records.get()),
+        );
+        metric(
+            "gantry_agent_sent_bytes_total",
+            "counter",
+            "Compressed bytes of batches acknowledged by the plane.",
+            plain(self.sent_bytes.get()),
+        );
+        metric(
+            "gantry_agent_retries_total",
+            "counter",
+            "Send attempts that failed and were retried.",
+            plain(self.retries.get()),
+        );
+        metric(
+            "gantry_agent_rejected_batches_total",
+            "counter",
+            "Batches the plane refused for good (not retried), by reason.",
+            labelled("reason", self.rejected.snapshot()),
+        );
+        metric(
+            "gantry_agent_dropped_records_total",
+            "counter",
+            "Records lost, by reason.",
+            labelled("reason", self.dropped.snapshot()),
+        );
+        out
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn now_unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_labelled_and_plain_samples() {
+        let t = Telemetry::new(&["/var/log/*.log".to_owned()]);
+        t.read("/var/log/*.log", 3, 2);
+        t.retries.add(2);
+        t.rejected.add("http_400", 1);
+        t.dropped.add("rejected_http_400", 5);
+        let text = t.render();
+        for line in [
+            "gantry_agent_lines_read_total{source=\"file\",pattern=\"/var/log/*.log\"} 3",
+            "gantry_agent_records_read_total{source=\"file\",pattern=\"/var/log/*.log\"} 2",
+            "gantry_agent_retries_total 2",
+            "gantry_agent_rejected_batches_total{reason=\"http_400\"} 1",
+            "gantry_agent_dropped_records_total{reason=\"rejected_http_400\"} 5",
+            "gantry_agent_buffer_oldest_age_seconds 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
+}

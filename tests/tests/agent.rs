@@ -1,0 +1,543 @@
+//! The node agent end to end: files tailed through rotation and multi-line records reach the real plane, an outage with an agent crash loses and repeats nothing, and 429 + Retry-After is retried with the same batch id.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use common::*;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value;
+use serde_json::Value;
+
+/// Deadline for the agent to deliver lines (covers a retry backoff of a few seconds after an outage).
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// The `gantry-agent` binary: `$GANTRY_AGENT_BIN`, else `<repo>/target/debug/gantry-agent`.
+fn agent_bin() -> Result<PathBuf> {
+    let path = match std::env::var_os("GANTRY_AGENT_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join("target/debug/gantry-agent"),
+    };
+    ensure!(
+        path.is_file(),
+        "the gantry-agent binary was not found at {} — build it first with `cargo build -p gantry-agent` \
+         (or point GANTRY_AGENT_BIN at it)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A running `gantry-agent` owned by one test. Dropping it kills it.
+struct Agent {
+    dir: PathBuf,
+    files: Vec<String>,
+    token: String,
+    plane: String,
+    child: Option<Child>,
+    runs: usize,
+    stderr_path: PathBuf,
+    http: String,
+}
+
+impl Agent {
+    async fn start(dir: &Path, plane: &str, token: &str, files: &[String]) -> Result<Agent> {
+        let mut agent = Agent {
+            dir: dir.to_path_buf(),
+            files: files.to_vec(),
+            token: token.to_owned(),
+            plane: plane.to_owned(),
+            child: None,
+            runs: 0,
+            stderr_path: PathBuf::new(),
+            http: String::new(),
+        };
+        agent.spawn().await?;
+        Ok(agent)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let endpoints = self.dir.join("agent-endpoints.json");
+        let _ = std::fs::remove_file(&endpoints);
+        self.runs += 1;
+        self.stderr_path = self
+            .dir
+            .with_file_name(format!("agent.stderr.{}.log", self.runs));
+        let mut cmd = Command::new(agent_bin()?);
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy().to_ascii_lowercase();
+            if k.starts_with("gantry_") || k.ends_with("_proxy") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.arg("--plane")
+            .arg(&self.plane)
+            .arg("--token")
+            .arg(&self.token)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--http-addr")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "info,gantry_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&self.stderr_path)?);
+        for file in &self.files {
+            cmd.arg("--file").arg(file);
+        }
+        self.child = Some(cmd.spawn().context("spawning gantry-agent")?);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().context("child")?.try_wait()? {
+                bail!("gantry-agent exited with {status}\n{}", self.stderr());
+            }
+            if let Ok(text) = std::fs::read_to_string(&endpoints)
+                && let Ok(v) = serde_json::from_str::<Value>(&text)
+                && let Some(http) = v.get("http").and_then(Value::as_str)
+            {
+                self.http = http.to_owned();
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "gantry-agent wrote no endpoints file\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn stderr(&self) -> String {
+        format!(
+            "--- agent stderr ({}) ---\n{}",
+            self.stderr_path.display(),
+            std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        )
+    }
+
+    fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    async fn terminate(&mut self) -> Result<ExitStatus> {
+        let child = self.child.as_mut().context("agent not running")?;
+        let st = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        ensure!(st.success(), "kill -TERM failed");
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().context("child")?.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill9()?;
+                bail!("agent did not exit after SIGTERM\n{}", self.stderr());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// `/metrics` as (sample line without value → value).
+    async fn metrics(&self) -> Result<BTreeMap<String, f64>> {
+        let text = http_client()
+            .get(format!("http://{}/metrics", self.http))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            || std::env::var("GANTRY_TEST_PLANE_LOGS").is_ok_and(|v| v == "1")
+        {
+            eprintln!("{}", self.stderr());
+        }
+        let _ = self.kill9();
+    }
+}
+
+fn append(path: &Path, text: &str) -> Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Lines `"{run} {tag} {seq:05}"` for `range`.
+fn numbered(run: &str, tag: &str, range: std::ops::Range<u32>) -> String {
+    range.map(|i| format!("{run} {tag} {i:05}\n")).collect()
+}
+
+/// (tag, seq, timestamp_unix_nano, body) of hits whose body starts with the run word.
+fn parse_hits(run: &str, hits: &[Value]) -> Vec<(String, u32, i64, String)> {
+    hits.iter()
+        .filter_map(|h| {
+            let body = h.get("body")?.as_str()?.to_owned();
+            let mut words = body.split_whitespace();
+            (words.next()? == run).then_some(())?;
+            let tag = words.next()?.to_owned();
+            let seq = words.next()?.parse().ok()?;
+            let ts = json_i64(h.get("timestamp_unix_nano")?)?;
+            Some((tag, seq, ts, body))
+        })
+        .collect()
+}
+
+/// Waits until paging through `q` finds at least `n` hits; returns them all.
+async fn wait_for_at_least(plane: &Plane, token: &str, q: &str, n: usize) -> Result<Vec<Value>> {
+    wait_until(DELIVERY_TIMEOUT, &format!("{n} hits for {q}"), || async {
+        let all = plane.all_logs(token, q, "-1h").await?;
+        Ok((all.len() >= n).then_some(all))
+    })
+    .await
+}
+
+/// Every tag has seqs 0..expected[tag] exactly once, and its timestamps increase with seq.
+fn check_complete_in_order(
+    hits: &[(String, u32, i64, String)],
+    expected: &[(&str, u32)],
+) -> Result<()> {
+    for (tag, n) in expected {
+        let mut rows: Vec<(u32, i64)> = hits
+            .iter()
+            .filter(|h| h.0 == *tag)
+            .map(|h| (h.1, h.2))
+            .collect();
+        rows.sort();
+        let seqs: Vec<u32> = rows.iter().map(|r| r.0).collect();
+        ensure!(
+            seqs == (0..*n).collect::<Vec<_>>(),
+            "file {tag}: expected seqs 0..{n} once each, got {} rows: {seqs:?}",
+            seqs.len()
+        );
+        for pair in rows.windows(2) {
+            ensure!(
+                pair[0].1 <= pair[1].1,
+                "file {tag}: line {} has a later timestamp than line {} (read out of order)",
+                pair[0].0,
+                pair[1].0
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Lines appended to files arrive through a rename rotation, a copy-truncate rotation and a
+/// multi-line stack trace, each once and in order per file; SIGTERM exits 0.
+#[tokio::test]
+async fn file_lines_arrive_through_rotations_in_order() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (plane, [ingest, viewer]) =
+        start_with_tokens(&tmp.path().join("plane"), &[], &[], ["ingest", "viewer"]).await?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let run = unique("agentrun");
+    let (a, b, c) = (logs.join("a.log"), logs.join("b.log"), logs.join("c.log"));
+    append(&a, &numbered(&run, "a", 0..100))?;
+    append(&b, &numbered(&run, "b", 0..50))?;
+    let mut agent = Agent::start(
+        &tmp.path().join("agent"),
+        &plane.endpoints.http_url(),
+        &ingest,
+        &[format!("{}/*.log", logs.display())],
+    )
+    .await?;
+    wait_for_at_least(&plane, &viewer, &run, 150).await?;
+
+    // Rename rotation: the tail of the old file, then the new file from 0.
+    append(&a, &numbered(&run, "a", 100..150))?;
+    std::fs::rename(&a, logs.join("a.log.1"))?;
+    append(&a, &numbered(&run, "a", 150..200))?;
+    // A new file picked up while running, with a multi-line stack trace.
+    append(
+        &c,
+        &format!(
+            "{run} c 00000 Exception in thread main java.lang.IllegalStateException: boom\n\
+             \tat com.example.Foo.bar(Foo.java:10)\n\
+             \tat com.example.Main.main(Main.java:3)\n\
+             Caused by: java.io.IOException: disk\n\
+             \t... 2 more\n\
+             {run} c 00001 after the trace\n"
+        ),
+    )?;
+    // Copy-truncate, once the agent has read the file (lines written between the copy and the
+    // truncation are lost by design of copy-truncate, so none are).
+    wait_for_at_least(&plane, &viewer, &run, 200).await?;
+    std::fs::copy(&b, logs.join("b.log.1"))?;
+    OpenOptions::new().write(true).open(&b)?.set_len(0)?;
+    append(&b, &numbered(&run, "b", 50..60))?;
+
+    let hits = wait_for_at_least(&plane, &viewer, &run, 262).await?;
+    let parsed = parse_hits(&run, &hits);
+    check_complete_in_order(&parsed, &[("a", 200), ("b", 60), ("c", 2)])?;
+    ensure!(
+        hits.len() == 262,
+        "expected 262 records, got {}",
+        hits.len()
+    );
+    let trace = parsed
+        .iter()
+        .find(|h| h.0 == "c" && h.1 == 0)
+        .context("trace record")?;
+    ensure!(
+        trace
+            .3
+            .contains("\n\tat com.example.Foo.bar(Foo.java:10)\n")
+            && trace
+                .3
+                .ends_with("Caused by: java.io.IOException: disk\n\t... 2 more"),
+        "the stack trace must be one record: {:?}",
+        trace.3
+    );
+    let any = hits
+        .iter()
+        .find(|h| h["body"].as_str().is_some_and(|b| b.ends_with(" a 00199")))
+        .context("a 00199")?;
+    ensure!(
+        any["resource"]["service.name"] == "a"
+            && any["resource"]["log.file.path"] == a.to_string_lossy().as_ref()
+            && !any["resource"]["host.name"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty(),
+        "resource attributes: {any}"
+    );
+
+    let metrics = agent.metrics().await?;
+    let lines_read = metrics
+        .iter()
+        .find(|(k, _)| k.starts_with("gantry_agent_lines_read_total{"))
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0);
+    ensure!(
+        lines_read >= 266.0,
+        "lines read: {lines_read} in {metrics:?}"
+    );
+    let status = agent.terminate().await?;
+    ensure!(
+        status.success(),
+        "agent exit status after SIGTERM: {status}"
+    );
+    Ok(())
+}
+
+/// Picks a free loopback port by binding port 0 and releasing it.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The plane goes away while lines keep coming, the agent is SIGKILLed and restarted during
+/// the outage, the plane comes back on the same data dir and address: every line arrives once.
+#[tokio::test]
+async fn outage_and_agent_crash_lose_and_repeat_nothing() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let (mut plane, [ingest, viewer]) = start_with_tokens(
+        &tmp.path().join("plane"),
+        &["--http-addr", &addr],
+        &[],
+        ["ingest", "viewer"],
+    )
+    .await?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let run = unique("outage");
+    let file = logs.join("svc.log");
+    append(&file, &numbered(&run, "s", 0..100))?;
+    let files = [format!("{}/*.log", logs.display())];
+    let mut agent = Agent::start(
+        &tmp.path().join("agent"),
+        &format!("http://{addr}"),
+        &ingest,
+        &files,
+    )
+    .await?;
+    wait_for_at_least(&plane, &viewer, &run, 100).await?;
+
+    plane.terminate().await?;
+    append(&file, &numbered(&run, "s", 100..200))?;
+    // Let the agent buffer some of it, then crash it mid-outage.
+    wait_until(DELIVERY_TIMEOUT, "the agent to buffer lines", || async {
+        let m = agent.metrics().await?;
+        Ok((m
+            .get("gantry_agent_buffer_appends_total")
+            .copied()
+            .unwrap_or(0.0)
+            >= 2.0)
+            .then_some(()))
+    })
+    .await?;
+    agent.kill9()?;
+    append(&file, &numbered(&run, "s", 200..300))?;
+    agent.spawn().await?;
+    append(&file, &numbered(&run, "s", 300..400))?;
+    plane.restart().await?;
+    ensure!(
+        plane.endpoints.http == addr,
+        "the plane moved to {}",
+        plane.endpoints.http
+    );
+
+    let hits = wait_for_at_least(&plane, &viewer, &run, 400).await?;
+    let parsed = parse_hits(&run, &hits);
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for h in &parsed {
+        *counts.entry(h.1).or_default() += 1;
+    }
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    eprintln!(
+        "outage test: {} records, {duplicates} duplicates",
+        parsed.len()
+    );
+    let missing: Vec<u32> = (0..400).filter(|i| !counts.contains_key(i)).collect();
+    ensure!(missing.is_empty(), "missing lines: {missing:?}");
+    ensure!(
+        duplicates == 0,
+        "{duplicates} duplicate records: {counts:?}"
+    );
+    let metrics = agent.metrics().await?;
+    ensure!(
+        metrics
+            .get("gantry_agent_sent_batches_total")
+            .copied()
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics:?}"
+    );
+    Ok(())
+}
+
+/// What the fake plane saw: (batch id, status answered, decoded request).
+type Seen = Arc<Mutex<Vec<(String, u16, ExportLogsServiceRequest)>>>;
+
+/// A 429 with `Retry-After: 1` is retried with the same batch id until accepted, and counted.
+#[tokio::test]
+async fn too_many_requests_is_retried_with_the_same_batch_id() -> Result<()> {
+    use axum::http::{HeaderMap, StatusCode};
+    use prost::Message;
+
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/v1/logs",
+            axum::routing::post(
+                |axum::extract::State(seen): axum::extract::State<Seen>,
+                 headers: HeaderMap,
+                 body: axum::body::Bytes| async move {
+                    let id = headers
+                        .get("gantry-batch-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    let gzip = headers.get("content-encoding").is_some_and(|v| v == "gzip");
+                    let auth_ok = headers
+                        .get("authorization")
+                        .is_some_and(|v| v == "Bearer gty_fake");
+                    let mut raw = Vec::new();
+                    if gzip {
+                        let _ = flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut raw);
+                    }
+                    let request =
+                        ExportLogsServiceRequest::decode(raw.as_slice()).unwrap_or_default();
+                    let mut seen = seen.lock().expect("lock");
+                    let status = if !gzip || !auth_ok || id.is_empty() {
+                        400
+                    } else if seen.len() < 2 {
+                        429
+                    } else {
+                        200
+                    };
+                    seen.push((id, status, request));
+                    let mut out = HeaderMap::new();
+                    if status == 429 {
+                        out.insert("retry-after", "1".parse().expect("header"));
+                    }
+                    (
+                        StatusCode::from_u16(status).expect("status"),
+                        out,
+                        ExportLogsServiceResponse::default().encode_to_vec(),
+                    )
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    append(&logs.join("x.log"), "only line of the 429 test\n")?;
+    let agent = Agent::start(
+        &tmp.path().join("agent"),
+        &format!("http://{addr}"),
+        "gty_fake",
+        &[format!("{}/*.log", logs.display())],
+    )
+    .await?;
+    wait_until(DELIVERY_TIMEOUT, "a 200 from the fake plane", || async {
+        Ok(seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|s| s.1 == 200)
+            .then_some(()))
+    })
+    .await?;
+    let seen = seen.lock().expect("lock").clone();
+    let statuses: Vec<u16> = seen.iter().map(|s| s.1).collect();
+    ensure!(statuses == [429, 429, 200], "statuses: {statuses:?}");
+    let agent_id = std::fs::read_to_string(tmp.path().join("agent/agent-id"))?;
+    let expected_id = format!("{}-1", agent_id.trim());
+    ensure!(
+        seen.iter().all(|s| s.0 == expected_id),
+        "every attempt must carry batch id {expected_id}: {:?}",
+        seen.iter().map(|s| &s.0).collect::<Vec<_>>()
+    );
+    let body = seen[2].2.resource_logs[0].scope_logs[0].log_records[0]
+        .body
+        .as_ref()
+        .and_then(|b| b.value.as_ref());
+    ensure!(
+        matches!(body, Some(any_value::Value::StringValue(s)) if s == "only line of the 429 test"),
+        "delivered body: {body:?}"
+    );
+    let metrics = wait_until(DELIVERY_TIMEOUT, "sent batches in /metrics", || async {
+        let m = agent.metrics().await?;
+        Ok((m.get("gantry_agent_sent_batches_total").copied() == Some(1.0)).then_some(m))
+    })
+    .await?;
+    ensure!(
+        metrics.get("gantry_agent_retries_total").copied() == Some(2.0),
+        "retries: {metrics:?}"
+    );
+    server.abort();
+    Ok(())
+}
