@@ -191,12 +191,16 @@ impl TokenStore {
         &self,
         change: impl FnOnce(&mut TokenFile) -> Result<(), TokenError>,
     ) -> Result<(), TokenError> {
-        let (mut file, _) = read_file(&self.path)?;
-        change(&mut file)?;
         let io = |source| TokenError::Io {
             path: self.path.clone(),
             source,
         };
+        // Read, change and rewrite under an exclusive lock, so that the CLI and a running plane (or two API calls)
+        // never overwrite each other's changes: a revocation cannot be lost.
+        let lock = std::fs::File::create(self.path.with_extension("json.lock")).map_err(io)?;
+        lock.lock().map_err(io)?;
+        let (mut file, _) = read_file(&self.path)?;
+        change(&mut file)?;
         let text = serde_json::to_vec_pretty(&file).expect("token file serializes");
         let temporary = self.path.with_extension("json.tmp");
         std::fs::write(&temporary, text).map_err(io)?;

@@ -21,6 +21,9 @@ const ENV_KEYS: &[&str] = &[
     "indexer_memory_mb",
 ];
 
+/// Largest `max_body_bytes`: a batch is one WAL record, and `gantry_wal::MAX_PAYLOAD` (64 MiB) must hold it.
+const MAX_BODY_BYTES: usize = 48 << 20;
+
 /// The configuration as written by the user; every field optional, unknown keys rejected.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -260,10 +263,17 @@ impl RawConfig {
             http_addr: parse_addr("http_addr", self.http_addr, "0.0.0.0:8700")?,
             otlp_grpc_addr: parse_addr("otlp_grpc_addr", self.otlp_grpc_addr, "0.0.0.0:4317")?,
             otlp_http_addr: parse_addr("otlp_http_addr", self.otlp_http_addr, "0.0.0.0:4318")?,
-            max_body_bytes: positive(
-                "max_body_bytes",
-                self.max_body_bytes.unwrap_or(20 << 20) as u64,
-            )? as usize,
+            max_body_bytes: match self.max_body_bytes.unwrap_or(20 << 20) {
+                bytes @ 1..=MAX_BODY_BYTES => bytes,
+                _ => {
+                    return Err(ConfigError::Value {
+                        key: "max_body_bytes",
+                        message: format!(
+                            "must be between 1 and {MAX_BODY_BYTES} (the write-ahead log's record limit, with room)"
+                        ),
+                    });
+                }
+            },
             store,
         })
     }
@@ -330,6 +340,7 @@ mod tests {
         check("http_addr = \"nope\"", "http_addr");
         check("retention_hours = 0", "retention_hours");
         check("max_queue_batches = 0", "max_queue_batches");
+        check("max_body_bytes = 100000000", "max_body_bytes");
         check("retention_hours = \"x\"", "retention_hours");
         let env = RawConfig::default()
             .with_env([("GANTRY_MAX_QUEUE_BATCHES".to_owned(), "lots".to_owned())]);

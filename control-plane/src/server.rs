@@ -76,6 +76,7 @@ pub async fn serve(
         retention: config.store.retention,
         max_body_bytes: config.max_body_bytes,
         metrics: Arc::new(SelfMetrics::default()),
+        admission: Arc::new(tokio::sync::Semaphore::new(crate::ingest::MAX_IN_FLIGHT)),
     };
     let state = AppState {
         ingest: ingest.clone(),
@@ -110,7 +111,12 @@ pub async fn serve(
                         Some(anyhow::anyhow!("the store could not start: {error}"));
                     let _ = stop.send(true);
                 }
-                Err(_) => {}
+                Err(_) => {
+                    tracing::error!("the store's opener died (a panic during replay); stopping");
+                    *failure.lock().expect("failure lock poisoned") =
+                        Some(anyhow::anyhow!("the store's opener died during start"));
+                    let _ = stop.send(true);
+                }
             }
         });
     }

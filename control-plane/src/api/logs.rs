@@ -15,6 +15,8 @@ use crate::store::{Cursor, LogSearch};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
+/// Most records sharing one timestamp that paging steps over.
+const MAX_CURSOR_TIES: usize = 100 * MAX_LIMIT;
 
 /// Query string of the log search.
 #[derive(Debug, Deserialize)]
@@ -39,10 +41,16 @@ fn decode_cursor(text: &str) -> Result<Cursor, ApiError> {
     let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     let (ts, seen) = text.split_once(':').ok_or_else(bad)?;
-    Ok(Cursor {
+    let cursor = Cursor {
         ts_ns: ts.parse().map_err(|_| bad())?,
         seen_at_ts: seen.parse().map_err(|_| bad())?,
-    })
+    };
+    // A page never holds more than MAX_LIMIT hits; a larger count was not made here (and would size a huge
+    // top-k buffer).
+    if cursor.seen_at_ts as usize > MAX_CURSOR_TIES {
+        return Err(bad());
+    }
+    Ok(cursor)
 }
 
 /// `GET /api/v1/logs`.
@@ -127,5 +135,6 @@ mod tests {
         };
         assert_eq!(decode_cursor(&encode_cursor(cursor)).unwrap(), cursor);
         assert!(decode_cursor("nope!").is_err());
+        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("1700000000000000000:4294967295")).is_err());
     }
 }

@@ -3,6 +3,9 @@
 use super::ApiError;
 use crate::store::TimeRange;
 
+/// 2200-01-01T00:00:00Z.
+const LATEST_NS: i64 = 7_258_118_400 * 1_000_000_000;
+
 /// Default width of a range when `from` is not given.
 const DEFAULT_LOOKBACK_NS: i64 = 3600 * 1_000_000_000;
 /// Slack after `now` when `to` is not given, so a sender's clock a little ahead is still seen.
@@ -64,6 +67,8 @@ pub fn parse_range(from: Option<&str>, to: Option<&str>) -> Result<TimeRange, Ap
         Some(text) if !text.is_empty() => parse_time("from", text, now_ns)?,
         _ => to_ns.min(now_ns) - DEFAULT_LOOKBACK_NS,
     };
+    // Times before 1970 or after 2200 are not telemetry; bounding them keeps `to - from` far from overflow.
+    let (from_ns, to_ns) = (from_ns.clamp(0, LATEST_NS), to_ns.clamp(0, LATEST_NS));
     if from_ns >= to_ns {
         return Err(ApiError::BadRequest(
             "`from` must be before `to`".to_owned(),

@@ -89,6 +89,12 @@ impl OtlpGrpc {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .filter(|id| !id.is_empty());
+        let Ok(_in_flight) = self.ingest.admission.clone().try_acquire_owned() else {
+            self.ingest.refused(signal, "grpc", "overloaded");
+            return Err(status_of(StoreError::Overloaded {
+                retry_after: std::time::Duration::from_secs(1),
+            }));
+        };
         let decoded = wrap(request.into_inner());
         self.ingest
             .accept(signal, decoded, None, id, "grpc")

@@ -94,7 +94,13 @@ pub struct Ingest {
     pub max_body_bytes: usize,
     /// Counters for `/metrics`.
     pub metrics: Arc<SelfMetrics>,
+    /// Requests being received, decoded or written at once; beyond it ingest answers 429 before reading a body,
+    /// which bounds the memory that bodies and decoded batches take under overload.
+    pub admission: Arc<tokio::sync::Semaphore>,
 }
+
+/// Ingest requests in flight at once (each may hold up to `max_body_bytes` raw, decompressed and decoded).
+pub const MAX_IN_FLIGHT: usize = 32;
 
 impl Ingest {
     /// Makes a decoded request durable; `encoded` is its protobuf form when the caller already has it.
@@ -107,12 +113,18 @@ impl Ingest {
         protocol: &'static str,
     ) -> Result<Accepted, StoreError> {
         let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-        if stamp_missing_times(&mut request, now_ns) {
-            encoded = None;
-        }
         let window = Acceptance::new(now_ns, self.retention);
-        let rejected = count_rejected(&request, &window, now_ns);
-        let encoded = encoded.unwrap_or_else(|| encode_request(&request));
+        // Walking and encoding a large batch takes milliseconds: not on an async worker.
+        let (request, encoded, rejected) = tokio::task::spawn_blocking(move || {
+            if stamp_missing_times(&mut request, now_ns) {
+                encoded = None;
+            }
+            let rejected = count_rejected(&request, &window, now_ns);
+            let encoded = encoded.unwrap_or_else(|| encode_request(&request));
+            (request, encoded, rejected)
+        })
+        .await
+        .map_err(|error| StoreError::Internal(format!("preparing the batch failed: {error}")))?;
         let bytes = encoded.len() as u64;
         let started = Instant::now();
         let outcome = self

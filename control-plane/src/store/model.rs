@@ -138,26 +138,49 @@ pub fn count_rejected(request: &OtlpRequest, window: &Acceptance, now_ns: i64) -
             .flat_map(|r| &r.scope_metrics)
             .flat_map(|s| &s.metrics)
             .map(|metric| {
-                point_times(metric.data.as_ref())
-                    .map(|ts| rejected(ts as i64))
+                point_checks(metric.data.as_ref())
+                    .map(|(ts, ok)| if ok { rejected(ts as i64) } else { 1 })
                     .sum::<u64>()
             })
             .sum(),
     }
 }
 
-fn point_times(data: Option<&Data>) -> Box<dyn Iterator<Item = u64> + '_> {
+/// Each point's time and whether its values can be stored (finite numbers, a sane exponential scale).
+fn point_checks(data: Option<&Data>) -> Box<dyn Iterator<Item = (u64, bool)> + '_> {
+    let finite_sum = |sum: Option<f64>| sum.is_none_or(f64::is_finite);
     match data {
-        Some(Data::Gauge(g)) => Box::new(g.data_points.iter().map(|p| p.time_unix_nano)),
-        Some(Data::Sum(s)) => Box::new(s.data_points.iter().map(|p| p.time_unix_nano)),
-        Some(Data::Histogram(h)) => Box::new(h.data_points.iter().map(|p| p.time_unix_nano)),
-        Some(Data::ExponentialHistogram(h)) => {
-            Box::new(h.data_points.iter().map(|p| p.time_unix_nano))
-        }
-        Some(Data::Summary(s)) => Box::new(s.data_points.iter().map(|p| p.time_unix_nano)),
+        Some(Data::Gauge(g)) => Box::new(
+            g.data_points
+                .iter()
+                .map(|p| (p.time_unix_nano, number(&p.value).is_finite())),
+        ),
+        Some(Data::Sum(s)) => Box::new(
+            s.data_points
+                .iter()
+                .map(|p| (p.time_unix_nano, number(&p.value).is_finite())),
+        ),
+        Some(Data::Histogram(h)) => Box::new(h.data_points.iter().map(move |p| {
+            let ok = finite_sum(p.sum) && p.explicit_bounds.iter().all(|b| b.is_finite());
+            (p.time_unix_nano, ok)
+        })),
+        Some(Data::ExponentialHistogram(h)) => Box::new(h.data_points.iter().map(move |p| {
+            (
+                p.time_unix_nano,
+                finite_sum(p.sum) && EXPONENTIAL_SCALES.contains(&p.scale),
+            )
+        })),
+        Some(Data::Summary(s)) => Box::new(
+            s.data_points
+                .iter()
+                .map(|p| (p.time_unix_nano, p.sum.is_finite())),
+        ),
         None => Box::new(std::iter::empty()),
     }
 }
+
+/// Exponential histogram scales accepted: beyond these the bucket bounds overflow or lose all precision.
+const EXPONENTIAL_SCALES: std::ops::RangeInclusive<i32> = -10..=20;
 
 /// Gives log records that carry neither a time nor an observed time the time of their arrival, in the request
 /// itself, so that the WAL keeps it and a replay indexes them at the same time. Returns whether anything changed.
@@ -267,9 +290,18 @@ pub fn convert(request: &OtlpRequest, window: &Acceptance, now_ns: i64) -> Rows 
                     .flat_map(|s| &s.metrics)
                 {
                     let mut push =
-                        |kind, cumulative, ts: u64, value: f64, attrs: &[KeyValue], histogram| {
+                        |kind,
+                         cumulative,
+                         ts: u64,
+                         value: f64,
+                         attrs: &[KeyValue],
+                         histogram: Option<HistogramData>| {
                             let ts = ts as i64;
-                            if !window.accepts(ts) {
+                            let storable = value.is_finite()
+                                && histogram.as_ref().is_none_or(|h: &HistogramData| {
+                                    h.bounds.iter().all(|b| b.is_finite())
+                                });
+                            if !window.accepts(ts) || !storable {
                                 rows.rejected += 1;
                                 return;
                             }
@@ -334,6 +366,18 @@ pub fn convert(request: &OtlpRequest, window: &Acceptance, now_ns: i64) -> Rows 
                         Some(Data::ExponentialHistogram(histogram)) => {
                             let cumulative = cumulative(histogram.aggregation_temporality);
                             for p in &histogram.data_points {
+                                if !EXPONENTIAL_SCALES.contains(&p.scale) {
+                                    // Refused like a non-finite value: counted as rejected.
+                                    push(
+                                        MetricKind::Histogram,
+                                        cumulative,
+                                        p.time_unix_nano,
+                                        f64::NAN,
+                                        &p.attributes,
+                                        None,
+                                    );
+                                    continue;
+                                }
                                 let data = exponential_to_explicit(
                                     p.scale,
                                     p.zero_count,
@@ -386,12 +430,18 @@ fn exponential_to_explicit(
     let mut counts = vec![zero_count];
     if let Some(positive) = positive {
         for (i, n) in positive.bucket_counts.iter().enumerate() {
-            bounds.push(base.powi(positive.offset + i as i32 + 1));
+            let exponent = positive
+                .offset
+                .saturating_add(i32::try_from(i).unwrap_or(i32::MAX))
+                .saturating_add(1);
+            bounds.push(base.powi(exponent));
             counts.push(*n);
         }
     }
-    let listed: u64 = counts.iter().sum();
-    counts[0] += count.saturating_sub(listed);
+    let listed = counts
+        .iter()
+        .fold(0u64, |total, n| total.saturating_add(*n));
+    counts[0] = counts[0].saturating_add(count.saturating_sub(listed));
     counts.push(0);
     HistogramData {
         bounds,

@@ -7,8 +7,8 @@ use std::ops::Bound as StdBound;
 
 use gantry_query::{Bound, FieldRef, Query, resolve};
 use tantivy::query::{
-    AllQuery, BooleanQuery, EmptyQuery, Occur, PhraseQuery, Query as TantivyQuery, RangeQuery,
-    RegexQuery, TermQuery, TermSetQuery,
+    AllQuery, BooleanQuery, Occur, PhraseQuery, Query as TantivyQuery, RangeQuery, RegexQuery,
+    TermQuery, TermSetQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::tokenizer::TextAnalyzer;
@@ -140,7 +140,7 @@ impl<'a> Compiler<'a> {
                 numeric(field, name, leaf, |text| {
                     let ms: f64 = text.parse().ok()?;
                     let ns = (ms * 1e6).max(0.0) as u64;
-                    Some((ns, ns + 999_999))
+                    Some((ns, ns.saturating_add(999_999)))
                 })
             }
             (Signal::Spans, "status") => {
@@ -176,7 +176,11 @@ impl<'a> Compiler<'a> {
                     tokens.push((token.position, Term::from_field_text(field, &token.text)));
                 }
                 Ok(match tokens.len() {
-                    0 => Box::new(EmptyQuery),
+                    0 => {
+                        return Err(StoreError::Invalid(format!(
+                            "`{text}` has nothing searchable in the body (only punctuation, or words over 40 characters): search an attribute or a shorter word"
+                        )));
+                    }
                     1 => Box::new(TermQuery::new(tokens.remove(0).1, IndexRecordOption::Basic)),
                     _ => Box::new(PhraseQuery::new_with_offset(tokens)),
                 })

@@ -180,6 +180,10 @@ impl Accumulator {
     }
 
     fn add_counts(&mut self, bounds: &[f64], counts: &[u64]) {
+        // A point whose counts do not fit the series' bounds (a changed or malformed layout) cannot be merged.
+        if counts.len() != bounds.len() + 1 {
+            return;
+        }
         match &self.bounds {
             None => {
                 self.bounds = Some(bounds.to_vec());
@@ -316,7 +320,12 @@ fn contribute(series: &Series, query: &MetricQuery, step: i64, accumulators: &mu
 
 /// Linear interpolation inside the bucket that holds the quantile.
 fn histogram_quantile(bounds: &[f64], counts: &[u64], q: f64) -> Option<f64> {
-    let total: u64 = counts.iter().sum();
+    if counts.len() != bounds.len() + 1 {
+        return None;
+    }
+    let total = counts
+        .iter()
+        .fold(0u64, |total, n| total.saturating_add(*n));
     if total == 0 {
         return None;
     }
@@ -328,7 +337,7 @@ fn histogram_quantile(bounds: &[f64], counts: &[u64], q: f64) -> Option<f64> {
             let lower = if i == 0 {
                 0f64.min(bounds.first().copied().unwrap_or(0.0))
             } else {
-                bounds[i - 1]
+                bounds.get(i - 1).copied().unwrap_or(0.0)
             };
             let Some(&upper) = bounds.get(i) else {
                 return bounds.last().copied().or(Some(0.0));
@@ -359,5 +368,10 @@ mod tests {
         check(&[0, 10, 0], 0.5, Some(55.0));
         check(&[0, 0, 10], 0.99, Some(100.0));
         check(&[0, 0, 0], 0.5, None);
+        assert_eq!(
+            histogram_quantile(&[], &[1, 1], 0.5),
+            None,
+            "counts that do not fit the bounds"
+        );
     }
 }

@@ -94,7 +94,17 @@ impl EmbeddedStore {
             .store(recovery.truncated_bytes, Ordering::Relaxed);
         let catalog = Arc::new(Catalog::open(&self.dir.join("index"), config.partition)?);
         let seen = Arc::new(SeenIds::default());
-        let checkpoint = Arc::new(AtomicU64::new(Indexer::load_checkpoint(&self.dir, &seen)));
+        let checkpoint_seq = Indexer::load_checkpoint(&self.dir, &seen);
+        if checkpoint_seq > wal.last_seq() {
+            // The WAL never loses its active segment, so this means it was deleted or replaced from outside: new
+            // seqs would collide with what the partitions record as committed.
+            return Err(StoreError::Internal(format!(
+                "the write-ahead log ends at seq {} but the checkpoint is at {checkpoint_seq}: was {} deleted? restore it, or move the data directory aside",
+                wal.last_seq(),
+                self.dir.join("wal").display()
+            )));
+        }
+        let checkpoint = Arc::new(AtomicU64::new(checkpoint_seq));
         let mut indexer = Indexer::new(
             catalog.clone(),
             config.clone(),

@@ -120,6 +120,11 @@ impl Catalog {
             std::fs::create_dir_all(&dir)?;
             for entry in std::fs::read_dir(&dir)? {
                 let entry = entry?;
+                if entry.file_name().to_string_lossy().starts_with("deleting-") {
+                    // Retention was deleting it when the process stopped: finish the job.
+                    std::fs::remove_dir_all(entry.path())?;
+                    continue;
+                }
                 let Some(start_ns) = entry
                     .file_name()
                     .to_str()
@@ -132,14 +137,29 @@ impl Catalog {
                     .ok()
                     .and_then(|text| text.trim().parse().ok())
                     .unwrap_or(catalog.width_ns);
-                let partition = Partition::open(
+                match Partition::open(
                     signal,
                     start_ns,
                     width_ns,
                     entry.path(),
                     catalog.fields(signal),
-                )?;
-                partitions.insert((signal, start_ns), Arc::new(partition));
+                ) {
+                    Ok(partition) => {
+                        partitions.insert((signal, start_ns), Arc::new(partition));
+                    }
+                    // A partition that cannot be opened (e.g. half deleted by retention when the process died) must
+                    // not keep the plane from starting: it is set aside, named so, and the rest is served.
+                    Err(error) => {
+                        let aside = dir.join(format!("broken-{start_ns}"));
+                        tracing::error!(
+                            error = %error,
+                            partition = %entry.path().display(),
+                            moved_to = %aside.display(),
+                            "a partition cannot be opened; setting it aside"
+                        );
+                        std::fs::rename(entry.path(), &aside)?;
+                    }
+                }
             }
         }
         *catalog.partitions.write().expect("catalog lock poisoned") = partitions;
@@ -207,7 +227,12 @@ impl Catalog {
             .write()
             .expect("catalog lock poisoned")
             .remove(&(partition.signal, partition.start_ns));
-        std::fs::remove_dir_all(&partition.dir)?;
+        // Renamed first (one atomic step) so a crash mid-delete leaves no half partition under a partition's name.
+        let doomed = partition
+            .dir
+            .with_file_name(format!("deleting-{}", partition.start_ns));
+        std::fs::rename(&partition.dir, &doomed)?;
+        std::fs::remove_dir_all(&doomed)?;
         Ok(())
     }
 }

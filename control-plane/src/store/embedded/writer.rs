@@ -39,31 +39,55 @@ pub struct Pending {
     pub reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
 }
 
-/// Batch ids seen in the last [`DEDUP_WINDOW`], with the Unix second they were first seen.
+/// Batch ids seen in the last [`DEDUP_WINDOW`], with the Unix second they were first seen. An id is *pending* from
+/// the moment its batch is taken until the WAL fsync (a duplicate arriving meanwhile is answered with the first's
+/// outcome), and *confirmed* after it: only confirmed ids are written to the checkpoint, so a restart never
+/// remembers an id whose batch was not stored.
 #[derive(Default)]
-pub struct SeenIds(Mutex<HashMap<String, i64>>);
+pub struct SeenIds(Mutex<Ids>);
+
+#[derive(Default)]
+struct Ids {
+    confirmed: HashMap<String, i64>,
+    pending: std::collections::HashSet<String>,
+}
 
 impl SeenIds {
-    /// Records an id; false when it was already seen within the window.
+    /// Takes an id as pending; false when it is pending or was confirmed within the window.
     fn insert(&self, id: &str, now_s: i64) -> bool {
-        let mut seen = self.0.lock().expect("dedup lock poisoned");
-        match seen.get(id) {
-            Some(first) if now_s - first < DEDUP_WINDOW.as_secs() as i64 => false,
-            _ => {
-                seen.insert(id.to_owned(), now_s);
-                true
-            }
+        let mut ids = self.0.lock().expect("dedup lock poisoned");
+        let fresh_confirmed = ids
+            .confirmed
+            .get(id)
+            .is_some_and(|first| now_s - first < DEDUP_WINDOW.as_secs() as i64);
+        if fresh_confirmed || ids.pending.contains(id) {
+            return false;
         }
+        ids.pending.insert(id.to_owned());
+        true
     }
 
+    /// The batch of a pending id is durable.
+    fn confirm(&self, id: &str, now_s: i64) {
+        let mut ids = self.0.lock().expect("dedup lock poisoned");
+        ids.pending.remove(id);
+        ids.confirmed.insert(id.to_owned(), now_s);
+    }
+
+    /// The batch of a pending id was not stored.
     fn remove(&self, id: &str) {
-        self.0.lock().expect("dedup lock poisoned").remove(id);
+        self.0
+            .lock()
+            .expect("dedup lock poisoned")
+            .pending
+            .remove(id);
     }
 
     fn snapshot(&self, now_s: i64) -> HashMap<String, i64> {
-        let mut seen = self.0.lock().expect("dedup lock poisoned");
-        seen.retain(|_, first| now_s - *first < DEDUP_WINDOW.as_secs() as i64);
-        seen.clone()
+        let mut ids = self.0.lock().expect("dedup lock poisoned");
+        ids.confirmed
+            .retain(|_, first| now_s - *first < DEDUP_WINDOW.as_secs() as i64);
+        ids.confirmed.clone()
     }
 }
 
@@ -225,6 +249,11 @@ pub fn run_wal(
             }
             continue;
         }
+        for (entry, _) in &written {
+            if let Entry::Appended { key: Some(key), .. } = entry {
+                seen.confirm(key, now_s);
+            }
+        }
         for (entry, pending) in written {
             let outcome = match entry {
                 Entry::Appended { seq, .. } => {
@@ -268,6 +297,21 @@ struct OpenWriter {
     partition: Arc<Partition>,
     writer: IndexWriter,
     touched: bool,
+}
+
+/// Stops the process after an indexing or commit failure. Carrying on would let the checkpoint pass a batch that is
+/// not in the indexes (it would be cut from the WAL and lost); exiting keeps every acknowledged batch in the WAL,
+/// and the restart replays it from the last checkpoint.
+fn fail_stop(what: &str, seq: u64, error: &StoreError) -> ! {
+    tracing::error!(
+        error = %error,
+        seq,
+        "{what} failed; exiting so that a restart replays the write-ahead log from the last checkpoint"
+    );
+    eprintln!(
+        "gantry: {what} failed at write-ahead log seq {seq}: {error}; exiting (a restart replays the log)"
+    );
+    std::process::exit(70);
 }
 
 /// The indexer: documents into partitions, commits, checkpoint, retention.
@@ -315,6 +359,7 @@ impl Indexer {
                 seen.0
                     .lock()
                     .expect("dedup lock poisoned")
+                    .confirmed
                     .insert(id, first);
             }
         }
@@ -336,7 +381,7 @@ impl Indexer {
                 continue;
             };
             if let Some(id) = id {
-                self.seen.insert(&dedup_key(&request, &id), now_s);
+                self.seen.confirm(&dedup_key(&request, &id), now_s);
             }
             self.index(seq, &request)?;
             replayed += 1;
@@ -354,7 +399,7 @@ impl Indexer {
             match batches.recv_timeout(wait) {
                 Ok((seq, request)) => {
                     if let Err(error) = self.index(seq, &request) {
-                        tracing::error!(error = %error, seq, "indexing failed; the batch stays in the write-ahead log");
+                        fail_stop("indexing", seq, &error);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -362,7 +407,7 @@ impl Indexer {
             }
             if Instant::now() >= next_commit {
                 if let Err(error) = self.commit() {
-                    tracing::error!(error = %error, "commit failed; retrying at the next interval");
+                    fail_stop("committing", self.last_seq, &error);
                 }
                 next_commit = Instant::now() + self.config.commit_interval;
             }
@@ -508,7 +553,10 @@ impl Indexer {
                 continue;
             }
             let size = partition.disk_bytes();
-            self.writers.remove(&(partition.signal, partition.start_ns));
+            if let Some(open) = self.writers.remove(&(partition.signal, partition.start_ns)) {
+                // Merges must be over before the files go.
+                let _ = open.writer.wait_merging_threads();
+            }
             match self.catalog.drop_partition(&partition) {
                 Ok(()) => {
                     total = total.saturating_sub(size);
@@ -566,7 +614,18 @@ mod tests {
         assert_ne!(dedup_key(&logs, "b-1"), dedup_key(&traces, "b-1"));
         let seen = SeenIds::default();
         assert!(seen.insert(&dedup_key(&logs, "b-1"), 1_000));
+        assert!(!seen.insert(&dedup_key(&logs, "b-1"), 1_000), "pending");
+        assert!(
+            seen.snapshot(1_000).is_empty(),
+            "a pending id is not checkpointed"
+        );
+        seen.confirm(&dedup_key(&logs, "b-1"), 1_000);
         assert!(!seen.insert(&dedup_key(&logs, "b-1"), 1_000 + 599));
+        assert_eq!(seen.snapshot(1_000).len(), 1);
+        let failed = SeenIds::default();
+        assert!(failed.insert("x", 1));
+        failed.remove("x");
+        assert!(failed.insert("x", 1), "a failed batch's id is forgotten");
         assert!(
             seen.insert(&dedup_key(&logs, "b-1"), 1_000 + 600),
             "forgotten after 10 minutes"
