@@ -92,7 +92,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         shipper::ShipperConfig {
             logs_url: format!("{}/v1/logs", config.plane),
             token: config.token.clone(),
-            agent_id: agent_id.clone(),
+            // Batch ids are `<agent id>-<buffer epoch>-<seq>`.
+            agent_id: format!("{agent_id}-{}", buffer.epoch()),
         },
         telemetry.clone(),
         ship_stopped,

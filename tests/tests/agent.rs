@@ -381,17 +381,27 @@ async fn outage_and_agent_crash_lose_and_repeat_nothing() -> Result<()> {
     wait_for_at_least(&plane, &viewer, &run, 100).await?;
 
     plane.terminate().await?;
+    let appends_before = agent
+        .metrics()
+        .await?
+        .get("gantry_agent_buffer_appends_total")
+        .copied()
+        .unwrap_or(0.0);
     append(&file, &numbered(&run, "s", 100..200))?;
-    // Let the agent buffer some of it, then crash it mid-outage.
-    wait_until(DELIVERY_TIMEOUT, "the agent to buffer lines", || async {
-        let m = agent.metrics().await?;
-        Ok((m
-            .get("gantry_agent_buffer_appends_total")
-            .copied()
-            .unwrap_or(0.0)
-            >= 2.0)
-            .then_some(()))
-    })
+    // Let the agent buffer lines it cannot ship (the plane is down), then crash it mid-outage.
+    wait_until(
+        DELIVERY_TIMEOUT,
+        "the agent to buffer lines during the outage",
+        || async {
+            let m = agent.metrics().await?;
+            Ok((m
+                .get("gantry_agent_buffer_appends_total")
+                .copied()
+                .unwrap_or(0.0)
+                > appends_before)
+                .then_some(()))
+        },
+    )
     .await?;
     agent.kill9()?;
     append(&file, &numbered(&run, "s", 200..300))?;
@@ -404,6 +414,20 @@ async fn outage_and_agent_crash_lose_and_repeat_nothing() -> Result<()> {
         plane.endpoints.http
     );
 
+    wait_for_at_least(&plane, &viewer, &run, 400).await?;
+    // Duplicates could still be on their way: count only once the agent has nothing left unshipped.
+    wait_until(
+        DELIVERY_TIMEOUT,
+        "the agent to have shipped everything",
+        || async {
+            let m = agent.metrics().await?;
+            Ok(
+                (m.get("gantry_agent_buffer_oldest_age_seconds").copied() == Some(0.0))
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
     let hits = wait_for_at_least(&plane, &viewer, &run, 400).await?;
     let parsed = parse_hits(&run, &hits);
     let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
@@ -515,7 +539,8 @@ async fn too_many_requests_is_retried_with_the_same_batch_id() -> Result<()> {
     let statuses: Vec<u16> = seen.iter().map(|s| s.1).collect();
     ensure!(statuses == [429, 429, 200], "statuses: {statuses:?}");
     let agent_id = std::fs::read_to_string(tmp.path().join("agent/agent-id"))?;
-    let expected_id = format!("{}-1", agent_id.trim());
+    let epoch = std::fs::read_to_string(tmp.path().join("agent/buffer/epoch"))?;
+    let expected_id = format!("{}-{}-1", agent_id.trim(), epoch.trim());
     ensure!(
         seen.iter().all(|s| s.0 == expected_id),
         "every attempt must carry batch id {expected_id}: {:?}",

@@ -92,6 +92,9 @@ struct State {
 
 /// The disk buffer, shared by the writer thread and the shipper.
 pub struct Buffer {
+    /// Made when the buffer directory is made: batch ids carry it, so that seqs restarting at 1 after the buffer was
+    /// wiped never reuse an id the plane still remembers (it would drop the batch as a duplicate).
+    epoch: String,
     state: Mutex<State>,
     max_bytes: u64,
     cursor_path: PathBuf,
@@ -99,7 +102,30 @@ pub struct Buffer {
     telemetry: Arc<Telemetry>,
 }
 
+/// The buffer's epoch: read, or made (random, fsynced) when the buffer directory is new or was wiped.
+fn read_or_make_epoch(path: &Path) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+        Ok(_) => make_epoch(path),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => make_epoch(path),
+        Err(error) => Err(error),
+    }
+}
+
+fn make_epoch(path: &Path) -> std::io::Result<String> {
+    let epoch = hex::encode(rand::random::<[u8; 4]>());
+    let file = std::fs::File::create(path)?;
+    std::io::Write::write_all(&mut &file, epoch.as_bytes())?;
+    file.sync_all()?;
+    Ok(epoch)
+}
+
 impl Buffer {
+    /// The buffer's epoch, part of every batch id.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
     /// Opens (creating) `DATA_DIR/buffer` and reads the shipped cursor. Blocking.
     pub fn open(
         data_dir: &Path,
@@ -109,6 +135,13 @@ impl Buffer {
         // Small segments so that shipped data is removed promptly (only whole segments go).
         let segment_bytes = (max_bytes / 16).clamp(64 << 10, 16 << 20);
         let (wal, stats) = Wal::open(&data_dir.join("buffer"), WalOptions { segment_bytes })?;
+        let epoch =
+            read_or_make_epoch(&data_dir.join("buffer").join("epoch")).map_err(|source| {
+                BufferError::Cursor {
+                    path: data_dir.join("buffer").join("epoch"),
+                    source,
+                }
+            })?;
         if stats.truncated_bytes > 0 || stats.corrupt_records > 0 {
             tracing::warn!(
                 truncated_bytes = stats.truncated_bytes,
@@ -141,6 +174,7 @@ impl Buffer {
         telemetry.set_buffer(wal.size_bytes(), max_bytes);
         let (last_seq, _) = watch::channel(wal.last_seq());
         Ok(Arc::new(Buffer {
+            epoch,
             state: Mutex::new(State {
                 wal,
                 shipped,
@@ -236,7 +270,12 @@ fn write_cursor(path: &Path, seq: u64) -> std::io::Result<()> {
     let mut file = std::fs::File::create(&tmp)?;
     writeln!(file, "{seq}")?;
     file.sync_data()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    // The rename itself must survive a power loss, or the cursor could go back behind what the plane dedups.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Starts the writer thread: it serves [`AppendRequest`]s until every sender is dropped.

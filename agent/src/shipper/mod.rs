@@ -70,7 +70,10 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Attempt 
                 .map(|p| p.rejected_log_records.max(0) as u64)
                 .unwrap_or(0),
         },
-        408 | 429 => Attempt::Retry {
+        // 408 and 429 are the plane asking for a retry. 401, 403 and 404 are configuration problems (a revoked or
+        // mistyped token, a wrong URL) that an operator fixes: dropping the whole backlog meanwhile would lose
+        // data, so they are retried too (with the same capped backoff), and counted under their reason.
+        408 | 429 | 401 | 403 | 404 => Attempt::Retry {
             reason: format!("http_{status}"),
             after: retry_after.and_then(parse_retry_after),
         },
@@ -101,6 +104,8 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 /// Builds the HTTP client the shipper uses.
 pub fn http_client() -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
+        // A redirect would turn the POST into a GET without the body (and drop the token across ports).
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(Duration::from_secs(5))
         .build()
@@ -148,7 +153,12 @@ pub async fn run(
                 telemetry
                     .oldest_unshipped_unix_nanos
                     .store(record.appended_unix_nanos, Ordering::Relaxed);
-                deliver(&client, &config, &telemetry, seq, record).await;
+                if !deliver(&client, &config, &telemetry, seq, record).await {
+                    // Not sent and not refused: read the record again and retry, never move past it.
+                    reader = None;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
             }
             Err(error) => {
                 tracing::error!(error = %error, seq, "skipping a malformed buffer record");
@@ -202,20 +212,21 @@ async fn next_record(
     next
 }
 
-/// Sends one batch until it is delivered or rejected for good.
+/// Sends one batch until it is delivered or rejected for good (true: the cursor may move past it), or until the
+/// batch cannot even be prepared (false: it stays in the buffer).
 async fn deliver(
     client: &reqwest::Client,
     config: &ShipperConfig,
     telemetry: &Telemetry,
     seq: u64,
     record: BufferRecord,
-) {
+) -> bool {
     let records = record.records as u64;
     let body = match tokio::task::spawn_blocking(move || gzip(&record.payload)).await {
         Ok(body) => body,
         Err(error) => {
-            tracing::error!(error = %error, "gzip task failed");
-            return;
+            tracing::error!(error = %error, "gzip task failed; the batch stays in the buffer");
+            return false;
         }
     };
     let batch_id = format!("{}-{seq}", config.agent_id);
@@ -244,7 +255,7 @@ async fn deliver(
                     telemetry.dropped.add("partial_success", rejected_records);
                 }
                 tracing::debug!(batch_id, records, bytes = body.len(), "batch delivered");
-                return;
+                return true;
             }
             Attempt::Rejected { reason } => {
                 tracing::error!(
@@ -257,7 +268,7 @@ async fn deliver(
                 telemetry
                     .dropped
                     .add(&format!("rejected_{reason}"), records);
-                return;
+                return true;
             }
             Attempt::Retry { reason, after } => {
                 telemetry.retries.inc();
@@ -297,9 +308,11 @@ async fn send(
         .map(str::to_owned);
     let body = response.bytes().await?;
     let attempt = classify(status, retry_after.as_deref(), &body);
-    if let Attempt::Rejected { reason } = &attempt {
+    if let Attempt::Rejected { reason } | Attempt::Retry { reason, .. } = &attempt
+        && (400..500).contains(&status)
+    {
         let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
-        tracing::error!(batch_id, reason, response = %text, "plane refused the batch");
+        tracing::error!(batch_id, reason, response = %text, "the plane refused the batch");
     }
     Ok(attempt)
 }
@@ -372,12 +385,22 @@ mod tests {
                 after: Some(MAX_RETRY_AFTER),
             },
         );
-        for status in [400, 401, 403, 404, 413] {
+        for status in [400, 405, 413, 422] {
             check(
                 status,
                 Some("1"),
                 Attempt::Rejected {
                     reason: format!("http_{status}"),
+                },
+            );
+        }
+        for status in [401, 403, 404] {
+            check(
+                status,
+                None,
+                Attempt::Retry {
+                    reason: format!("http_{status}"),
+                    after: None,
                 },
             );
         }

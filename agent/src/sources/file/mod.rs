@@ -52,8 +52,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// A pending multi-line record is emitted after this long without a new line.
 const MULTILINE_IDLE: Duration = Duration::from_secs(1);
-/// A file that is no longer at its path is closed after being idle at its end this long.
-const ROTATED_CLOSE_AFTER: Duration = Duration::from_secs(1);
+/// A file that is no longer at its path is closed after being idle at its end this long: long enough for an
+/// application that reopens its log lazily (after its next write) to have written its last lines to the old file.
+const ROTATED_CLOSE_AFTER: Duration = Duration::from_secs(30);
 /// How long a truncated file's old prefix is remembered to recognise its copy.
 const COPY_MEMORY: Duration = Duration::from_secs(60);
 
@@ -204,7 +205,10 @@ impl FileSource {
             }
             let read = self.read_pass(&mut buf, now);
             if self.batch_due(Instant::now()) && !self.commit(stop)? {
-                break;
+                // Stopped while the buffer was full: the batch was dropped from memory, and the positions in
+                // memory are past it. Committing anything now would checkpoint over those lines; stop here so the
+                // next start reads them again from the last checkpoint.
+                return Ok(());
             }
             if read == 0 {
                 std::thread::sleep(POLL_INTERVAL);

@@ -103,6 +103,13 @@ fn rename_rotation_reads_the_old_tail_then_the_new_file() {
     h.step();
     h.step();
     assert_eq!(h.bodies(), ["1", "2", "3", "4", "5"]);
+    assert_eq!(
+        h.source.as_ref().unwrap().tailers.len(),
+        2,
+        "the rotated file stays open a while"
+    );
+    h.now += ROTATED_CLOSE_AFTER;
+    h.step();
     let source = h.source.as_ref().unwrap();
     assert_eq!(source.tailers.len(), 1, "the rotated file is closed");
     h.close();
