@@ -89,20 +89,7 @@ impl PlaneProcess {
 
     /// CPU seconds (user + system) the plane has used.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // Fields after the command: state is index 0, utime 11, stime 12; clock ticks are 100 per second on Linux.
-        (ticks(11) + ticks(12)) / 100.0
+        cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
     }
 
     fn peak_rss_mib(&self) -> f64 {
@@ -604,7 +591,12 @@ fn ceiling(options: &IngestBench, commit_every: Option<usize>) -> anyhow::Result
 }
 
 fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds("/proc/self/stat")
+}
+
+/// User + system CPU seconds from a `/proc/PID/stat` file.
+fn cpu_seconds(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
@@ -615,5 +607,6 @@ fn process_cpu_seconds() -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
+    // Fields after the command: state is index 0, utime 11, stime 12; clock ticks are 100 per second on Linux.
     (ticks(11) + ticks(12)) / 100.0
 }
