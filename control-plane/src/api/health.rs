@@ -26,7 +26,11 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// The plane's own metrics.
 pub async fn metrics(_: Caller<ReadAccess>, State(state): State<AppState>) -> impl IntoResponse {
-    let stats = state.ingest.store.stats();
+    // The figures include walking the index directories for their size: not on an async worker.
+    let store = state.ingest.store.clone();
+    let stats = tokio::task::spawn_blocking(move || store.stats())
+        .await
+        .unwrap_or_default();
     let gauges = [
         (
             "gantry_wal_bytes",
