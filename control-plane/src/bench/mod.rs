@@ -187,7 +187,6 @@ pub fn run_ingest(options: IngestBench) -> anyhow::Result<()> {
 
     // Phase 1: throughput until everything is searchable.
     let raw_bytes = Arc::new(AtomicU64::new(0));
-    let sent = Arc::new(AtomicU64::new(0));
     let started_cpu = plane.cpu_seconds();
     let started = Instant::now();
     let from = rfc3339(now_ns() - 60_000_000_000);
@@ -197,7 +196,6 @@ pub fn run_ingest(options: IngestBench) -> anyhow::Result<()> {
         &base,
         &ingest_token,
         raw_bytes.clone(),
-        sent.clone(),
     ))?;
     let acked = started.elapsed();
     let total = options.logs;
@@ -482,18 +480,12 @@ async fn send_all(
     base: &str,
     token: &str,
     raw_bytes: Arc<AtomicU64>,
-    sent: Arc<AtomicU64>,
 ) -> anyhow::Result<Vec<String>> {
     let batches = options.logs.div_ceil(options.batch as u64);
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for sender in 0..options.senders {
-        let (client, next, raw_bytes, sent) = (
-            client.clone(),
-            next.clone(),
-            raw_bytes.clone(),
-            sent.clone(),
-        );
+        let (client, next, raw_bytes) = (client.clone(), next.clone(), raw_bytes.clone());
         let (logs_url, traces_url, token) = (
             format!("{base}/v1/logs"),
             format!("{base}/v1/traces"),
@@ -531,7 +523,6 @@ async fn send_all(
                 post(&client, &logs_url, &token, logs).await?;
                 post(&client, &traces_url, &token, traces).await?;
                 raw_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                sent.fetch_add(records as u64, Ordering::Relaxed);
             }
             Ok::<_, anyhow::Error>(generator.trace_ids)
         }));
