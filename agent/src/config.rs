@@ -1,5 +1,6 @@
 //! The agent's configuration: a raw serde form (TOML file, `GANTRY_AGENT_*` variables, flags) and its validated form.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,19 @@ const ENV_KEYS: &[&str] = &[
     "batch_max_lines",
     "batch_timeout_ms",
     "shutdown_timeout_ms",
+    "docker",
+    "host_metrics",
+    "metrics_interval_ms",
+    "otlp_grpc_addr",
+    "otlp_http_addr",
+    "heartbeat_interval_ms",
 ];
+
+/// Default address of the local OTLP/gRPC receiver: the plane's 4317 plus two, so that a plane and an agent
+/// on one machine do not clash.
+pub const DEFAULT_OTLP_GRPC_ADDR: &str = "127.0.0.1:4319";
+/// Default address of the local OTLP/HTTP receiver (the plane's 4318 plus two).
+pub const DEFAULT_OTLP_HTTP_ADDR: &str = "127.0.0.1:4320";
 
 /// Default `buffer_max_bytes`: 256 MiB.
 pub const DEFAULT_BUFFER_MAX_BYTES: u64 = 256 << 20;
@@ -37,6 +50,14 @@ pub struct RawConfig {
     batch_max_lines: Option<usize>,
     batch_timeout_ms: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
+    docker: Option<bool>,
+    host_metrics: Option<bool>,
+    metrics_interval_ms: Option<u64>,
+    otlp_grpc_addr: Option<String>,
+    otlp_http_addr: Option<String>,
+    heartbeat_interval_ms: Option<u64>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
     #[serde(default)]
     files: Vec<RawFileSource>,
 }
@@ -68,6 +89,16 @@ pub struct Overrides {
     pub http_addr: Option<String>,
     /// `--file` (repeatable); when given, replaces the file's `[[files]]`.
     pub files: Vec<String>,
+    /// `--no-docker`.
+    pub no_docker: bool,
+    /// `--no-host-metrics`.
+    pub no_host_metrics: bool,
+    /// `--otlp-grpc-addr` (`off` disables).
+    pub otlp_grpc_addr: Option<String>,
+    /// `--otlp-http-addr` (`off` disables).
+    pub otlp_http_addr: Option<String>,
+    /// `--label KEY=VALUE` (repeatable), added to the config's `[labels]`.
+    pub labels: Vec<(String, String)>,
 }
 
 /// The validated configuration the agent runs with.
@@ -91,6 +122,20 @@ pub struct AgentConfig {
     pub shutdown_timeout: Duration,
     /// File sources, one per pattern.
     pub files: Vec<FileSourceConfig>,
+    /// Read container output and stats from the Docker daemon when one is reachable.
+    pub docker: bool,
+    /// Collect host metrics.
+    pub host_metrics: bool,
+    /// How often host and container metrics are collected.
+    pub metrics_interval: Duration,
+    /// Local OTLP/gRPC receiver, `None` when off.
+    pub otlp_grpc_addr: Option<SocketAddr>,
+    /// Local OTLP/HTTP receiver, `None` when off.
+    pub otlp_http_addr: Option<SocketAddr>,
+    /// How often the agent heartbeats to the plane.
+    pub heartbeat_interval: Duration,
+    /// Labels of the node, reported with its heartbeat.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -105,6 +150,13 @@ impl fmt::Debug for AgentConfig {
             .field("batch_timeout", &self.batch_timeout)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("files", &self.files)
+            .field("docker", &self.docker)
+            .field("host_metrics", &self.host_metrics)
+            .field("metrics_interval", &self.metrics_interval)
+            .field("otlp_grpc_addr", &self.otlp_grpc_addr)
+            .field("otlp_http_addr", &self.otlp_http_addr)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("labels", &self.labels)
             .finish()
     }
 }
@@ -213,8 +265,11 @@ impl RawConfig {
             if !ENV_KEYS.contains(&key.as_str()) {
                 continue;
             }
-            let value = match value.parse::<i64>() {
-                Ok(number) if key != "token" && key != "plane" => toml::Value::Integer(number),
+            let value = match (value.parse::<i64>(), value.parse::<bool>()) {
+                (Ok(number), _) if key != "token" && key != "plane" => toml::Value::Integer(number),
+                (_, Ok(flag)) if key == "docker" || key == "host_metrics" => {
+                    toml::Value::Boolean(flag)
+                }
                 _ => toml::Value::String(value),
             };
             // Checked one by one so that an error names the variable.
@@ -244,6 +299,15 @@ impl RawConfig {
         self.token = flags.token.or(self.token);
         self.data_dir = flags.data_dir.or(self.data_dir);
         self.http_addr = flags.http_addr.or(self.http_addr);
+        if flags.no_docker {
+            self.docker = Some(false);
+        }
+        if flags.no_host_metrics {
+            self.host_metrics = Some(false);
+        }
+        self.otlp_grpc_addr = flags.otlp_grpc_addr.or(self.otlp_grpc_addr);
+        self.otlp_http_addr = flags.otlp_http_addr.or(self.otlp_http_addr);
+        self.labels.extend(flags.labels);
         if !flags.files.is_empty() {
             self.files = flags
                 .files
@@ -267,6 +331,17 @@ impl RawConfig {
             batch_max_lines: top.batch_max_lines.or(self.batch_max_lines),
             batch_timeout_ms: top.batch_timeout_ms.or(self.batch_timeout_ms),
             shutdown_timeout_ms: top.shutdown_timeout_ms.or(self.shutdown_timeout_ms),
+            docker: top.docker.or(self.docker),
+            host_metrics: top.host_metrics.or(self.host_metrics),
+            metrics_interval_ms: top.metrics_interval_ms.or(self.metrics_interval_ms),
+            otlp_grpc_addr: top.otlp_grpc_addr.or(self.otlp_grpc_addr),
+            otlp_http_addr: top.otlp_http_addr.or(self.otlp_http_addr),
+            heartbeat_interval_ms: top.heartbeat_interval_ms.or(self.heartbeat_interval_ms),
+            labels: {
+                let mut labels = self.labels;
+                labels.extend(top.labels);
+                labels
+            },
             files: if top.files.is_empty() {
                 self.files
             } else {
@@ -331,11 +406,54 @@ impl RawConfig {
         if batch_timeout_ms == 0 {
             return Err(value_error("batch_timeout_ms", "must be greater than 0"));
         }
-        if self.files.is_empty() {
+        let metrics_interval_ms = self.metrics_interval_ms.unwrap_or(10_000);
+        if !(1000..=3_600_000).contains(&metrics_interval_ms) {
             return Err(value_error(
-                "files",
-                "no source configured: pass --file '/var/log/app/*.log' or add a [[files]] table",
+                "metrics_interval_ms",
+                "must be between 1000 (1 s) and 3600000 (1 h)",
             ));
+        }
+        let heartbeat_interval_ms = self.heartbeat_interval_ms.unwrap_or(5000);
+        if !(100..=300_000).contains(&heartbeat_interval_ms) {
+            return Err(value_error(
+                "heartbeat_interval_ms",
+                "must be between 100 and 300000 (5 min)",
+            ));
+        }
+        let otlp_grpc_addr = optional_addr(
+            "otlp_grpc_addr",
+            self.otlp_grpc_addr.as_deref().unwrap_or(DEFAULT_OTLP_GRPC_ADDR),
+        )?;
+        let otlp_http_addr = optional_addr(
+            "otlp_http_addr",
+            self.otlp_http_addr.as_deref().unwrap_or(DEFAULT_OTLP_HTTP_ADDR),
+        )?;
+        if let (Some(grpc), Some(http)) = (otlp_grpc_addr, otlp_http_addr)
+            && grpc == http
+            && grpc.port() != 0
+        {
+            return Err(value_error(
+                "otlp_http_addr",
+                format!("`{http}` is also the OTLP/gRPC address; give each its own port"),
+            ));
+        }
+        for (key, value) in &self.labels {
+            let valid_key = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+            if !valid_key {
+                return Err(value_error(
+                    "labels",
+                    format!("`{key}` is not a label name (letters, digits, `.`, `_`, `-`, `/`)"),
+                ));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(value_error(
+                    "labels",
+                    format!("the value of `{key}` holds a control character"),
+                ));
+            }
         }
         let files = self
             .files
@@ -354,8 +472,28 @@ impl RawConfig {
             batch_timeout: Duration::from_millis(batch_timeout_ms),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms.unwrap_or(5000)),
             files,
+            docker: self.docker.unwrap_or(true),
+            host_metrics: self.host_metrics.unwrap_or(true),
+            metrics_interval: Duration::from_millis(metrics_interval_ms),
+            otlp_grpc_addr,
+            otlp_http_addr,
+            heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
+            labels: self.labels,
         })
     }
+}
+
+/// A listen address, or `None` for `off`.
+fn optional_addr(key: &'static str, text: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        value_error(
+            key,
+            format!("`{text}` is not a host:port address such as 127.0.0.1:4319 (or `off`)"),
+        )
+    })
 }
 
 impl RawFileSource {
@@ -446,7 +584,30 @@ mod tests {
             "plane = \"http://x:1\"\n[[files]]\npath = \"/a\"\n",
             &["token"],
         );
-        check_err("plane = \"http://x:1\"\ntoken = \"t\"\n", &["files"]);
+        check_err(
+            &format!("otlp_grpc_addr = \"4319\"\n{MINIMAL}"),
+            &["otlp_grpc_addr"],
+        );
+        check_err(
+            &format!("otlp_grpc_addr = \"127.0.0.1:9\"\notlp_http_addr = \"127.0.0.1:9\"\n{MINIMAL}"),
+            &["otlp_http_addr", "gRPC"],
+        );
+        check_err(
+            &format!("metrics_interval_ms = 10\n{MINIMAL}"),
+            &["metrics_interval_ms"],
+        );
+        check_err(
+            &format!("heartbeat_interval_ms = 0\n{MINIMAL}"),
+            &["heartbeat_interval_ms"],
+        );
+        check_err(
+            &format!("docker = \"yes\"\n{MINIMAL}"),
+            &["docker"],
+        );
+        check_err(
+            &format!("{MINIMAL}[labels]\n\"bad key\" = \"x\"\n"),
+            &["labels", "bad key"],
+        );
         check_err(
             &format!("{MINIMAL}\nmultiline_start_pattern = \"(\"\n"),
             &["multiline_start_pattern"],
@@ -482,6 +643,20 @@ mod tests {
         assert_eq!(config.buffer_max_bytes, DEFAULT_BUFFER_MAX_BYTES);
         assert_eq!(config.files.len(), 1);
         assert!(matches!(config.files[0].multiline, Multiline::Default));
+        assert!(config.docker && config.host_metrics);
+        assert_eq!(
+            config.otlp_grpc_addr.map(|a| a.to_string()).as_deref(),
+            Some(DEFAULT_OTLP_GRPC_ADDR)
+        );
+        assert_eq!(
+            config.otlp_http_addr.map(|a| a.to_string()).as_deref(),
+            Some(DEFAULT_OTLP_HTTP_ADDR)
+        );
+        // No file source is fine: host metrics, Docker and the receiver are sources too.
+        let config = outcome("plane = \"http://x:1\"\ntoken = \"t\"\notlp_grpc_addr = \"off\"\n[labels]\nzone = \"eu-1\"\n").unwrap();
+        assert!(config.files.is_empty());
+        assert_eq!(config.otlp_grpc_addr, None);
+        assert_eq!(config.labels.get("zone").map(String::as_str), Some("eu-1"));
         let config = outcome(&MINIMAL.replace(":8700", ":8700/")).unwrap();
         assert_eq!(config.plane, "http://127.0.0.1:8700");
     }
@@ -499,6 +674,7 @@ mod tests {
                 "127.0.0.1:2".to_owned(),
             ),
             ("GANTRY_AGENT_TOKEN".to_owned(), "12345".to_owned()),
+            ("GANTRY_AGENT_DOCKER".to_owned(), "false".to_owned()),
             ("GANTRY_AGENT_PLANE".to_owned(), "http://b:2".to_owned()),
             ("GANTRY_BIN".to_owned(), "/not/a/config/key".to_owned()),
         ];
@@ -517,6 +693,7 @@ mod tests {
         assert_eq!(config.token, "12345");
         assert_eq!(config.plane, "http://c:3");
         assert_eq!(config.buffer_max_bytes, 2_000_000);
+        assert!(!config.docker);
         assert_eq!(config.files.len(), 1);
         assert_eq!(config.files[0].pattern, "/from/flag/*.log");
 

@@ -90,7 +90,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         buffer.clone(),
         client,
         shipper::ShipperConfig {
-            logs_url: format!("{}/v1/logs", config.plane),
+            plane: config.plane.clone(),
             token: config.token.clone(),
             // Batch ids are `<agent id>-<buffer epoch>-<seq>`.
             agent_id: format!("{agent_id}-{}", buffer.epoch()),

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use gantry_agent::config::{Overrides, RawConfig};
 
-/// Gantry's node agent: tails log files and ships them to the plane, at least once.
+/// Gantry's node agent: ships the node's log files, container output, host and container metrics and local
+/// OTLP to the plane, at least once.
 #[derive(Debug, Parser)]
 #[command(name = "gantry-agent", version)]
 struct Cli {
@@ -27,6 +28,27 @@ struct Cli {
     /// Address for the agent's own /metrics and /healthz (port 0 picks one).
     #[arg(long)]
     http_addr: Option<String>,
+    /// Do not read container output and stats from the Docker daemon.
+    #[arg(long)]
+    no_docker: bool,
+    /// Do not collect host metrics.
+    #[arg(long)]
+    no_host_metrics: bool,
+    /// Local OTLP/gRPC receiver address (default 127.0.0.1:4319; `off` disables).
+    #[arg(long)]
+    otlp_grpc_addr: Option<String>,
+    /// Local OTLP/HTTP receiver address (default 127.0.0.1:4320; `off` disables).
+    #[arg(long)]
+    otlp_http_addr: Option<String>,
+    /// A node label, KEY=VALUE, reported to the plane (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
 }
 
 fn init_logging() {
@@ -55,6 +77,11 @@ fn main() -> anyhow::Result<()> {
             data_dir: cli.data_dir,
             http_addr: cli.http_addr,
             files: cli.files,
+            no_docker: cli.no_docker,
+            no_host_metrics: cli.no_host_metrics,
+            otlp_grpc_addr: cli.otlp_grpc_addr,
+            otlp_http_addr: cli.otlp_http_addr,
+            labels: cli.labels,
         })
         .validate()?;
     tracing::debug!(?config, "configuration");

@@ -70,6 +70,11 @@ pub struct Telemetry {
     pub rejected: ReasonCounter,
     /// Records lost, by reason.
     pub dropped: ReasonCounter,
+    /// Records (log records, data points, spans) made by the sources other than files, by source
+    /// (`host_metrics`, `docker_logs`, `docker_metrics`, `otlp_logs`, `otlp_metrics`, `otlp_traces`).
+    pub produced: ReasonCounter,
+    /// Requests the local OTLP receiver answered with 503 (buffer full) or 4xx, by reason.
+    pub receiver_refused: ReasonCounter,
 }
 
 impl Telemetry {
@@ -96,6 +101,8 @@ impl Telemetry {
             retries: Counter::default(),
             rejected: ReasonCounter::default(),
             dropped: ReasonCounter::default(),
+            produced: ReasonCounter::default(),
+            receiver_refused: ReasonCounter::default(),
         }
     }
 
@@ -157,6 +164,18 @@ impl Telemetry {
             "counter",
             "Records read (multi-line records joined), per source.",
             per_pattern(&self.records_read),
+        );
+        metric(
+            "gantry_agent_source_records_total",
+            "counter",
+            "Records made by the sources other than files (log records, data points, spans), per source.",
+            labelled("source", self.produced.snapshot()),
+        );
+        metric(
+            "gantry_agent_receiver_refused_total",
+            "counter",
+            "Requests the local OTLP receiver refused, by reason (buffer_full answers 503 with Retry-After).",
+            labelled("reason", self.receiver_refused.snapshot()),
         );
         metric(
             "gantry_agent_files_open",

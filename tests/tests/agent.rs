@@ -3,14 +3,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
+use common::agent::Agent;
 use common::*;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
@@ -20,166 +20,6 @@ use serde_json::Value;
 
 /// Deadline for the agent to deliver lines (covers a retry backoff of a few seconds after an outage).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(45);
-
-/// The `gantry-agent` binary: `$GANTRY_AGENT_BIN`, else `<repo>/target/debug/gantry-agent`.
-fn agent_bin() -> Result<PathBuf> {
-    let path = match std::env::var_os("GANTRY_AGENT_BIN") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => repo_root().join("target/debug/gantry-agent"),
-    };
-    ensure!(
-        path.is_file(),
-        "the gantry-agent binary was not found at {} — build it first with `cargo build -p gantry-agent` \
-         (or point GANTRY_AGENT_BIN at it)",
-        path.display()
-    );
-    Ok(path)
-}
-
-/// A running `gantry-agent` owned by one test. Dropping it kills it.
-struct Agent {
-    dir: PathBuf,
-    files: Vec<String>,
-    token: String,
-    plane: String,
-    child: Option<Child>,
-    runs: usize,
-    stderr_path: PathBuf,
-    http: String,
-}
-
-impl Agent {
-    async fn start(dir: &Path, plane: &str, token: &str, files: &[String]) -> Result<Agent> {
-        let mut agent = Agent {
-            dir: dir.to_path_buf(),
-            files: files.to_vec(),
-            token: token.to_owned(),
-            plane: plane.to_owned(),
-            child: None,
-            runs: 0,
-            stderr_path: PathBuf::new(),
-            http: String::new(),
-        };
-        agent.spawn().await?;
-        Ok(agent)
-    }
-
-    async fn spawn(&mut self) -> Result<()> {
-        let endpoints = self.dir.join("agent-endpoints.json");
-        let _ = std::fs::remove_file(&endpoints);
-        self.runs += 1;
-        self.stderr_path = self
-            .dir
-            .with_file_name(format!("agent.stderr.{}.log", self.runs));
-        let mut cmd = Command::new(agent_bin()?);
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy().to_ascii_lowercase();
-            if k.starts_with("gantry_") || k.ends_with("_proxy") {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.arg("--plane")
-            .arg(&self.plane)
-            .arg("--token")
-            .arg(&self.token)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .arg("--http-addr")
-            .arg("127.0.0.1:0")
-            .env("RUST_LOG", "info,gantry_agent=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&self.stderr_path)?);
-        for file in &self.files {
-            cmd.arg("--file").arg(file);
-        }
-        self.child = Some(cmd.spawn().context("spawning gantry-agent")?);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.as_mut().context("child")?.try_wait()? {
-                bail!("gantry-agent exited with {status}\n{}", self.stderr());
-            }
-            if let Ok(text) = std::fs::read_to_string(&endpoints)
-                && let Ok(v) = serde_json::from_str::<Value>(&text)
-                && let Some(http) = v.get("http").and_then(Value::as_str)
-            {
-                self.http = http.to_owned();
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "gantry-agent wrote no endpoints file\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn stderr(&self) -> String {
-        format!(
-            "--- agent stderr ({}) ---\n{}",
-            self.stderr_path.display(),
-            std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-        )
-    }
-
-    fn kill9(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            child.wait()?;
-        }
-        Ok(())
-    }
-
-    async fn terminate(&mut self) -> Result<ExitStatus> {
-        let child = self.child.as_mut().context("agent not running")?;
-        let st = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()?;
-        ensure!(st.success(), "kill -TERM failed");
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.as_mut().context("child")?.try_wait()? {
-                self.child = None;
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                self.kill9()?;
-                bail!("agent did not exit after SIGTERM\n{}", self.stderr());
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// `/metrics` as (sample line without value → value).
-    async fn metrics(&self) -> Result<BTreeMap<String, f64>> {
-        let text = http_client()
-            .get(format!("http://{}/metrics", self.http))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok(text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                Some((name.to_owned(), value.parse().ok()?))
-            })
-            .collect())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            || std::env::var("GANTRY_TEST_PLANE_LOGS").is_ok_and(|v| v == "1")
-        {
-            eprintln!("{}", self.stderr());
-        }
-        let _ = self.kill9();
-    }
-}
 
 fn append(path: &Path, text: &str) -> Result<()> {
     let mut f = OpenOptions::new().create(true).append(true).open(path)?;

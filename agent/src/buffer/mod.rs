@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use gantry_wal::{Wal, WalError, WalOptions, WalReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use record::BufferRecord;
+pub use record::{BufferRecord, Signal};
 
 use crate::telemetry::Telemetry;
 
@@ -304,6 +304,7 @@ mod tests {
 
     fn record(n: u8, len: usize) -> BufferRecord {
         BufferRecord {
+            signal: record::Signal::Logs,
             appended_unix_nanos: n as u64,
             records: 1,
             source_state: Vec::new(),

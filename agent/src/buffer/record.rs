@@ -1,27 +1,69 @@
 //! The layout of one buffered batch: a small header the agent keeps for itself, then the OTLP payload that is shipped as is.
 
-/// Format version of [`BufferRecord`].
-const VERSION: u8 = 1;
-/// version u8 + appended_unix_nanos u64 + records u32 + source_state_len u32.
-const HEADER_LEN: usize = 1 + 8 + 4 + 4;
+/// Format version of [`BufferRecord`]: 2 adds the signal byte; version 1 records (logs only) are still read.
+const VERSION: u8 = 2;
+/// version u8 + signal u8 + appended_unix_nanos u64 + records u32 + source_state_len u32.
+const HEADER_LEN: usize = 1 + 1 + 8 + 4 + 4;
+/// The header of a version 1 record: no signal byte.
+const V1_HEADER_LEN: usize = 1 + 8 + 4 + 4;
+
+/// Which OTLP export request a record's payload is, and so where the shipper sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// `ExportLogsServiceRequest`, to `/v1/logs`.
+    Logs,
+    /// `ExportMetricsServiceRequest`, to `/v1/metrics`.
+    Metrics,
+    /// `ExportTraceServiceRequest`, to `/v1/traces`.
+    Traces,
+}
+
+impl Signal {
+    /// Every signal.
+    pub const ALL: [Signal; 3] = [Signal::Logs, Signal::Metrics, Signal::Traces];
+
+    /// The OTLP/HTTP path segment: `logs`, `metrics`, `traces`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Logs => "logs",
+            Signal::Metrics => "metrics",
+            Signal::Traces => "traces",
+        }
+    }
+
+    fn to_byte(self) -> u8 {
+        match self {
+            Signal::Logs => 0,
+            Signal::Metrics => 1,
+            Signal::Traces => 2,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Signal> {
+        Signal::ALL.into_iter().find(|s| s.to_byte() == byte)
+    }
+}
 
 /// One batch as stored in the disk buffer (one WAL record).
 ///
 /// ```text
-/// u8 version (1) | u64 LE appended_unix_nanos | u32 LE records | u32 LE state_len | state | payload
+/// u8 version (2) | u8 signal | u64 LE appended_unix_nanos | u32 LE records | u32 LE state_len | state | payload
 /// ```
 ///
 /// `state` is what the producing source needs to resume after a crash (the file source stores the
-/// file positions this batch reaches); `payload` is a protobuf `ExportLogsServiceRequest`.
+/// file positions this batch reaches); `payload` is the protobuf export request of `signal`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BufferRecord {
+    /// What the payload is.
+    pub signal: Signal,
     /// When the batch entered the buffer (for the "oldest unshipped record" age).
     pub appended_unix_nanos: u64,
-    /// Log records in the payload (for the dropped counter when the plane refuses a batch).
+    /// Log records, data points or spans in the payload (for the counters, and the dropped counter when the plane
+    /// refuses a batch).
     pub records: u32,
     /// Opaque source state (JSON), empty for sources without positions.
     pub source_state: Vec<u8>,
-    /// Protobuf `ExportLogsServiceRequest`.
+    /// Protobuf export request of `signal`.
     pub payload: Vec<u8>,
 }
 
@@ -35,6 +77,7 @@ impl BufferRecord {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + self.source_state.len() + self.payload.len());
         out.push(VERSION);
+        out.push(self.signal.to_byte());
         out.extend_from_slice(&self.appended_unix_nanos.to_le_bytes());
         out.extend_from_slice(&self.records.to_le_bytes());
         out.extend_from_slice(&(self.source_state.len() as u32).to_le_bytes());
@@ -45,23 +88,31 @@ impl BufferRecord {
 
     /// Parses a WAL payload written by [`BufferRecord::encode`].
     pub fn decode(bytes: &[u8]) -> Result<BufferRecord, MalformedRecord> {
-        if bytes.len() < HEADER_LEN {
+        let (signal, header, fields) = match bytes.first() {
+            Some(1) => (Signal::Logs, V1_HEADER_LEN, 1),
+            Some(&VERSION) => {
+                let byte = *bytes.get(1).ok_or(MalformedRecord("shorter than its header"))?;
+                let signal = Signal::from_byte(byte).ok_or(MalformedRecord("unknown signal"))?;
+                (signal, HEADER_LEN, 2)
+            }
+            Some(_) => return Err(MalformedRecord("unknown version")),
+            None => return Err(MalformedRecord("empty")),
+        };
+        if bytes.len() < header {
             return Err(MalformedRecord("shorter than its header"));
-        }
-        if bytes[0] != VERSION {
-            return Err(MalformedRecord("unknown version"));
         }
         let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
         let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
-        let state_len = u32_at(13) as usize;
-        let rest = &bytes[HEADER_LEN..];
+        let state_len = u32_at(fields + 12) as usize;
+        let rest = &bytes[header..];
         if rest.len() < state_len {
             return Err(MalformedRecord("source state runs past the end"));
         }
         let (state, payload) = rest.split_at(state_len);
         Ok(BufferRecord {
-            appended_unix_nanos: u64_at(1),
-            records: u32_at(9),
+            signal,
+            appended_unix_nanos: u64_at(fields),
+            records: u32_at(fields + 8),
             source_state: state.to_vec(),
             payload: payload.to_vec(),
         })
@@ -75,6 +126,7 @@ mod tests {
     #[test]
     fn round_trip_and_malformed() {
         let record = BufferRecord {
+            signal: Signal::Metrics,
             appended_unix_nanos: 42,
             records: 7,
             source_state: b"{\"files\":[]}".to_vec(),
@@ -82,6 +134,7 @@ mod tests {
         };
         assert_eq!(BufferRecord::decode(&record.encode()).unwrap(), record);
         let empty = BufferRecord {
+            signal: Signal::Logs,
             appended_unix_nanos: 0,
             records: 0,
             source_state: Vec::new(),
@@ -93,7 +146,20 @@ mod tests {
         bad[0] = 9;
         assert!(BufferRecord::decode(&bad).is_err());
         let mut long_state = record.encode();
-        long_state[13] = 200;
+        long_state[14] = 200;
         assert!(BufferRecord::decode(&long_state).is_err());
+        let mut bad_signal = record.encode();
+        bad_signal[1] = 7;
+        assert!(BufferRecord::decode(&bad_signal).is_err());
+        // A version 1 record, written by an agent before signals existed, reads as logs.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&42u64.to_le_bytes());
+        v1.extend_from_slice(&7u32.to_le_bytes());
+        v1.extend_from_slice(&2u32.to_le_bytes());
+        v1.extend_from_slice(b"{}");
+        v1.extend_from_slice(&[9, 9]);
+        let old = BufferRecord::decode(&v1).unwrap();
+        assert_eq!(old.signal, Signal::Logs);
+        assert_eq!((old.records, old.source_state.as_slice(), old.payload.as_slice()), (7, &b"{}"[..], &[9u8, 9][..]));
     }
 }

@@ -14,12 +14,14 @@ use std::time::Duration;
 use gantry_proto::BATCH_ID_HEADER;
 use gantry_wal::WalReader;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use tokio::sync::watch;
 
 pub use backoff::Backoff;
 
-use crate::buffer::{Buffer, BufferRecord};
+use crate::buffer::{Buffer, BufferRecord, Signal};
 use crate::telemetry::Telemetry;
 
 /// The longest `Retry-After` honoured; a larger value is capped to this.
@@ -30,8 +32,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where and as whom to ship.
 #[derive(Clone)]
 pub struct ShipperConfig {
-    /// `{plane}/v1/logs`.
-    pub logs_url: String,
+    /// The plane's base URL; batches go to `{plane}/v1/{logs,metrics,traces}`.
+    pub plane: String,
     /// The ingest token.
     pub token: String,
     /// Prefix of every batch id.
@@ -60,15 +62,30 @@ pub enum Attempt {
     },
 }
 
-/// Classifies a response by status and headers (the body only matters for 2xx).
-pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Attempt {
+/// Records the plane declined in a 2xx answer to a batch of `signal` (OTLP partial success).
+fn rejected_in(signal: Signal, body: &[u8]) -> u64 {
+    let rejected = match signal {
+        Signal::Logs => ExportLogsServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| p.rejected_log_records),
+        Signal::Metrics => ExportMetricsServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| p.rejected_data_points),
+        Signal::Traces => ExportTraceServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| p.rejected_spans),
+    };
+    rejected.unwrap_or(0).max(0) as u64
+}
+
+/// Classifies a response to a batch of `signal` by status and headers (the body only matters for 2xx).
+pub fn classify(signal: Signal, status: u16, retry_after: Option<&str>, body: &[u8]) -> Attempt {
     match status {
         200..=299 => Attempt::Delivered {
-            rejected_records: ExportLogsServiceResponse::decode(body)
-                .ok()
-                .and_then(|r| r.partial_success)
-                .map(|p| p.rejected_log_records.max(0) as u64)
-                .unwrap_or(0),
+            rejected_records: rejected_in(signal, body),
         },
         // 408 and 429 are the plane asking for a retry. 401, 403 and 404 are configuration problems (a revoked or
         // mistyped token, a wrong URL) that an operator fixes: dropping the whole backlog meanwhile would lose
@@ -222,6 +239,7 @@ async fn deliver(
     record: BufferRecord,
 ) -> bool {
     let records = record.records as u64;
+    let signal = record.signal;
     let body = match tokio::task::spawn_blocking(move || gzip(&record.payload)).await {
         Ok(body) => body,
         Err(error) => {
@@ -232,7 +250,7 @@ async fn deliver(
     let batch_id = format!("{}-{seq}", config.agent_id);
     let mut backoff = Backoff::default();
     loop {
-        let attempt = match send(client, config, &batch_id, body.clone()).await {
+        let attempt = match send(client, config, signal, &batch_id, body.clone()).await {
             Ok(attempt) => attempt,
             Err(error) => Attempt::Retry {
                 reason: error_reason(&error),
@@ -288,11 +306,12 @@ async fn deliver(
 async fn send(
     client: &reqwest::Client,
     config: &ShipperConfig,
+    signal: Signal,
     batch_id: &str,
     body: Vec<u8>,
 ) -> reqwest::Result<Attempt> {
     let response = client
-        .post(&config.logs_url)
+        .post(format!("{}/v1/{}", config.plane, signal.as_str()))
         .bearer_auth(&config.token)
         .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
         .header(reqwest::header::CONTENT_ENCODING, "gzip")
@@ -307,7 +326,7 @@ async fn send(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let body = response.bytes().await?;
-    let attempt = classify(status, retry_after.as_deref(), &body);
+    let attempt = classify(signal, status, retry_after.as_deref(), &body);
     if let Attempt::Rejected { reason } | Attempt::Retry { reason, .. } = &attempt
         && (400..500).contains(&status)
     {
@@ -342,7 +361,11 @@ mod tests {
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsPartialSuccess;
 
     fn check(status: u16, retry_after: Option<&str>, expected: Attempt) {
-        assert_eq!(classify(status, retry_after, b""), expected, "{status}");
+        assert_eq!(
+            classify(Signal::Logs, status, retry_after, b""),
+            expected,
+            "{status}"
+        );
     }
 
     #[test]
@@ -412,9 +435,24 @@ mod tests {
         }
         .encode_to_vec();
         assert_eq!(
-            classify(200, None, &body),
+            classify(Signal::Logs, 200, None, &body),
             Attempt::Delivered {
                 rejected_records: 4
+            }
+        );
+        let body = ExportTraceServiceResponse {
+            partial_success: Some(
+                opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess {
+                    rejected_spans: 3,
+                    error_message: "too old".into(),
+                },
+            ),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            classify(Signal::Traces, 200, None, &body),
+            Attempt::Delivered {
+                rejected_records: 3
             }
         );
     }

@@ -28,6 +28,8 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
 use serde_json::Value;
 
+pub mod agent;
+
 /// Deadline for a plane to write endpoints.json and answer 200 on /readyz.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline for acknowledged data to show up in the query API (contract: ~1 s).

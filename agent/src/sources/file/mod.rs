@@ -28,14 +28,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::buffer::{AppendOutcome, AppendRequest, Buffer, BufferRecord};
+use crate::buffer::{AppendOutcome, AppendRequest, Buffer, BufferRecord, Signal};
 use crate::config::{AgentConfig, FileSourceConfig};
+use crate::sources::{agent_scope, host_name, kv, string_value};
 use crate::telemetry::{Telemetry, now_unix_nanos};
 use checkpoint::{Checkpoints, FilePosition, Fingerprint, SourceState};
 use lines::{Frame, Framer};
@@ -521,11 +521,7 @@ impl FileSource {
                         ..Default::default()
                     }),
                     scope_logs: vec![ScopeLogs {
-                        scope: Some(InstrumentationScope {
-                            name: "gantry-agent".into(),
-                            version: env!("CARGO_PKG_VERSION").into(),
-                            ..Default::default()
-                        }),
+                        scope: Some(agent_scope()),
                         log_records: records,
                         ..Default::default()
                     }],
@@ -534,6 +530,7 @@ impl FileSource {
                 .collect(),
         };
         let record = BufferRecord {
+            signal: Signal::Logs,
             appended_unix_nanos: now_unix_nanos(),
             records: batch.records as u32,
             source_state: serde_json::to_vec(&positions)?,
@@ -617,34 +614,6 @@ fn check_truncation(
     tailer.framer.reset(0);
     tailer.fingerprint = Fingerprint::of(&tailer.file).unwrap_or_default();
     (old.0.len as usize == checkpoint::FINGERPRINT_BYTES).then_some(old)
-}
-
-fn string_value(s: String) -> AnyValue {
-    AnyValue {
-        value: Some(any_value::Value::StringValue(s)),
-    }
-}
-
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(string_value(value.to_owned())),
-        ..Default::default()
-    }
-}
-
-/// The machine's host name (`/proc/sys/kernel/hostname`, then `/etc/hostname`, then `$HOSTNAME`).
-fn host_name() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|p| {
-            std::fs::read_to_string(p)
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-        })
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]
