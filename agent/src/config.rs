@@ -422,11 +422,15 @@ impl RawConfig {
         }
         let otlp_grpc_addr = optional_addr(
             "otlp_grpc_addr",
-            self.otlp_grpc_addr.as_deref().unwrap_or(DEFAULT_OTLP_GRPC_ADDR),
+            self.otlp_grpc_addr
+                .as_deref()
+                .unwrap_or(DEFAULT_OTLP_GRPC_ADDR),
         )?;
         let otlp_http_addr = optional_addr(
             "otlp_http_addr",
-            self.otlp_http_addr.as_deref().unwrap_or(DEFAULT_OTLP_HTTP_ADDR),
+            self.otlp_http_addr
+                .as_deref()
+                .unwrap_or(DEFAULT_OTLP_HTTP_ADDR),
         )?;
         if let (Some(grpc), Some(http)) = (otlp_grpc_addr, otlp_http_addr)
             && grpc == http
@@ -589,7 +593,9 @@ mod tests {
             &["otlp_grpc_addr"],
         );
         check_err(
-            &format!("otlp_grpc_addr = \"127.0.0.1:9\"\notlp_http_addr = \"127.0.0.1:9\"\n{MINIMAL}"),
+            &format!(
+                "otlp_grpc_addr = \"127.0.0.1:9\"\notlp_http_addr = \"127.0.0.1:9\"\n{MINIMAL}"
+            ),
             &["otlp_http_addr", "gRPC"],
         );
         check_err(
@@ -600,10 +606,7 @@ mod tests {
             &format!("heartbeat_interval_ms = 0\n{MINIMAL}"),
             &["heartbeat_interval_ms"],
         );
-        check_err(
-            &format!("docker = \"yes\"\n{MINIMAL}"),
-            &["docker"],
-        );
+        check_err(&format!("docker = \"yes\"\n{MINIMAL}"), &["docker"]);
         check_err(
             &format!("{MINIMAL}[labels]\n\"bad key\" = \"x\"\n"),
             &["labels", "bad key"],

@@ -16,6 +16,8 @@
 pub mod buffer;
 pub mod config;
 pub mod http;
+pub mod node;
+pub mod receiver;
 pub mod shipper;
 pub mod sources;
 pub mod telemetry;
@@ -31,7 +33,9 @@ use tokio::sync::{oneshot, watch};
 
 use buffer::Buffer;
 use config::AgentConfig;
+use sources::docker::DockerConfig;
 use sources::file::FileSource;
+use sources::{Sink, kv};
 use telemetry::Telemetry;
 
 /// Name of the file holding the agent's id inside the data dir.
@@ -57,6 +61,50 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
             .context("opening the disk buffer")?
     };
     let (appends, writer) = buffer::spawn_writer(buffer.clone())?;
+    let sink = Sink::new(appends.clone());
+    let host_resource = vec![
+        kv("host.name", &sources::host_name()),
+        kv("os.type", "linux"),
+    ];
+    // Sources other than files stop when this turns true; each holds a clone of the sink.
+    let (sources_stop, sources_stopped) = watch::channel(false);
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    if config.host_metrics {
+        tasks.push(tokio::spawn(sources::host::run(
+            sink.clone(),
+            host_resource.clone(),
+            config.metrics_interval,
+            telemetry.clone(),
+            sources_stopped.clone(),
+        )));
+    }
+    let docker_reachable = Arc::new(AtomicBool::new(false));
+    if config.docker {
+        tasks.push(tokio::spawn(sources::docker::run(
+            DockerConfig {
+                data_dir: data_dir.clone(),
+                metrics_interval: config.metrics_interval,
+                host_resource: host_resource.clone(),
+                batch_max_lines: config.batch_max_lines,
+                batch_timeout: config.batch_timeout,
+            },
+            sink.clone(),
+            telemetry.clone(),
+            docker_reachable.clone(),
+            sources_stopped.clone(),
+        )));
+    }
+    let receiver = receiver::Receiver::start(
+        receiver::ReceiverConfig {
+            grpc: config.otlp_grpc_addr,
+            http: config.otlp_http_addr,
+            host_resource: host_resource.clone(),
+        },
+        sink.clone(),
+        telemetry.clone(),
+    )
+    .await?;
+    drop(sink);
     let source = {
         let (config, buffer, telemetry) = (config.clone(), buffer.clone(), telemetry.clone());
         tokio::task::spawn_blocking(move || {
@@ -69,8 +117,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         .await
         .with_context(|| format!("binding the agent's http address {}", config.http_addr))?;
     let http_addr = listener.local_addr()?;
-    write_endpoints(&data_dir, &http_addr.to_string())?;
-    tracing::info!(addr = %http_addr, "serving /metrics and /healthz");
+    let endpoints = serde_json::json!({
+        "http": http_addr.to_string(),
+        "otlp_grpc": receiver.grpc_addr.map(|a| a.to_string()),
+        "otlp_http": receiver.http_addr.map(|a| a.to_string()),
+    });
+    write_endpoints(&data_dir, &endpoints)?;
+    tracing::info!(
+        http = %http_addr,
+        otlp_grpc = ?receiver.grpc_addr,
+        otlp_http = ?receiver.http_addr,
+        "serving /metrics and /healthz, and the local OTLP receiver"
+    );
     let (http_stop, http_stopped) = oneshot::channel::<()>();
     let app = http::app(http::AppState {
         telemetry: telemetry.clone(),
@@ -86,6 +144,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
 
     let (ship_stop, ship_stopped) = watch::channel(false);
     let client = shipper::http_client()?;
+    let heartbeat = tokio::spawn(node::run(
+        node::Heartbeat {
+            plane: config.plane.clone(),
+            token: config.token.clone(),
+            interval: config.heartbeat_interval,
+            facts: node::facts(&agent_id, config.labels.clone()),
+            docker_reachable: docker_reachable.clone(),
+        },
+        client.clone(),
+        telemetry.clone(),
+        sources_stopped.clone(),
+    ));
     let mut shipper = tokio::spawn(shipper::run(
         buffer.clone(),
         client,
@@ -121,6 +191,14 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         Ok(result) => result,
         Err(_) => Err(anyhow::anyhow!("the file source thread panicked")),
     };
+    let _ = sources_stop.send(true);
+    receiver.stop().await;
+    let _ = heartbeat.await;
+    for task in tasks {
+        if let Err(error) = task.await {
+            tracing::error!(error = %error, "a source task failed");
+        }
+    }
     // The source's sender is gone with its thread, so the writer ends once it served the rest.
     tokio::task::spawn_blocking(move || writer.join())
         .await?
@@ -169,9 +247,9 @@ pub fn agent_id(data_dir: &Path) -> anyhow::Result<String> {
     }
 }
 
-fn write_endpoints(data_dir: &Path, http: &str) -> anyhow::Result<()> {
+fn write_endpoints(data_dir: &Path, endpoints: &serde_json::Value) -> anyhow::Result<()> {
     let path = data_dir.join(ENDPOINTS_FILE);
-    let body = serde_json::to_vec(&serde_json::json!({ "http": http }))?;
+    let body = serde_json::to_vec(endpoints)?;
     write_atomic(&path, &body).with_context(|| format!("writing {}", path.display()))
 }
 

@@ -127,6 +127,19 @@ impl Telemetry {
         self.buffer_bytes.load(Ordering::Relaxed)
     }
 
+    /// The buffer's size limit.
+    pub fn buffer_max_bytes(&self) -> u64 {
+        self.buffer_max_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Age of the oldest record not yet acknowledged (zero when everything is shipped).
+    pub fn oldest_unshipped_age(&self) -> std::time::Duration {
+        match self.oldest_unshipped_unix_nanos.load(Ordering::Relaxed) {
+            0 => std::time::Duration::ZERO,
+            oldest => std::time::Duration::from_nanos(now_unix_nanos().saturating_sub(oldest)),
+        }
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -207,12 +220,7 @@ impl Telemetry {
             "Size limit of the disk buffer.",
             plain(self.buffer_max_bytes.load(Ordering::Relaxed)),
         );
-        let oldest = self.oldest_unshipped_unix_nanos.load(Ordering::Relaxed);
-        let age = if oldest == 0 {
-            0
-        } else {
-            now_unix_nanos().saturating_sub(oldest) / 1_000_000_000
-        };
+        let age = self.oldest_unshipped_age().as_secs();
         metric(
             "gantry_agent_buffer_oldest_age_seconds",
             "gauge",

@@ -19,6 +19,7 @@ const ENV_KEYS: &[&str] = &[
     "max_body_bytes",
     "commit_interval_ms",
     "indexer_memory_mb",
+    "node_down_after_missed_heartbeats",
 ];
 
 /// Largest `max_body_bytes`: a batch is one WAL record, and `gantry_wal::MAX_PAYLOAD` (64 MiB) must hold it.
@@ -39,6 +40,7 @@ pub struct RawConfig {
     max_body_bytes: Option<usize>,
     commit_interval_ms: Option<u64>,
     indexer_memory_mb: Option<usize>,
+    node_down_after_missed_heartbeats: Option<u32>,
 }
 
 /// Command-line overrides, which win over the environment and the file.
@@ -69,6 +71,8 @@ pub struct PlaneConfig {
     pub store: StoreConfig,
     /// Largest OTLP body accepted, after decompression.
     pub max_body_bytes: usize,
+    /// Heartbeats a node may miss in a row before it is down.
+    pub node_down_after_missed_heartbeats: u32,
 }
 
 /// Settings of the embedded telemetry store.
@@ -210,6 +214,9 @@ impl RawConfig {
             max_body_bytes: top.max_body_bytes.or(self.max_body_bytes),
             commit_interval_ms: top.commit_interval_ms.or(self.commit_interval_ms),
             indexer_memory_mb: top.indexer_memory_mb.or(self.indexer_memory_mb),
+            node_down_after_missed_heartbeats: top
+                .node_down_after_missed_heartbeats
+                .or(self.node_down_after_missed_heartbeats),
         }
     }
 
@@ -274,6 +281,18 @@ impl RawConfig {
                     });
                 }
             },
+            node_down_after_missed_heartbeats: match self
+                .node_down_after_missed_heartbeats
+                .unwrap_or(3)
+            {
+                missed @ 1..=100 => missed,
+                _ => {
+                    return Err(ConfigError::Value {
+                        key: "node_down_after_missed_heartbeats",
+                        message: "must be between 1 and 100".to_owned(),
+                    });
+                }
+            },
             store,
         })
     }
@@ -327,6 +346,27 @@ mod tests {
         assert_eq!(config.http_addr.port(), 5);
         assert_eq!(config.otlp_http_addr.port(), 4);
         assert_eq!(config.store.retention, Duration::from_secs(5 * 3600));
+        assert_eq!(config.node_down_after_missed_heartbeats, 3, "the default");
+    }
+
+    #[test]
+    fn missed_heartbeats_come_from_file_or_env() {
+        let file = RawConfig::from_toml("node_down_after_missed_heartbeats = 5", "t").unwrap();
+        assert_eq!(
+            file.validate().unwrap().node_down_after_missed_heartbeats,
+            5
+        );
+        let env = RawConfig::from_toml("node_down_after_missed_heartbeats = 5", "t")
+            .unwrap()
+            .with_env([(
+                "GANTRY_NODE_DOWN_AFTER_MISSED_HEARTBEATS".to_owned(),
+                "100".to_owned(),
+            )])
+            .unwrap();
+        assert_eq!(
+            env.validate().unwrap().node_down_after_missed_heartbeats,
+            100
+        );
     }
 
     #[test]
@@ -342,12 +382,33 @@ mod tests {
         check("max_queue_batches = 0", "max_queue_batches");
         check("max_body_bytes = 100000000", "max_body_bytes");
         check("retention_hours = \"x\"", "retention_hours");
+        check(
+            "node_down_after_missed_heartbeats = 0",
+            "node_down_after_missed_heartbeats",
+        );
+        check(
+            "node_down_after_missed_heartbeats = 101",
+            "node_down_after_missed_heartbeats",
+        );
+        check(
+            "node_down_after_missed_heartbeats = -1",
+            "node_down_after_missed_heartbeats",
+        );
         let env = RawConfig::default()
             .with_env([("GANTRY_MAX_QUEUE_BATCHES".to_owned(), "lots".to_owned())]);
         assert!(
             env.unwrap_err()
                 .to_string()
                 .contains("GANTRY_MAX_QUEUE_BATCHES")
+        );
+        let env = RawConfig::default().with_env([(
+            "GANTRY_NODE_DOWN_AFTER_MISSED_HEARTBEATS".to_owned(),
+            "-3".to_owned(),
+        )]);
+        assert!(
+            env.unwrap_err()
+                .to_string()
+                .contains("GANTRY_NODE_DOWN_AFTER_MISSED_HEARTBEATS")
         );
     }
 }

@@ -184,7 +184,31 @@ fn demo(data_dir: PathBuf, http_addr: String) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let bound = gantry_plane::server::bind_all(&config).await?;
         let endpoints = bound.endpoints.clone();
-        tokio::spawn(feed_sample_telemetry(format!("http://{}", endpoints.http), feeder.token));
+        // The node agent of this machine, in-process: host metrics, Docker containers when a daemon answers, and
+        // the local OTLP receiver that the sample feeder sends to (app → agent → plane, as on a real node).
+        let agent_config = gantry_agent::config::RawConfig::default()
+            .with_overrides(gantry_agent::config::Overrides {
+                plane: Some(format!("http://{}", endpoints.http)),
+                token: Some(feeder.token.clone()),
+                data_dir: Some(data_dir.join("agent")),
+                http_addr: Some("127.0.0.1:8701".to_owned()),
+                ..Default::default()
+            })
+            .validate()?;
+        let agent_otlp_http = agent_config
+            .otlp_http_addr
+            .context("the demo agent needs its OTLP/HTTP receiver")?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let (agent_done, agent_finished) = tokio::sync::oneshot::channel::<()>();
+        let agent = tokio::spawn(async move {
+            let result = gantry_agent::run(agent_config, until_stopped(stopped)).await;
+            let _ = agent_done.send(());
+            result
+        });
+        tokio::spawn(feed_sample_telemetry(format!("http://{agent_otlp_http}")));
         println!();
         println!(
             "Gantry is running (embedded store in {}).",
@@ -196,21 +220,46 @@ fn demo(data_dir: PathBuf, http_addr: String) -> anyhow::Result<()> {
             endpoints.otlp_http, endpoints.http
         );
         println!("  OTLP/gRPC:          {}", endpoints.otlp_grpc);
+        println!(
+            "  Node agent:         http://127.0.0.1:8701/metrics; local OTLP at 127.0.0.1:4319 (gRPC), http://{agent_otlp_http} (HTTP)"
+        );
         println!("  Admin token ({name}), shown once:");
         println!("{}", admin.token);
         println!(
             "  Try:  curl -H 'Authorization: Bearer {}' 'http://{}/api/v1/services?from=-1h'",
             admin.token, endpoints.http
         );
-        println!("  Sample logs and traces of 12 generated services arrive every second (until the demo platform lands).");
+        println!(
+            "        curl -H 'Authorization: Bearer {}' 'http://{}/api/v1/nodes'",
+            admin.token, endpoints.http
+        );
+        println!("  Sample logs and traces of 12 generated services go through the agent every second, with this");
+        println!("  machine's host metrics (until the demo platform lands).");
         println!("Press Ctrl-C to stop.");
         println!();
-        gantry_plane::server::serve(config, bound, gantry_plane::server::termination()).await
+        let signal = tokio::spawn(async move {
+            gantry_plane::server::termination().await;
+            let _ = stop.send(true);
+        });
+        // The agent stops first so that what it holds reaches the plane before the plane drains.
+        let plane = gantry_plane::server::serve(config, bound, async {
+            let _ = agent_finished.await;
+        })
+        .await;
+        let agent_result = agent.await;
+        signal.abort();
+        match agent_result {
+            Ok(Err(error)) => tracing::error!(error = %error, "the demo agent failed"),
+            Err(error) => tracing::error!(error = %error, "the demo agent task failed"),
+            Ok(Ok(())) => {}
+        }
+        plane
     })
 }
 
-/// Sends generated logs and traces to the demo plane over OTLP/HTTP, once a second, so there is something to search.
-async fn feed_sample_telemetry(base: String, token: String) {
+/// Sends generated logs and traces over OTLP/HTTP to `base` (the demo's agent), once a second, so there is something
+/// to search.
+async fn feed_sample_telemetry(base: String) {
     use prost::Message;
     let client = reqwest::Client::new();
     let mut generator = gantry_plane::bench::generate::Generator::new(42, 12);
@@ -225,7 +274,6 @@ async fn feed_sample_telemetry(base: String, token: String) {
         for (path, body) in batches {
             let sent = client
                 .post(format!("{base}/v1/{path}"))
-                .bearer_auth(&token)
                 .header("content-type", "application/x-protobuf")
                 .body(body)
                 .send()

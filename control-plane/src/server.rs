@@ -15,6 +15,7 @@ use crate::auth::TokenStore;
 use crate::config::PlaneConfig;
 use crate::ingest::Ingest;
 use crate::ingest::grpc::OtlpGrpc;
+use crate::nodes::NodeRegistry;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::telemetry::SelfMetrics;
@@ -69,6 +70,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let tokens = Arc::new(TokenStore::open(&config.data_dir)?);
+    let nodes = Arc::new(NodeRegistry::open(
+        &config.data_dir,
+        config.node_down_after_missed_heartbeats,
+    )?);
     let (store, replayed) = EmbeddedStore::start(&config.data_dir, config.store.clone());
     let store: Arc<dyn Store> = store;
     let ingest = Ingest {
@@ -81,6 +86,7 @@ pub async fn serve(
     let state = AppState {
         ingest: ingest.clone(),
         tokens: tokens.clone(),
+        nodes: nodes.clone(),
     };
     tracing::info!(
         http = %bound.endpoints.http,
@@ -123,6 +129,7 @@ pub async fn serve(
     let until = |mut stopped: watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
+    let watcher = tokio::spawn(nodes.clone().watch(until(stopped.clone())));
     let http =
         axum::serve(bound.http, app(state.clone())).with_graceful_shutdown(until(stopped.clone()));
     let otlp_http = axum::serve(bound.otlp_http, otlp_app(state))
@@ -142,6 +149,12 @@ pub async fn serve(
     otlp_http.context("the OTLP/HTTP server failed")?;
     grpc.context("the OTLP/gRPC server failed")?;
     tracing::info!("listeners closed; writing what was acknowledged");
+    let _ = watcher.await;
+    // Last, so that the file holds the last heartbeat of every node.
+    let saved = tokio::task::spawn_blocking(move || nodes.save()).await;
+    if let Ok(Err(error)) = saved {
+        tracing::error!(error = %error, "node registry not saved at shutdown");
+    }
     store.shutdown().await;
     tracing::info!("gantry plane stopped");
     match failure.lock().expect("failure lock poisoned").take() {

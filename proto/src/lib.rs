@@ -4,6 +4,8 @@
 //! the agent and the CLI agree on one shape. OTLP itself uses the `opentelemetry-proto` types.
 #![warn(missing_docs)]
 
+pub mod otlp;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;

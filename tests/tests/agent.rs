@@ -4,57 +4,17 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::io::{Read, Write};
-use std::path::Path;
+use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use common::agent::Agent;
+use common::agent::*;
 use common::*;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value;
-use serde_json::Value;
-
-/// Deadline for the agent to deliver lines (covers a retry backoff of a few seconds after an outage).
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(45);
-
-fn append(path: &Path, text: &str) -> Result<()> {
-    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
-/// Lines `"{run} {tag} {seq:05}"` for `range`.
-fn numbered(run: &str, tag: &str, range: std::ops::Range<u32>) -> String {
-    range.map(|i| format!("{run} {tag} {i:05}\n")).collect()
-}
-
-/// (tag, seq, timestamp_unix_nano, body) of hits whose body starts with the run word.
-fn parse_hits(run: &str, hits: &[Value]) -> Vec<(String, u32, i64, String)> {
-    hits.iter()
-        .filter_map(|h| {
-            let body = h.get("body")?.as_str()?.to_owned();
-            let mut words = body.split_whitespace();
-            (words.next()? == run).then_some(())?;
-            let tag = words.next()?.to_owned();
-            let seq = words.next()?.parse().ok()?;
-            let ts = json_i64(h.get("timestamp_unix_nano")?)?;
-            Some((tag, seq, ts, body))
-        })
-        .collect()
-}
-
-/// Waits until paging through `q` finds at least `n` hits; returns them all.
-async fn wait_for_at_least(plane: &Plane, token: &str, q: &str, n: usize) -> Result<Vec<Value>> {
-    wait_until(DELIVERY_TIMEOUT, &format!("{n} hits for {q}"), || async {
-        let all = plane.all_logs(token, q, "-1h").await?;
-        Ok((all.len() >= n).then_some(all))
-    })
-    .await
-}
 
 /// Every tag has seqs 0..expected[tag] exactly once, and its timestamps increase with seq.
 fn check_complete_in_order(
@@ -185,15 +145,8 @@ async fn file_lines_arrive_through_rotations_in_order() -> Result<()> {
     Ok(())
 }
 
-/// Picks a free loopback port by binding port 0 and releasing it.
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// The plane goes away while lines keep coming, the agent is SIGKILLed and restarted during
-/// the outage, the plane comes back on the same data dir and address: every line arrives once.
+/// The plane goes away for a minute while lines keep coming, the agent is SIGKILLed and restarted during the
+/// outage, the plane comes back on the same data dir and address: every line arrives once.
 #[tokio::test]
 async fn outage_and_agent_crash_lose_and_repeat_nothing() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -220,15 +173,26 @@ async fn outage_and_agent_crash_lose_and_repeat_nothing() -> Result<()> {
     .await?;
     wait_for_at_least(&plane, &viewer, &run, 100).await?;
 
+    // The outage: a minute without the plane while a line arrives every 100 ms; the agent is SIGKILLed 20 s in
+    // and restarted 5 s later.
     plane.terminate().await?;
+    let outage_started = std::time::Instant::now();
+    let writer = {
+        let (file, run) = (file.clone(), run.clone());
+        tokio::spawn(async move {
+            for i in 100..700 {
+                append(&file, &numbered(&run, "s", i..i + 1))?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
     let appends_before = agent
         .metrics()
         .await?
         .get("gantry_agent_buffer_appends_total")
         .copied()
         .unwrap_or(0.0);
-    append(&file, &numbered(&run, "s", 100..200))?;
-    // Let the agent buffer lines it cannot ship (the plane is down), then crash it mid-outage.
     wait_until(
         DELIVERY_TIMEOUT,
         "the agent to buffer lines during the outage",
@@ -243,10 +207,16 @@ async fn outage_and_agent_crash_lose_and_repeat_nothing() -> Result<()> {
         },
     )
     .await?;
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(outage_started.elapsed())).await;
     agent.kill9()?;
-    append(&file, &numbered(&run, "s", 200..300))?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     agent.spawn().await?;
-    append(&file, &numbered(&run, "s", 300..400))?;
+    writer.await??;
+    append(&file, &numbered(&run, "s", 700..800))?;
+    eprintln!(
+        "outage test: the plane was down for {:?}",
+        outage_started.elapsed()
+    );
     plane.restart().await?;
     ensure!(
         plane.endpoints.http == addr,
@@ -254,7 +224,7 @@ async fn outage_and_agent_crash_lose_and_repeat_nothing() -> Result<()> {
         plane.endpoints.http
     );
 
-    wait_for_at_least(&plane, &viewer, &run, 400).await?;
+    wait_for_at_least(&plane, &viewer, &run, 800).await?;
     // Duplicates could still be on their way: count only once the agent has nothing left unshipped.
     wait_until(
         DELIVERY_TIMEOUT,
@@ -268,7 +238,7 @@ async fn outage_and_agent_crash_lose_and_repeat_nothing() -> Result<()> {
         },
     )
     .await?;
-    let hits = wait_for_at_least(&plane, &viewer, &run, 400).await?;
+    let hits = wait_for_at_least(&plane, &viewer, &run, 800).await?;
     let parsed = parse_hits(&run, &hits);
     let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
     for h in &parsed {
@@ -279,7 +249,7 @@ async fn outage_and_agent_crash_lose_and_repeat_nothing() -> Result<()> {
         "outage test: {} records, {duplicates} duplicates",
         parsed.len()
     );
-    let missing: Vec<u32> = (0..400).filter(|i| !counts.contains_key(i)).collect();
+    let missing: Vec<u32> = (0..800).filter(|i| !counts.contains_key(i)).collect();
     ensure!(missing.is_empty(), "missing lines: {missing:?}");
     ensure!(
         duplicates == 0,
@@ -404,5 +374,231 @@ async fn too_many_requests_is_retried_with_the_same_batch_id() -> Result<()> {
         "retries: {metrics:?}"
     );
     server.abort();
+    Ok(())
+}
+
+/// What the overloaded fake plane saw: (arrival, batch id, status answered, records in the batch).
+type Attempts = Arc<Mutex<Vec<(std::time::Instant, String, u16, usize)>>>;
+
+/// The plane answers 429 with `Retry-After: 2` to the first four requests while a backlog of 50 000 lines waits:
+/// the agent waits as told before every retry, delivers every line once, and its memory stays bounded.
+#[tokio::test]
+async fn overload_is_waited_out_as_told_with_bounded_memory() -> Result<()> {
+    use axum::http::{HeaderMap, StatusCode};
+    use prost::Message;
+
+    const RETRY_AFTER_SECS: u64 = 2;
+    const REFUSALS: usize = 4;
+    let attempts: Attempts = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/v1/logs",
+            axum::routing::post(
+                |axum::extract::State(attempts): axum::extract::State<Attempts>,
+                 headers: HeaderMap,
+                 body: axum::body::Bytes| async move {
+                    let id = headers
+                        .get("gantry-batch-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    let mut raw = Vec::new();
+                    let _ = flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut raw);
+                    let records: usize = ExportLogsServiceRequest::decode(raw.as_slice())
+                        .map(|r| {
+                            r.resource_logs
+                                .iter()
+                                .flat_map(|r| &r.scope_logs)
+                                .map(|s| s.log_records.len())
+                                .sum()
+                        })
+                        .unwrap_or(0);
+                    let mut attempts = attempts.lock().expect("lock");
+                    let status = if attempts.len() < REFUSALS { 429 } else { 200 };
+                    attempts.push((std::time::Instant::now(), id, status, records));
+                    let mut out = HeaderMap::new();
+                    if status == 429 {
+                        out.insert("retry-after", RETRY_AFTER_SECS.into());
+                    }
+                    (
+                        StatusCode::from_u16(status).expect("status"),
+                        out,
+                        ExportLogsServiceResponse::default().encode_to_vec(),
+                    )
+                },
+            ),
+        )
+        .with_state(attempts.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let lines = 50_000u32;
+    append(
+        &logs.join("backlog.log"),
+        &numbered("overload", "b", 0..lines),
+    )?;
+    let agent = Agent::start(
+        &tmp.path().join("agent"),
+        &format!("http://{addr}"),
+        "gty_fake",
+        &[format!("{}/*.log", logs.display())],
+    )
+    .await?;
+    let peak = std::sync::atomic::AtomicU64::new(0);
+    wait_until(Duration::from_secs(120), "every line delivered", || {
+        let attempts = attempts.clone();
+        let (agent, peak) = (&agent, &peak);
+        async move {
+            peak.fetch_max(
+                agent.proc_status_kib("VmHWM")?,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            let delivered: usize = attempts
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|a| a.2 == 200)
+                .map(|a| a.3)
+                .sum();
+            Ok((delivered >= lines as usize).then_some(()))
+        }
+    })
+    .await?;
+    let attempts = attempts.lock().expect("lock").clone();
+    let delivered: usize = attempts.iter().filter(|a| a.2 == 200).map(|a| a.3).sum();
+    ensure!(
+        delivered == lines as usize,
+        "{delivered} records delivered for {lines} lines (duplicates?)"
+    );
+    // The refused batch is retried with its own id, and never before the plane said it may be.
+    for pair in attempts[..=REFUSALS].windows(2) {
+        ensure!(
+            pair[0].1 == pair[1].1,
+            "a retry changed the batch id: {pair:?}"
+        );
+        let waited = pair[1].0.duration_since(pair[0].0);
+        ensure!(
+            waited >= Duration::from_millis(RETRY_AFTER_SECS * 1000 - 50),
+            "the agent retried after {waited:?}, before the {RETRY_AFTER_SECS} s Retry-After"
+        );
+    }
+    let peak_rss_kib = peak.into_inner();
+    eprintln!(
+        "overload test: {} attempts, peak RSS {peak_rss_kib} KiB",
+        attempts.len()
+    );
+    ensure!(
+        peak_rss_kib < 64 * 1024,
+        "the agent's peak RSS was {peak_rss_kib} KiB with a backlog"
+    );
+    server.abort();
+    Ok(())
+}
+
+/// The agent registers its node with the plane and heartbeats: the node list shows its facts, its labels and its
+/// shipping figures; SIGKILLed, it turns down; restarted, it is up again under the same agent id.
+#[tokio::test]
+async fn agent_registers_its_node_and_heartbeats() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (plane, [ingest, viewer]) = start_with_tokens(
+        &tmp.path().join("plane"),
+        &[],
+        &[("GANTRY_NODE_DOWN_AFTER_MISSED_HEARTBEATS", "2")],
+        ["ingest", "viewer"],
+    )
+    .await?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let run = unique("node");
+    append(&logs.join("a.log"), &numbered(&run, "n", 0..10))?;
+    let config = tmp.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "heartbeat_interval_ms = 200\n[labels]\nzone = \"eu-1\"\n",
+    )?;
+    let config = config.display().to_string();
+    let mut args: Vec<&str> = Agent::QUIET.to_vec();
+    args.extend(["--config", &config, "--label", "rack=r7"]);
+    let mut agent = Agent::start_with(
+        &tmp.path().join("agent"),
+        &format!("http://{}", plane.endpoints.http),
+        &ingest,
+        &[format!("{}/*.log", logs.display())],
+        &args,
+    )
+    .await?;
+    let agent_id = std::fs::read_to_string(tmp.path().join("agent/agent-id"))?
+        .trim()
+        .to_owned();
+    wait_for_at_least(&plane, &viewer, &run, 10).await?;
+    let node_path = format!("/api/v1/nodes/{agent_id}");
+    let node = wait_until(
+        DELIVERY_TIMEOUT,
+        "the node up with its shipped records",
+        || async {
+            let (status, node) = plane.api_get(&node_path, &viewer).await?;
+            Ok((status == 200
+                && node["status"] == "up"
+                && node["shipping"]["sent_records"].as_u64() >= Some(10))
+            .then_some(node))
+        },
+    )
+    .await?;
+    let facts = &node["facts"];
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    ensure!(facts["hostname"] == hostname.trim(), "{node}");
+    ensure!(
+        facts["labels"]["zone"] == "eu-1" && facts["labels"]["rack"] == "r7",
+        "{node}"
+    );
+    ensure!(facts["cpus"].as_u64() >= Some(1), "{node}");
+    let mem_total_kib: u64 = std::fs::read_to_string("/proc/meminfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("MemTotal")?;
+    ensure!(
+        facts["memory_bytes"].as_u64() == Some(mem_total_kib * 1024),
+        "{node}"
+    );
+    ensure!(
+        facts["os"]
+            .as_str()
+            .is_some_and(|os| os.starts_with("linux ")),
+        "{node}"
+    );
+    ensure!(node["interval_ms"] == 200, "{node}");
+    ensure!(
+        node["shipping"]["buffer_max_bytes"].as_u64() > Some(0),
+        "{node}"
+    );
+
+    agent.kill9()?;
+    wait_until(DELIVERY_TIMEOUT, "the node to turn down", || async {
+        let (_, list) = plane.api_get("/api/v1/nodes", &viewer).await?;
+        Ok(list["nodes"]
+            .as_array()
+            .is_some_and(|nodes| {
+                nodes
+                    .iter()
+                    .any(|n| n["facts"]["agent_id"] == agent_id.as_str() && n["status"] == "down")
+            })
+            .then_some(()))
+    })
+    .await?;
+    agent.spawn().await?;
+    wait_until(DELIVERY_TIMEOUT, "the node up again", || async {
+        let (_, list) = plane.api_get("/api/v1/nodes", &viewer).await?;
+        let nodes = list["nodes"].as_array().cloned().unwrap_or_default();
+        Ok((nodes.len() == 1
+            && nodes[0]["facts"]["agent_id"] == agent_id.as_str()
+            && nodes[0]["status"] == "up")
+            .then_some(()))
+    })
+    .await?;
     Ok(())
 }

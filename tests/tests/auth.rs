@@ -75,6 +75,34 @@ fn otlp_body(path: &str) -> Vec<u8> {
     }
 }
 
+/// A valid node heartbeat body.
+fn node_heartbeat() -> Value {
+    json!({
+        "facts": {
+            "agent_id": "auth-matrix-node",
+            "hostname": "auth-matrix.example",
+            "addresses": ["10.0.0.9"],
+            "cpus": 2,
+            "memory_bytes": 4_294_967_296_u64,
+            "os": "linux",
+            "agent_version": "0.1.0",
+            "labels": {},
+            "runtimes": ["process"]
+        },
+        "shipping": {
+            "sent_records": 0,
+            "sent_bytes": 0,
+            "records_per_sec": 0.0,
+            "bytes_per_sec": 0.0,
+            "buffer_bytes": 0,
+            "buffer_max_bytes": 0,
+            "oldest_unshipped_secs": 0.0,
+            "dropped_records": 0
+        },
+        "interval_ms": 5000
+    })
+}
+
 async fn status_of(
     plane: &Plane,
     method: Method,
@@ -213,6 +241,8 @@ async fn role_route_matrix() -> Result<()> {
             missing_trace.as_str(),
             "/api/v1/metrics?name=auth_gauge&agg=avg&from=-1h",
             "/api/v1/services?from=-1h",
+            "/api/v1/nodes",
+            "/api/v1/nodes/no-such-node",
             "/metrics",
         ] {
             let want = unauth(caller, &["viewer", "deployer", "admin"], Expect::Allowed);
@@ -226,6 +256,18 @@ async fn role_route_matrix() -> Result<()> {
             .await?;
             check(format!("GET {path}"), want, got);
         }
+        // Node heartbeats: what agents send, with their ingest token.
+        let want = unauth(caller, &["ingest", "admin"], Expect::Status(200));
+        let got = status_of(
+            &plane,
+            Method::POST,
+            &plane.url(Port::Http, "/api/v1/nodes/heartbeat"),
+            caller,
+            Some((CT_JSON, serde_json::to_vec(&node_heartbeat())?)),
+        )
+        .await?;
+        check("POST /api/v1/nodes/heartbeat".into(), want, got);
+
         // Token administration.
         let want = unauth(caller, &["admin"], Expect::Status(200));
         let got = status_of(

@@ -173,7 +173,40 @@ impl Wal {
             Err(TryLockError::WouldBlock) => return Err(WalError::Locked(dir.to_path_buf())),
             Err(TryLockError::Error(e)) => return Err(e).ctx(&lock_path),
         }
+        Self::open_locked(dir, opts, lock)
+    }
 
+    /// Recovers a poisoned log in place, as [`Wal::open`] would after a restart (the tail is re-validated and
+    /// cut to its last good record), without letting go of the directory lock. Records that were appended but
+    /// not synced may be lost, as after a crash. Also works on a healthy log (it only re-reads it).
+    pub fn recover(&mut self) -> Result<RecoveryStats, WalError> {
+        let lock = self._lock.try_clone().ctx(&self.dir.join(LOCK_FILE))?;
+        if let Some(writer) = self.writer.take() {
+            // The tail's state is unknown: write nothing more through the old handle.
+            let _ = writer.into_parts();
+        }
+        // Mark the old value poisoned so that its drop writes nothing either.
+        self.poisoned = true;
+        let (wal, stats) = Self::open_locked(&self.dir.clone(), self.opts, lock)?;
+        *self = wal;
+        Ok(stats)
+    }
+
+    /// First seq of the first segment that starts after `seq` and holds records: where a reader can go on past
+    /// a record it cannot read.
+    pub fn next_segment_start(&self, seq: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| s.first_seq > seq && s.has_records())
+            .map(|s| s.first_seq)
+    }
+
+    /// [`Wal::open`] once the directory lock is held (by `lock`).
+    fn open_locked(
+        dir: &Path,
+        opts: WalOptions,
+        lock: File,
+    ) -> Result<(Wal, RecoveryStats), WalError> {
         let mut found = Vec::new();
         for entry in fs::read_dir(dir).ctx(dir)? {
             let entry = entry.ctx(dir)?;

@@ -604,3 +604,33 @@ fn drop_without_sync_keeps_records_for_a_clean_reopen() {
     assert_eq!(stats.records, 2);
     assert_eq!(read_all(&mut wal).len(), 2);
 }
+
+#[test]
+fn recover_in_place_keeps_the_lock_and_the_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut wal, _) = open(dir, 4096);
+    for i in 1..=40 {
+        wal.append(&payload(i, 200)).unwrap();
+    }
+    wal.sync().unwrap();
+    let before = read_all(&mut wal);
+    let stats = wal.recover().unwrap();
+    assert_eq!(stats.truncated_bytes, 0);
+    assert_eq!(read_all(&mut wal), before);
+    assert!(matches!(
+        Wal::open(
+            dir,
+            WalOptions {
+                segment_bytes: 4096
+            }
+        ),
+        Err(WalError::Locked(_))
+    ));
+    assert_eq!(wal.append(b"after").unwrap(), 41);
+    wal.sync().unwrap();
+    // The next segment after a record is where a reader goes on past a damaged one.
+    let next = wal.next_segment_start(1).unwrap();
+    assert!(next > 1 && next <= 41, "{next}");
+    assert_eq!(wal.next_segment_start(41), None);
+}

@@ -18,7 +18,10 @@
 //! # Size limit
 //!
 //! An append is refused with [`AppendOutcome::Full`] when the WAL's size plus the batch would pass
-//! `buffer_max_bytes` while unshipped records remain; sources that can wait (files) pause and retry.
+//! `buffer_max_bytes` while unshipped records remain; from then on every append is refused until the shipper has
+//! brought the buffer below 90% of the limit, so that small appends do not starve a large one. Sources that can
+//! wait (files, Docker logs) pause and retry; those that cannot (the OTLP receiver) answer 503 with
+//! `Retry-After`; metrics samples are dropped and counted.
 //!
 //! # Pins
 //!
@@ -88,6 +91,8 @@ struct State {
     shipped: u64,
     /// Appended, shipped or not, but not yet confirmed by their source.
     pins: BTreeSet<u64>,
+    /// An append was refused and the buffer has not yet drained below its low watermark.
+    full: bool,
 }
 
 /// The disk buffer, shared by the writer thread and the shipper.
@@ -179,6 +184,7 @@ impl Buffer {
                 wal,
                 shipped,
                 pins: BTreeSet::new(),
+                full: false,
             }),
             max_bytes,
             cursor_path,
@@ -197,9 +203,17 @@ impl Buffer {
         let bytes = record.encode();
         let mut state = self.lock();
         let unshipped = state.wal.last_seq() > state.shipped;
-        if unshipped && state.wal.size_bytes() + bytes.len() as u64 > self.max_bytes {
+        let size = state.wal.size_bytes();
+        // Once full, the buffer stays full until it drained below the low watermark: small appends (an OTLP
+        // request) must not keep taking the room a large one (a file batch) waits for.
+        if state.full && unshipped && size > self.max_bytes / 10 * 9 {
             return AppendOutcome::Full;
         }
+        if unshipped && size + bytes.len() as u64 > self.max_bytes {
+            state.full = true;
+            return AppendOutcome::Full;
+        }
+        state.full = false;
         let result = state.wal.append(&bytes).and_then(|seq| {
             state.wal.sync()?;
             Ok(seq)
@@ -217,9 +231,26 @@ impl Buffer {
             }
             Err(error) => {
                 tracing::error!(error = %error, "disk buffer append failed");
+                // A failed write or sync poisons the WAL; recover it now (as a restart would) so that the next
+                // attempt can succeed once the cause (a full disk, say) is gone.
+                match state.wal.recover() {
+                    Ok(stats) => tracing::info!(
+                        truncated_bytes = stats.truncated_bytes,
+                        "disk buffer recovered after the failed append"
+                    ),
+                    Err(error) => {
+                        tracing::error!(error = %error, "disk buffer recovery failed; retrying with the next append")
+                    }
+                }
                 AppendOutcome::Failed(error.to_string())
             }
         }
+    }
+
+    /// The first seq after `seq` that can be read without going through `seq`'s segment: where the shipper goes
+    /// on when `seq` cannot be read.
+    pub fn next_segment_start(&self, seq: u64) -> Option<u64> {
+        self.lock().wal.next_segment_start(seq)
     }
 
     /// The source persisted its checkpoint for `seq`; its segment may go once shipped.
@@ -336,6 +367,11 @@ mod tests {
         }
         assert!((9..=11).contains(&appended), "{appended}");
         assert_eq!(seqs(&buffer, 1).len() as u64, appended);
+        // Full means full: a small append that would fit is refused too until the buffer drained.
+        assert!(matches!(
+            buffer.append(&record(3, 10), false),
+            AppendOutcome::Full
+        ));
         buffer.mark_shipped(appended).unwrap();
         assert!(matches!(
             buffer.append(&record(2, 100_000), false),

@@ -91,7 +91,9 @@ impl BufferRecord {
         let (signal, header, fields) = match bytes.first() {
             Some(1) => (Signal::Logs, V1_HEADER_LEN, 1),
             Some(&VERSION) => {
-                let byte = *bytes.get(1).ok_or(MalformedRecord("shorter than its header"))?;
+                let byte = *bytes
+                    .get(1)
+                    .ok_or(MalformedRecord("shorter than its header"))?;
                 let signal = Signal::from_byte(byte).ok_or(MalformedRecord("unknown signal"))?;
                 (signal, HEADER_LEN, 2)
             }
@@ -160,6 +162,13 @@ mod tests {
         v1.extend_from_slice(&[9, 9]);
         let old = BufferRecord::decode(&v1).unwrap();
         assert_eq!(old.signal, Signal::Logs);
-        assert_eq!((old.records, old.source_state.as_slice(), old.payload.as_slice()), (7, &b"{}"[..], &[9u8, 9][..]));
+        assert_eq!(
+            (
+                old.records,
+                old.source_state.as_slice(),
+                old.payload.as_slice()
+            ),
+            (7, &b"{}"[..], &[9u8, 9][..])
+        );
     }
 }

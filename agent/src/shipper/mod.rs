@@ -26,6 +26,8 @@ use crate::telemetry::Telemetry;
 
 /// The longest `Retry-After` honoured; a larger value is capped to this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Consecutive failures to read the record after the cursor before it is skipped as damaged.
+const SKIP_AFTER_READ_FAILURES: u32 = 5;
 /// Per-request deadline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -140,6 +142,7 @@ pub async fn run(
     let mut appended = buffer.subscribe();
     let mut cursor = buffer.shipped();
     let mut reader: Option<WalReader> = None;
+    let mut read_failures = 0;
     loop {
         let last_seq = *appended.borrow_and_update();
         let next = next_record(&buffer, &mut reader, cursor, last_seq).await;
@@ -159,12 +162,40 @@ pub async fn run(
                 continue;
             }
             Err(error) => {
-                tracing::error!(error = %error, cursor, "cannot read the disk buffer; retrying in 1 s");
                 reader = None;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+                read_failures += 1;
+                if read_failures < SKIP_AFTER_READ_FAILURES || !is_damage(&error) {
+                    tracing::error!(error = %error, cursor, "cannot read the disk buffer; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                // A record that cannot be read after several tries is damaged on disk: go on with the next
+                // segment rather than stall everything behind it, and say what was lost.
+                read_failures = 0;
+                let skipped = buffer.next_segment_start(cursor + 1);
+                let Some(next) = skipped else {
+                    tracing::error!(error = %error, cursor, "the disk buffer's newest segment cannot be read; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                };
+                let lost = next - cursor - 1;
+                tracing::error!(error = %error, from_seq = cursor + 1, to_seq = next - 1, "skipping damaged disk buffer batches");
+                telemetry.dropped.add("damaged_buffer_batches", lost);
+                (next - 1, Vec::new())
             }
         };
+        read_failures = 0;
+        if bytes.is_empty() {
+            // Only the skip above yields an empty record: move the cursor past the damaged batches.
+            cursor = seq;
+            let shipped = buffer.clone();
+            if let Ok(Err(error)) =
+                tokio::task::spawn_blocking(move || shipped.mark_shipped(seq)).await
+            {
+                tracing::error!(error = %error, seq, "cannot persist the shipped cursor");
+            }
+            continue;
+        }
         match BufferRecord::decode(&bytes) {
             Ok(record) => {
                 telemetry
@@ -192,6 +223,17 @@ pub async fn run(
             Err(error) => tracing::error!(error = %error, "cursor task failed"),
         }
     }
+}
+
+/// Whether a read error says the record on disk is damaged (not a passing I/O problem).
+fn is_damage(error: &anyhow::Error) -> bool {
+    let wal = error.downcast_ref::<gantry_wal::WalError>().or_else(|| {
+        match error.downcast_ref::<crate::buffer::BufferError>() {
+            Some(crate::buffer::BufferError::Wal(wal)) => Some(wal),
+            _ => None,
+        }
+    });
+    matches!(wal, Some(gantry_wal::WalError::Corrupt { .. }))
 }
 
 /// The next record after `cursor`, reusing `reader` while it has records and opening a new one
@@ -466,5 +508,92 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+}
+
+#[cfg(test)]
+mod damaged_buffer_tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A batch whose payload was damaged on disk after the agent opened its buffer is skipped (with the rest of
+    /// its segment) after a few tries, counted as dropped, and the batches after it are delivered.
+    #[tokio::test]
+    async fn a_damaged_batch_is_skipped_not_retried_forever() {
+        let tmp = tempfile::tempdir().unwrap();
+        let telemetry = Arc::new(Telemetry::new(&[]));
+        // 1 MiB limit: 64 KiB segments, so 30 KiB batches make two per segment.
+        let buffer = Buffer::open(tmp.path(), 1 << 20, telemetry.clone()).unwrap();
+        for n in 1..=6u8 {
+            let record = BufferRecord {
+                signal: Signal::Logs,
+                appended_unix_nanos: 1,
+                records: 1,
+                source_state: Vec::new(),
+                payload: vec![n; 30_000],
+            };
+            assert!(matches!(
+                buffer.append(&record, false),
+                crate::buffer::AppendOutcome::Appended(_)
+            ));
+        }
+        // Flip a byte in the middle of the first batch's payload.
+        let mut segments: Vec<_> = std::fs::read_dir(tmp.path().join("buffer"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+            .collect();
+        segments.sort();
+        let mut bytes = std::fs::read(&segments[0]).unwrap();
+        bytes[10_000] ^= 0xff;
+        std::fs::write(&segments[0], bytes).unwrap();
+
+        let delivered: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/v1/logs",
+                axum::routing::post(
+                    |axum::extract::State(seen): axum::extract::State<Arc<Mutex<Vec<u8>>>>,
+                     body: axum::body::Bytes| async move {
+                        let plain = gantry_proto::otlp::gunzip(&body, 1 << 20).unwrap();
+                        seen.lock().unwrap().push(plain[0]);
+                        ""
+                    },
+                ),
+            )
+            .with_state(delivered.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let plane = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let (_stop, stopped) = watch::channel(false);
+        let shipper = tokio::spawn(run(
+            buffer.clone(),
+            http_client().unwrap(),
+            ShipperConfig {
+                plane,
+                token: "t".into(),
+                agent_id: "a".into(),
+            },
+            telemetry.clone(),
+            stopped,
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while buffer.shipped() < 6 {
+            assert!(std::time::Instant::now() < deadline, "shipper stalled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shipper.abort();
+        server.abort();
+        let delivered = delivered.lock().unwrap().clone();
+        let skipped = telemetry
+            .dropped
+            .snapshot()
+            .get("damaged_buffer_batches")
+            .copied()
+            .unwrap_or(0);
+        assert!(skipped >= 1, "nothing counted as dropped");
+        assert_eq!(delivered.len() as u64 + skipped, 6, "{delivered:?}");
+        assert_eq!(delivered.last(), Some(&6));
+        assert!(!delivered.contains(&1), "{delivered:?}");
     }
 }

@@ -4,7 +4,9 @@
 //! the buffer writer through a [`Sink`]. The file source talks to the writer directly (it pins its batches until
 //! its checkpoint is written); the others use [`Sink::append`].
 
+pub mod docker;
 pub mod file;
+pub mod host;
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use tokio::sync::{mpsc, oneshot};

@@ -4,6 +4,7 @@
 mod health;
 mod logs;
 mod metrics;
+mod nodes;
 mod time;
 mod tokens;
 mod traces;
@@ -23,6 +24,7 @@ use gantry_proto::{Access, ErrorBody, TokenInfo};
 
 use crate::auth::{TokenError, TokenStore};
 use crate::ingest::Ingest;
+use crate::nodes::NodeRegistry;
 use crate::store::StoreError;
 
 /// Everything handlers share.
@@ -32,6 +34,8 @@ pub struct AppState {
     pub ingest: Ingest,
     /// API tokens.
     pub tokens: Arc<TokenStore>,
+    /// The nodes that heartbeat.
+    pub nodes: Arc<NodeRegistry>,
 }
 
 impl AppState {
@@ -61,6 +65,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/metrics", get(metrics::query))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
+        .route(gantry_proto::HEARTBEAT_PATH, post(nodes::heartbeat))
+        .route("/api/v1/nodes", get(nodes::list))
+        .route("/api/v1/nodes/{agent_id}", get(nodes::by_id))
         .merge(otlp_routes())
         .fallback(not_found)
         .with_state(state)

@@ -103,30 +103,7 @@ impl OtlpGrpc {
     }
 }
 
-/// Rewrites the codes tonic gives to a caller's mistakes into the ones the OTLP specification asks for: an
-/// undecodable message is INVALID_ARGUMENT (tonic: INTERNAL), an oversized one RESOURCE_EXHAUSTED (tonic:
-/// OUT_OF_RANGE). Used as a layer around the gRPC server.
-pub fn standard_codes<B>(mut response: http::Response<B>) -> http::Response<B> {
-    let headers = response.headers_mut();
-    let code = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok());
-    let message = headers
-        .get("grpc-message")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .replace("%20", " ");
-    let replacement = match code {
-        Some(13) if message.starts_with("failed to decode Protobuf message") => {
-            Code::InvalidArgument
-        }
-        Some(11) if message.contains("message length too large") => Code::ResourceExhausted,
-        _ => return response,
-    };
-    headers.insert("grpc-status", http::HeaderValue::from(replacement as i32));
-    response
-}
+pub use gantry_proto::otlp::standard_codes;
 
 /// A store error as a gRPC status: overload and restarts are UNAVAILABLE with a `RetryInfo`.
 fn status_of(error: StoreError) -> Status {

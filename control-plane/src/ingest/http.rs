@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 
-use super::{Accepted, DecodeError, Encoding, RpcStatus, decode, gunzip};
+use super::{Accepted, DecodeError, Encoding, decode, gunzip};
 use crate::api::{ApiError, AppState, authorize};
 use crate::store::StoreError;
 use crate::store::embedded::Signal;
@@ -44,34 +44,13 @@ fn failure(
     message: String,
     retry_after: Option<u64>,
 ) -> Response {
-    // google.rpc.Code values that match the HTTP status.
-    let code = match status {
-        StatusCode::BAD_REQUEST => 3,
-        StatusCode::UNAUTHORIZED => 16,
-        StatusCode::FORBIDDEN => 7,
-        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => 8,
-        StatusCode::SERVICE_UNAVAILABLE => 14,
-        _ => 2,
-    };
-    let status_body = RpcStatus {
-        code,
-        message,
-        details: Vec::new(),
-    };
-    let mut response = match encoding {
-        Encoding::Protobuf => (
-            status,
-            [(header::CONTENT_TYPE, "application/x-protobuf")],
-            status_body.encode_to_vec(),
-        )
-            .into_response(),
-        Encoding::Json => (
-            status,
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({"code": code, "message": status_body.message}).to_string(),
-        )
-            .into_response(),
-    };
+    let body = gantry_proto::otlp::error_body(encoding, status.as_u16(), &message);
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response();
     if let Some(seconds) = retry_after {
         response
             .headers_mut()
@@ -123,11 +102,12 @@ fn success(signal: Signal, encoding: Encoding, accepted: Accepted) -> Response {
             body.to_string().into_bytes()
         }
     };
-    let content_type = match encoding {
-        Encoding::Protobuf => "application/x-protobuf",
-        Encoding::Json => "application/json",
-    };
-    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response()
 }
 
 async fn receive(
@@ -140,16 +120,11 @@ async fn receive(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let encoding = match content_type.as_str() {
-        "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
-        "application/json" => Encoding::Json,
-        other => {
+        .unwrap_or("");
+    let encoding = match Encoding::from_content_type(content_type) {
+        Some(encoding) => encoding,
+        None => {
+            let other = content_type.split(';').next().unwrap_or("").trim();
             ingest.refused(signal, "http", "unsupported_media_type");
             return failure(
                 Encoding::Json,

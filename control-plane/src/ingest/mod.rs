@@ -4,73 +4,25 @@
 pub mod grpc;
 pub mod http;
 
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use prost::Message;
 
 use crate::store::embedded::{Signal, encode_request};
 use crate::store::model::{Acceptance, count_rejected, stamp_missing_times};
 use crate::store::{Batch, OtlpRequest, Store, StoreError, WriteOutcome};
 use crate::telemetry::SelfMetrics;
 
-/// How a body is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// `application/x-protobuf`.
-    Protobuf,
-    /// `application/json` (OTLP JSON).
-    Json,
-}
-
-/// Why a request was refused before reaching the store.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    /// Over the size cap once decompressed.
-    #[error(
-        "the request body is larger than {limit} bytes once decompressed: send smaller batches"
-    )]
-    TooLarge {
-        /// The cap.
-        limit: usize,
-    },
-    /// Not valid gzip, protobuf or JSON.
-    #[error("{0}")]
-    Malformed(String),
-}
-
-/// Decompresses gzip, reading at most `limit` bytes of output (a gzip bomb stops there).
-pub fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
-    let mut out = Vec::with_capacity((body.len() * 4).min(limit));
-    flate2::read::MultiGzDecoder::new(body)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|error| DecodeError::Malformed(format!("the body is not valid gzip: {error}")))?;
-    if out.len() > limit {
-        return Err(DecodeError::TooLarge { limit });
-    }
-    Ok(out)
-}
+pub use gantry_proto::otlp::{DecodeError, Encoding, RpcStatus, gunzip, retry_info};
 
 /// Decodes an OTLP export request.
 pub fn decode(signal: Signal, encoding: Encoding, body: &[u8]) -> Result<OtlpRequest, DecodeError> {
-    fn protobuf<M: Message + Default>(body: &[u8]) -> Result<M, DecodeError> {
-        M::decode(body)
-            .map_err(|error| DecodeError::Malformed(format!("invalid OTLP protobuf: {error}")))
-    }
-    fn json<M: serde::de::DeserializeOwned>(body: &[u8]) -> Result<M, DecodeError> {
-        serde_json::from_slice(body)
-            .map_err(|error| DecodeError::Malformed(format!("invalid OTLP JSON: {error}")))
-    }
-    Ok(match (signal, encoding) {
-        (Signal::Logs, Encoding::Protobuf) => OtlpRequest::Logs(protobuf(body)?),
-        (Signal::Spans, Encoding::Protobuf) => OtlpRequest::Traces(protobuf(body)?),
-        (Signal::Metrics, Encoding::Protobuf) => OtlpRequest::Metrics(protobuf(body)?),
-        (Signal::Logs, Encoding::Json) => OtlpRequest::Logs(json(body)?),
-        (Signal::Spans, Encoding::Json) => OtlpRequest::Traces(json(body)?),
-        (Signal::Metrics, Encoding::Json) => OtlpRequest::Metrics(json(body)?),
+    use gantry_proto::otlp::decode_message;
+    Ok(match signal {
+        Signal::Logs => OtlpRequest::Logs(decode_message(encoding, body)?),
+        Signal::Spans => OtlpRequest::Traces(decode_message(encoding, body)?),
+        Signal::Metrics => OtlpRequest::Metrics(decode_message(encoding, body)?),
     })
 }
 
@@ -210,85 +162,5 @@ impl Ingest {
             ],
             1,
         );
-    }
-}
-
-/// `google.rpc.Status`, the error body of OTLP/HTTP protobuf responses and gRPC status details.
-#[derive(Clone, PartialEq, Message)]
-pub struct RpcStatus {
-    /// A `google.rpc.Code`.
-    #[prost(int32, tag = "1")]
-    pub code: i32,
-    /// What went wrong.
-    #[prost(string, tag = "2")]
-    pub message: String,
-    /// Further detail, e.g. a `RetryInfo`.
-    #[prost(message, repeated, tag = "3")]
-    pub details: Vec<ProtoAny>,
-}
-
-/// `google.protobuf.Any`.
-#[derive(Clone, PartialEq, Message)]
-pub struct ProtoAny {
-    /// Type of the packed message.
-    #[prost(string, tag = "1")]
-    pub type_url: String,
-    /// The packed message.
-    #[prost(bytes = "vec", tag = "2")]
-    pub value: Vec<u8>,
-}
-
-/// `google.rpc.RetryInfo`.
-#[derive(Clone, PartialEq, Message)]
-pub struct RetryInfo {
-    /// How long to wait.
-    #[prost(message, optional, tag = "1")]
-    pub retry_delay: Option<ProtoDuration>,
-}
-
-/// `google.protobuf.Duration`.
-#[derive(Clone, PartialEq, Message)]
-pub struct ProtoDuration {
-    /// Whole seconds.
-    #[prost(int64, tag = "1")]
-    pub seconds: i64,
-    /// Nanoseconds.
-    #[prost(int32, tag = "2")]
-    pub nanos: i32,
-}
-
-/// A `RetryInfo` packed in an `Any`.
-pub fn retry_info(delay: std::time::Duration) -> ProtoAny {
-    ProtoAny {
-        type_url: "type.googleapis.com/google.rpc.RetryInfo".to_owned(),
-        value: RetryInfo {
-            retry_delay: Some(ProtoDuration {
-                seconds: delay.as_secs() as i64,
-                nanos: delay.subsec_nanos() as i32,
-            }),
-        }
-        .encode_to_vec(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_gzip_bomb_stops_at_the_limit() {
-        use std::io::Write;
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        encoder.write_all(&vec![0u8; 8 << 20]).unwrap();
-        let bomb = encoder.finish().unwrap();
-        assert!(matches!(
-            gunzip(&bomb, 1 << 20),
-            Err(DecodeError::TooLarge { .. })
-        ));
-        assert_eq!(gunzip(&bomb, 8 << 20).unwrap().len(), 8 << 20);
-        assert!(matches!(
-            gunzip(b"not gzip", 100),
-            Err(DecodeError::Malformed(_))
-        ));
     }
 }

@@ -1,7 +1,8 @@
 //! A `gantry-agent` process owned by one test: started with the test's plane and data dir, killed on drop.
 
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use super::{EXIT_TIMEOUT, START_TIMEOUT, http_client, repo_root};
+use super::{EXIT_TIMEOUT, Plane, START_TIMEOUT, http_client, json_i64, repo_root, wait_until};
 
 /// The `gantry-agent` binary: `$GANTRY_AGENT_BIN`, else `<repo>/target/debug/gantry-agent`.
 pub fn agent_bin() -> Result<PathBuf> {
@@ -145,6 +146,22 @@ impl Agent {
         )
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A `VmRSS`/`VmHWM`-style field of `/proc/PID/status`, KiB.
+    pub fn proc_status_kib(&self, field: &str) -> Result<u64> {
+        let pid = self.pid().context("agent not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no {field} in /proc/{pid}/status"))
+    }
+
     pub fn kill9(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -203,3 +220,52 @@ impl Drop for Agent {
     }
 }
 
+/// Deadline for the agent to deliver lines (covers a retry backoff of a few seconds after an outage).
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(45);
+
+pub fn append(path: &Path, text: &str) -> Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Lines `"{run} {tag} {seq:05}"` for `range`.
+pub fn numbered(run: &str, tag: &str, range: std::ops::Range<u32>) -> String {
+    range.map(|i| format!("{run} {tag} {i:05}\n")).collect()
+}
+
+/// (tag, seq, timestamp_unix_nano, body) of hits whose body starts with the run word.
+pub fn parse_hits(run: &str, hits: &[Value]) -> Vec<(String, u32, i64, String)> {
+    hits.iter()
+        .filter_map(|h| {
+            let body = h.get("body")?.as_str()?.to_owned();
+            let mut words = body.split_whitespace();
+            (words.next()? == run).then_some(())?;
+            let tag = words.next()?.to_owned();
+            let seq = words.next()?.parse().ok()?;
+            let ts = json_i64(h.get("timestamp_unix_nano")?)?;
+            Some((tag, seq, ts, body))
+        })
+        .collect()
+}
+
+/// Waits until paging through `q` finds at least `n` hits; returns them all.
+pub async fn wait_for_at_least(
+    plane: &Plane,
+    token: &str,
+    q: &str,
+    n: usize,
+) -> Result<Vec<Value>> {
+    wait_until(DELIVERY_TIMEOUT, &format!("{n} hits for {q}"), || async {
+        let all = plane.all_logs(token, q, "-1h").await?;
+        Ok((all.len() >= n).then_some(all))
+    })
+    .await
+}
+
+/// Picks a free loopback port by binding port 0 and releasing it.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -27,6 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+/// How long the file source waits before offering a batch again after the buffer failed to append it.
+const FAILED_APPEND_RETRY: Duration = Duration::from_secs(1);
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -566,7 +569,24 @@ impl FileSource {
                     std::thread::sleep(POLL_INTERVAL);
                 }
                 AppendOutcome::Appended(seq) => break Some(seq),
-                AppendOutcome::Failed(message) => bail!("disk buffer append failed: {message}"),
+                AppendOutcome::Failed(message) => {
+                    // The buffer recovers itself after a failed write (a full disk, say); the batch is kept and
+                    // offered again, and the checkpoint does not move meanwhile.
+                    if !paused {
+                        paused = true;
+                        tracing::error!(
+                            error = message,
+                            "disk buffer append failed; pausing file reading and retrying"
+                        );
+                        self.telemetry
+                            .sources_paused
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        break None;
+                    }
+                    std::thread::sleep(FAILED_APPEND_RETRY);
+                }
             }
         };
         if paused {

@@ -1,6 +1,7 @@
 //! Rotation, truncation and restart behaviour of the file source, driven pass by pass against a real disk buffer.
 use super::*;
 use crate::config::RawConfig;
+use opentelemetry_proto::tonic::common::v1::any_value;
 
 /// A file source over `dir/*.log` with its own buffer in `dir/data`, driven by hand.
 struct Harness {

@@ -1,0 +1,837 @@
+//! The node registry: every agent that heartbeats, keyed by agent id, with its facts, shipping figures and status.
+//!
+//! A heartbeat inserts or refreshes a node. The registry is saved to `DATA_DIR/nodes.json` (temporary file, fsync,
+//! rename) when a node is registered or its facts change, and once more when the plane stops; not on every
+//! heartbeat, so `last_seen` and the shipping figures in the file are those of the last save.
+//!
+//! Status is computed when read: a node is **down when more than `missed × interval_ms` passed since its last
+//! heartbeat**, `interval_ms` being the one it announced. Nodes loaded at start are down until they heartbeat again:
+//! the plane has not heard from them, and the saved `last_seen` is only a lower bound. A once-a-second sweep
+//! ([`NodeRegistry::watch`]) logs each up→down transition once. **The registry knows nothing about HTTP.**
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use gantry_proto::{NodeFacts, NodeHeartbeat, NodeInfo, NodeShipping, NodeStatus, NodesResponse};
+use serde::{Deserialize, Serialize};
+
+/// Most nodes a plane tracks; a heartbeat from a new node beyond it is refused.
+pub const MAX_NODES: usize = 100_000;
+
+/// Accepted announced heartbeat intervals, milliseconds.
+pub const INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
+
+/// How often [`NodeRegistry::watch`] looks for nodes that went down.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// File name of the registry in the data directory.
+const FILE_NAME: &str = "nodes.json";
+
+/// A registry problem.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A heartbeat field is out of bounds.
+    #[error("invalid heartbeat: `{field}` {message}")]
+    Invalid {
+        /// The field's path in the heartbeat, e.g. `facts.agent_id`.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The registry holds [`MAX_NODES`] nodes and this heartbeat is from a new one.
+    #[error(
+        "the plane already tracks {MAX_NODES} nodes, its limit: this node is not registered; stop the plane and remove the nodes that are gone from DATA_DIR/nodes.json"
+    )]
+    Full,
+    /// Reading or writing `nodes.json` failed.
+    #[error("node registry {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What the plane keeps of a node in `nodes.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredNode {
+    /// First registration, RFC 3339.
+    registered: String,
+    /// Last heartbeat known at the save, RFC 3339.
+    last_seen: String,
+    interval_ms: u64,
+    facts: NodeFacts,
+    shipping: NodeShipping,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct NodeFile {
+    nodes: Vec<StoredNode>,
+}
+
+/// A node in memory.
+#[derive(Debug, Clone)]
+struct Node {
+    /// Shared so that a listing or a save copies a pointer, not the facts, under the lock.
+    facts: Arc<NodeFacts>,
+    shipping: NodeShipping,
+    interval_ms: u64,
+    registered: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    /// When this plane process last heard from the node; `None` for a node loaded from disk and not heard since.
+    heard: Option<Instant>,
+    /// Whether the sweep logged it down since its last heartbeat.
+    reported_down: bool,
+}
+
+impl Node {
+    fn info(&self, status: NodeStatus) -> NodeInfo {
+        NodeInfo {
+            status,
+            last_seen: rfc3339(self.last_seen),
+            registered: rfc3339(self.registered),
+            facts: NodeFacts::clone(&self.facts),
+            shipping: self.shipping.clone(),
+            interval_ms: self.interval_ms,
+        }
+    }
+
+    fn stored(&self) -> StoredNode {
+        StoredNode {
+            registered: rfc3339(self.registered),
+            last_seen: rfc3339(self.last_seen),
+            interval_ms: self.interval_ms,
+            facts: NodeFacts::clone(&self.facts),
+            shipping: self.shipping.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Nodes {
+    by_id: HashMap<String, Node>,
+    /// Bumped by every change that must reach the disk.
+    generation: u64,
+    /// The generation `nodes.json` holds.
+    saved: u64,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heard {
+    /// The node was not known before.
+    pub registered: bool,
+    /// The registry holds changes `nodes.json` does not: call [`NodeRegistry::save_if_changed`] (off the async
+    /// workers).
+    pub unsaved: bool,
+}
+
+/// The nodes of one plane.
+pub struct NodeRegistry {
+    path: PathBuf,
+    /// Heartbeats missed in a row before a node is down.
+    missed: u32,
+    nodes: Mutex<Nodes>,
+    /// Held while writing the file, so that saves are ordered and each writes a snapshot taken under it.
+    writing: Mutex<()>,
+}
+
+impl std::fmt::Debug for NodeRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeRegistry")
+            .field("path", &self.path)
+            .field("missed", &self.missed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeRegistry {
+    /// Opens the registry of `data_dir` (the file need not exist); a node is down after `missed` heartbeats.
+    ///
+    /// A `nodes.json` that does not parse is moved aside to `nodes.json.corrupt` and the registry starts empty:
+    /// agents register again with their next heartbeat.
+    pub fn open(data_dir: &Path, missed: u32) -> Result<Self, NodeError> {
+        let path = data_dir.join(FILE_NAME);
+        let io = |source| NodeError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<NodeFile>(&bytes) {
+                Ok(file) => file,
+                Err(error) => {
+                    let aside = path.with_extension("json.corrupt");
+                    tracing::error!(
+                        error = %error,
+                        path = %path.display(),
+                        moved_to = %aside.display(),
+                        "node registry is corrupt; starting empty, nodes register again with their next heartbeat"
+                    );
+                    std::fs::rename(&path, &aside).map_err(io)?;
+                    NodeFile::default()
+                }
+            },
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => NodeFile::default(),
+            Err(source) => return Err(io(source)),
+        };
+        let by_id = file
+            .nodes
+            .into_iter()
+            .map(|stored| {
+                let registered = parse_time(&stored.registered);
+                let node = Node {
+                    last_seen: parse_time(&stored.last_seen).max(registered),
+                    registered,
+                    facts: Arc::new(stored.facts),
+                    shipping: stored.shipping,
+                    interval_ms: stored.interval_ms,
+                    heard: None,
+                    reported_down: false,
+                };
+                (node.facts.agent_id.clone(), node)
+            })
+            .collect::<HashMap<_, _>>();
+        if !by_id.is_empty() {
+            tracing::info!(
+                nodes = by_id.len(),
+                "node registry loaded; nodes are down until they heartbeat"
+            );
+        }
+        Ok(Self {
+            path,
+            missed: missed.max(1),
+            nodes: Mutex::new(Nodes {
+                by_id,
+                ..Nodes::default()
+            }),
+            writing: Mutex::new(()),
+        })
+    }
+
+    /// Records a heartbeat: registers the node or refreshes it.
+    pub fn heartbeat(&self, heartbeat: NodeHeartbeat) -> Result<Heard, NodeError> {
+        self.heartbeat_at(heartbeat, Instant::now(), Utc::now())
+    }
+
+    fn heartbeat_at(
+        &self,
+        heartbeat: NodeHeartbeat,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) -> Result<Heard, NodeError> {
+        validate(&heartbeat)?;
+        let NodeHeartbeat {
+            facts,
+            shipping,
+            interval_ms,
+        } = heartbeat;
+        let mut nodes = self.lock();
+        let full = nodes.by_id.len() >= MAX_NODES;
+        let (registered, changed) = match nodes.by_id.entry(facts.agent_id.clone()) {
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                if full {
+                    return Err(NodeError::Full);
+                }
+                tracing::info!(
+                    agent_id = %facts.agent_id,
+                    hostname = %facts.hostname,
+                    agent_version = %facts.agent_version,
+                    interval_ms,
+                    "node registered"
+                );
+                vacant.insert(Node {
+                    facts: Arc::new(facts),
+                    shipping,
+                    interval_ms,
+                    registered: wall,
+                    last_seen: wall,
+                    heard: Some(now),
+                    reported_down: false,
+                });
+                (true, true)
+            }
+            std::collections::hash_map::Entry::Occupied(mut occupied) => {
+                let node = occupied.get_mut();
+                match node.heard {
+                    None => tracing::debug!(
+                        agent_id = %facts.agent_id,
+                        hostname = %facts.hostname,
+                        "node heard from since the plane started"
+                    ),
+                    Some(heard)
+                        if node.reported_down
+                            || status(Some(heard), node.interval_ms, self.missed, now)
+                                == NodeStatus::Down =>
+                    {
+                        tracing::info!(
+                            agent_id = %facts.agent_id,
+                            hostname = %facts.hostname,
+                            silent_ms = now.saturating_duration_since(heard).as_millis() as u64,
+                            "node back up"
+                        );
+                    }
+                    Some(_) => {}
+                }
+                let changed = *node.facts != facts;
+                if changed {
+                    node.facts = Arc::new(facts);
+                }
+                node.shipping = shipping;
+                node.interval_ms = interval_ms;
+                node.last_seen = wall.max(node.registered);
+                node.heard = Some(now);
+                node.reported_down = false;
+                (false, changed)
+            }
+        };
+        if changed {
+            nodes.generation += 1;
+        }
+        Ok(Heard {
+            registered,
+            unsaved: nodes.generation != nodes.saved,
+        })
+    }
+
+    /// Every node, by host name then agent id.
+    pub fn list(&self) -> NodesResponse {
+        self.list_at(Instant::now())
+    }
+
+    fn list_at(&self, now: Instant) -> NodesResponse {
+        // Copy under the lock (the facts are shared), build the answer outside it.
+        let snapshot: Vec<(Node, NodeStatus)> = {
+            let nodes = self.lock();
+            nodes
+                .by_id
+                .values()
+                .map(|node| (node.clone(), self.status_of(node, now)))
+                .collect()
+        };
+        let mut nodes: Vec<NodeInfo> = snapshot
+            .into_iter()
+            .map(|(node, status)| node.info(status))
+            .collect();
+        nodes.sort_by(|a, b| {
+            (&a.facts.hostname, &a.facts.agent_id).cmp(&(&b.facts.hostname, &b.facts.agent_id))
+        });
+        NodesResponse { nodes }
+    }
+
+    /// One node by agent id.
+    pub fn get(&self, agent_id: &str) -> Option<NodeInfo> {
+        self.get_at(agent_id, Instant::now())
+    }
+
+    fn get_at(&self, agent_id: &str, now: Instant) -> Option<NodeInfo> {
+        let node = self.lock().by_id.get(agent_id)?.clone();
+        let status = self.status_of(&node, now);
+        Some(node.info(status))
+    }
+
+    /// Writes `nodes.json` if the registry changed since it was last written. Blocks on disk: not on an async worker.
+    pub fn save_if_changed(&self) -> Result<(), NodeError> {
+        self.save_inner(false)
+    }
+
+    /// Writes `nodes.json` with the current `last_seen` and shipping figures, changed or not (at shutdown).
+    pub fn save(&self) -> Result<(), NodeError> {
+        self.save_inner(true)
+    }
+
+    fn save_inner(&self, always: bool) -> Result<(), NodeError> {
+        let _writing = self.writing.lock().expect("node file lock poisoned");
+        // Taken after the file lock: a save that waited writes a state at least as new as the change that asked for
+        // it, and one that finds the file up to date (another save wrote it meanwhile) has nothing to do.
+        let (generation, snapshot) = {
+            let nodes = self.lock();
+            if !always && nodes.generation == nodes.saved {
+                return Ok(());
+            }
+            let snapshot: Vec<Node> = nodes.by_id.values().cloned().collect();
+            (nodes.generation, snapshot)
+        };
+        let mut file = NodeFile {
+            nodes: snapshot.iter().map(Node::stored).collect(),
+        };
+        file.nodes
+            .sort_by(|a, b| a.facts.agent_id.cmp(&b.facts.agent_id));
+        let bytes = serde_json::to_vec_pretty(&file).expect("the node file serializes");
+        write_atomic(&self.path, &bytes).map_err(|source| NodeError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        let mut nodes = self.lock();
+        nodes.saved = nodes.saved.max(generation);
+        Ok(())
+    }
+
+    /// Logs each node that went down, once, checking every second until `stop` completes.
+    pub async fn watch(self: Arc<Self>, stop: impl Future<Output = ()>) {
+        let mut ticker = tokio::time::interval(SWEEP_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = ticker.tick() => {
+                    for down in self.sweep_at(Instant::now()) {
+                        tracing::warn!(
+                            agent_id = %down.agent_id,
+                            hostname = %down.hostname,
+                            last_seen = %rfc3339(down.last_seen),
+                            missed = self.missed,
+                            "node down"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The nodes that went down since the last sweep, marked so that they are reported once.
+    fn sweep_at(&self, now: Instant) -> Vec<WentDown> {
+        let mut nodes = self.lock();
+        let mut down = Vec::new();
+        for (agent_id, node) in &mut nodes.by_id {
+            // A node loaded from disk was never up in this process: not a transition.
+            if node.reported_down || node.heard.is_none() {
+                continue;
+            }
+            if status(node.heard, node.interval_ms, self.missed, now) == NodeStatus::Down {
+                node.reported_down = true;
+                down.push(WentDown {
+                    agent_id: agent_id.clone(),
+                    hostname: node.facts.hostname.clone(),
+                    last_seen: node.last_seen,
+                });
+            }
+        }
+        down
+    }
+
+    fn status_of(&self, node: &Node, now: Instant) -> NodeStatus {
+        status(node.heard, node.interval_ms, self.missed, now)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Nodes> {
+        self.nodes.lock().expect("node registry lock poisoned")
+    }
+}
+
+/// A node found down by a sweep.
+struct WentDown {
+    agent_id: String,
+    hostname: String,
+    last_seen: DateTime<Utc>,
+}
+
+/// Up while no more than `missed` announced intervals passed since the last heartbeat heard by this process.
+fn status(heard: Option<Instant>, interval_ms: u64, missed: u32, now: Instant) -> NodeStatus {
+    match heard {
+        Some(at)
+            if now.saturating_duration_since(at) <= Duration::from_millis(interval_ms) * missed =>
+        {
+            NodeStatus::Up
+        }
+        _ => NodeStatus::Down,
+    }
+}
+
+/// Checks a heartbeat's bounds; the error names the field.
+pub fn validate(heartbeat: &NodeHeartbeat) -> Result<(), NodeError> {
+    let invalid = |field: &'static str, message: String| Err(NodeError::Invalid { field, message });
+    let facts = &heartbeat.facts;
+    let id = &facts.agent_id;
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return invalid(
+            "facts.agent_id",
+            "must be 1-64 characters of letters, digits and `-`".to_owned(),
+        );
+    }
+    check_text("facts.hostname", &facts.hostname, 1, 255)?;
+    check_text("facts.os", &facts.os, 0, 255)?;
+    check_text("facts.agent_version", &facts.agent_version, 0, 64)?;
+    if facts.labels.len() > 64 {
+        return invalid(
+            "facts.labels",
+            format!("has {} labels; at most 64 are accepted", facts.labels.len()),
+        );
+    }
+    for (key, value) in &facts.labels {
+        check_text("facts.labels", key, 1, 128)?;
+        check_text("facts.labels", value, 0, 1024)?;
+    }
+    if facts.addresses.len() > 1000 {
+        return invalid(
+            "facts.addresses",
+            format!(
+                "has {} addresses; at most 1000 are accepted",
+                facts.addresses.len()
+            ),
+        );
+    }
+    for address in &facts.addresses {
+        check_text("facts.addresses", address, 1, 64)?;
+    }
+    if facts.runtimes.len() > 16 {
+        return invalid(
+            "facts.runtimes",
+            format!(
+                "has {} runtimes; at most 16 are accepted",
+                facts.runtimes.len()
+            ),
+        );
+    }
+    for runtime in &facts.runtimes {
+        check_text("facts.runtimes", runtime, 1, 64)?;
+    }
+    if !INTERVAL_MS.contains(&heartbeat.interval_ms) {
+        return invalid(
+            "interval_ms",
+            format!(
+                "is {}; it must be between {} and {} (10 minutes)",
+                heartbeat.interval_ms,
+                INTERVAL_MS.start(),
+                INTERVAL_MS.end()
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn check_text(field: &'static str, text: &str, min: usize, max: usize) -> Result<(), NodeError> {
+    let length = text.chars().count();
+    let message = if length < min {
+        "must not be empty".to_owned()
+    } else if length > max {
+        format!("has a value of {length} characters; at most {max} are accepted")
+    } else if text.chars().any(char::is_control) {
+        "holds a control character".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(NodeError::Invalid { field, message })
+}
+
+fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A saved time; one that does not parse (a hand edit) reads as the Unix epoch rather than losing the node.
+fn parse_time(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsync and rename, then syncs the directory.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn heartbeat(agent_id: &str, hostname: &str, interval_ms: u64) -> NodeHeartbeat {
+        NodeHeartbeat {
+            facts: NodeFacts {
+                agent_id: agent_id.to_owned(),
+                hostname: hostname.to_owned(),
+                addresses: vec!["10.0.0.7".to_owned()],
+                cpus: 8,
+                memory_bytes: 16 << 30,
+                os: "linux 6.1.0 (Debian GNU/Linux 12)".to_owned(),
+                agent_version: "0.1.0".to_owned(),
+                labels: BTreeMap::from([("zone".to_owned(), "eu-1".to_owned())]),
+                runtimes: vec!["process".to_owned()],
+            },
+            shipping: NodeShipping {
+                sent_records: 1200,
+                sent_bytes: 48_000,
+                records_per_sec: 40.0,
+                ..NodeShipping::default()
+            },
+            interval_ms,
+        }
+    }
+
+    fn registry(dir: &Path, missed: u32) -> NodeRegistry {
+        NodeRegistry::open(dir, missed).unwrap()
+    }
+
+    fn ms(millis: u64) -> Duration {
+        Duration::from_millis(millis)
+    }
+
+    #[test]
+    fn status_follows_missed_heartbeats() {
+        let check = |heard_ms_ago: Option<u64>, interval_ms: u64, missed: u32, expected| {
+            let now = Instant::now() + ms(10_000_000);
+            let heard = heard_ms_ago.map(|ago| now - ms(ago));
+            assert_eq!(
+                status(heard, interval_ms, missed, now),
+                expected,
+                "heard {heard_ms_ago:?} ms ago, interval {interval_ms}, missed {missed}"
+            );
+        };
+        check(Some(0), 1000, 3, NodeStatus::Up);
+        check(Some(2999), 1000, 3, NodeStatus::Up);
+        check(Some(3000), 1000, 3, NodeStatus::Up);
+        check(Some(3001), 1000, 3, NodeStatus::Down);
+        check(Some(100), 100, 1, NodeStatus::Up);
+        check(Some(101), 100, 1, NodeStatus::Down);
+        check(Some(59_000_000), 600_000, 100, NodeStatus::Up);
+        check(Some(60_000_001), 600_000, 100, NodeStatus::Down);
+        check(None, 1000, 3, NodeStatus::Down);
+    }
+
+    #[test]
+    fn a_node_goes_down_after_missed_heartbeats_and_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = registry(dir.path(), 2);
+        let t0 = Instant::now();
+        let first = nodes
+            .heartbeat_at(heartbeat("a1", "web-1", 200), t0, Utc::now())
+            .unwrap();
+        assert!(first.registered && first.unsaved);
+        let again = nodes
+            .heartbeat_at(heartbeat("a1", "web-1", 200), t0 + ms(200), Utc::now())
+            .unwrap();
+        assert!(!again.registered);
+
+        let up = |at: Instant| nodes.get_at("a1", at).unwrap().status;
+        assert_eq!(up(t0 + ms(600)), NodeStatus::Up);
+        assert!(nodes.sweep_at(t0 + ms(600)).is_empty());
+        assert_eq!(up(t0 + ms(601)), NodeStatus::Down);
+        let down = nodes.sweep_at(t0 + ms(601));
+        assert_eq!(down.len(), 1);
+        assert_eq!(
+            (down[0].agent_id.as_str(), down[0].hostname.as_str()),
+            ("a1", "web-1")
+        );
+        assert!(
+            nodes.sweep_at(t0 + ms(5000)).is_empty(),
+            "a node is reported down once"
+        );
+
+        let back = nodes
+            .heartbeat_at(heartbeat("a1", "web-1", 200), t0 + ms(6000), Utc::now())
+            .unwrap();
+        assert!(!back.registered);
+        assert_eq!(up(t0 + ms(6000)), NodeStatus::Up);
+        assert_eq!(
+            nodes.sweep_at(t0 + ms(6401)).len(),
+            1,
+            "down again after another silence"
+        );
+    }
+
+    #[test]
+    fn list_is_sorted_by_hostname_then_agent_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = registry(dir.path(), 3);
+        for (id, host) in [
+            ("c", "web-2"),
+            ("b", "web-1"),
+            ("a", "web-2"),
+            ("d", "db-1"),
+        ] {
+            nodes.heartbeat(heartbeat(id, host, 1000)).unwrap();
+        }
+        let order: Vec<String> = nodes
+            .list()
+            .nodes
+            .into_iter()
+            .map(|node| node.facts.agent_id)
+            .collect();
+        assert_eq!(order, ["d", "b", "a", "c"]);
+    }
+
+    #[test]
+    fn saves_on_registration_and_fact_changes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = registry(dir.path(), 3);
+        let path = dir.path().join("nodes.json");
+        let heard = nodes.heartbeat(heartbeat("a1", "web-1", 1000)).unwrap();
+        assert!(heard.unsaved);
+        nodes.save_if_changed().unwrap();
+        assert!(path.exists());
+
+        let mut busier = heartbeat("a1", "web-1", 1000);
+        busier.shipping.sent_records = 99_999;
+        assert!(
+            !nodes.heartbeat(busier).unwrap().unsaved,
+            "new shipping figures alone are not saved"
+        );
+
+        let mut relabelled = heartbeat("a1", "web-1", 1000);
+        relabelled.facts.labels.insert("rack".into(), "r7".into());
+        assert!(nodes.heartbeat(relabelled.clone()).unwrap().unsaved);
+        nodes.save_if_changed().unwrap();
+        assert!(!nodes.heartbeat(relabelled).unwrap().unsaved);
+        let saved = std::fs::read_to_string(&path).unwrap();
+        assert!(saved.contains("\"rack\": \"r7\""), "{saved}");
+        assert!(!dir.path().join("nodes.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_reopened_registry_keeps_nodes_down_until_they_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = registry(dir.path(), 3);
+        before.heartbeat(heartbeat("a1", "web-1", 1000)).unwrap();
+        before.heartbeat(heartbeat("b2", "web-2", 5000)).unwrap();
+        before.save_if_changed().unwrap();
+        let expected = before.list();
+
+        let after = registry(dir.path(), 3);
+        let listed = after.list();
+        assert_eq!(listed.nodes.len(), 2);
+        for (old, new) in expected.nodes.iter().zip(&listed.nodes) {
+            assert_eq!(old.facts, new.facts);
+            assert_eq!(old.shipping, new.shipping);
+            assert_eq!(old.registered, new.registered);
+            assert_eq!(old.last_seen, new.last_seen);
+            assert_eq!(old.interval_ms, new.interval_ms);
+            assert_eq!(new.status, NodeStatus::Down);
+        }
+        assert!(
+            after.sweep_at(Instant::now() + ms(60_000)).is_empty(),
+            "loaded nodes are not reported as going down"
+        );
+
+        let heard = after.heartbeat(heartbeat("a1", "web-1", 1000)).unwrap();
+        assert!(!heard.registered, "a loaded node is known");
+        let node = after.get("a1").unwrap();
+        assert_eq!(node.status, NodeStatus::Up);
+        assert_eq!(
+            node.registered, expected.nodes[0].registered,
+            "the registration time is kept"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("nodes.json"), "{\"nodes\": [").unwrap();
+        let nodes = registry(dir.path(), 3);
+        assert!(nodes.list().nodes.is_empty());
+        assert!(dir.path().join("nodes.json.corrupt").exists());
+    }
+
+    #[test]
+    fn the_registry_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = registry(dir.path(), 3);
+        {
+            let mut inner = nodes.lock();
+            let template = Node {
+                facts: Arc::new(heartbeat("x", "h", 1000).facts),
+                shipping: NodeShipping::default(),
+                interval_ms: 1000,
+                registered: Utc::now(),
+                last_seen: Utc::now(),
+                heard: None,
+                reported_down: false,
+            };
+            for i in 0..MAX_NODES {
+                inner.by_id.insert(format!("n{i}"), template.clone());
+            }
+        }
+        assert!(matches!(
+            nodes.heartbeat(heartbeat("newcomer", "h", 1000)),
+            Err(NodeError::Full)
+        ));
+        assert!(
+            nodes.heartbeat(heartbeat("n7", "h", 1000)).is_ok(),
+            "known nodes still heartbeat"
+        );
+    }
+
+    #[test]
+    fn invalid_heartbeats_name_the_field() {
+        let check = |change: &dyn Fn(&mut NodeHeartbeat), field: &str| {
+            let mut bad = heartbeat("a1", "web-1", 1000);
+            change(&mut bad);
+            let error = validate(&bad).expect_err(field).to_string();
+            assert!(error.contains(&format!("`{field}`")), "{error}");
+        };
+        validate(&heartbeat("a1", "web-1", 1000)).unwrap();
+        check(&|h| h.facts.agent_id.clear(), "facts.agent_id");
+        check(&|h| h.facts.agent_id = "a/b".into(), "facts.agent_id");
+        check(&|h| h.facts.agent_id = "a b".into(), "facts.agent_id");
+        check(&|h| h.facts.agent_id = "é".into(), "facts.agent_id");
+        check(&|h| h.facts.agent_id = "a".repeat(65), "facts.agent_id");
+        check(&|h| h.facts.hostname.clear(), "facts.hostname");
+        check(&|h| h.facts.hostname = "h".repeat(256), "facts.hostname");
+        check(&|h| h.facts.hostname = "web\n1".into(), "facts.hostname");
+        check(&|h| h.facts.os = "o".repeat(256), "facts.os");
+        check(
+            &|h| h.facts.agent_version = "v".repeat(65),
+            "facts.agent_version",
+        );
+        check(
+            &|h| {
+                h.facts.labels = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
+            },
+            "facts.labels",
+        );
+        check(
+            &|h| {
+                h.facts.labels.insert(String::new(), "v".into());
+            },
+            "facts.labels",
+        );
+        check(
+            &|h| {
+                h.facts.labels.insert("k".into(), "v".repeat(1025));
+            },
+            "facts.labels",
+        );
+        check(
+            &|h| h.facts.addresses = vec!["10.0.0.1".into(); 1001],
+            "facts.addresses",
+        );
+        check(
+            &|h| h.facts.addresses.push(String::new()),
+            "facts.addresses",
+        );
+        check(
+            &|h| h.facts.runtimes = vec!["process".into(); 17],
+            "facts.runtimes",
+        );
+        check(&|h| h.interval_ms = 99, "interval_ms");
+        check(&|h| h.interval_ms = 600_001, "interval_ms");
+
+        let check_ok = |change: &dyn Fn(&mut NodeHeartbeat)| {
+            let mut good = heartbeat("a1", "web-1", 1000);
+            change(&mut good);
+            validate(&good).unwrap();
+        };
+        check_ok(&|h| h.facts.agent_id = "A-9".repeat(21));
+        check_ok(&|h| h.facts.hostname = "h".repeat(255));
+        check_ok(&|h| h.facts.addresses = vec!["fe80::1%eth0".into(); 1000]);
+        check_ok(&|h| h.facts.labels = (0..64).map(|i| (format!("k{i}"), "v".into())).collect());
+        check_ok(&|h| h.interval_ms = 100);
+        check_ok(&|h| h.interval_ms = 600_000);
+    }
+}

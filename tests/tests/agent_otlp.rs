@@ -1,0 +1,294 @@
+//! The agent's local OTLP receiver end to end: the OpenTelemetry Python SDK sends to the agent over HTTP and gRPC,
+//! and its logs, traces and metrics reach the plane with the host's attributes added; with the plane down and the
+//! disk buffer full, the file source pauses and the receiver answers 503 with `Retry-After`, and everything
+//! arrives once the plane is back.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use common::agent::*;
+use common::*;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use prost::Message;
+
+/// Runs tests/python/send_sdk.py against `endpoint`; returns the trace id it printed.
+async fn send_sdk(
+    python: &std::path::Path,
+    endpoint: &str,
+    protocol: &str,
+    run: &str,
+) -> Result<String> {
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(repo_root().join("tests/python/send_sdk.py"))
+        .args(["--endpoint", endpoint, "--protocol", protocol])
+        .args(["--token", "unused-by-the-agent", "--run-id", run])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy().to_ascii_lowercase();
+        if k.starts_with("otel_") || k.ends_with("_proxy") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("NO_PROXY", "127.0.0.1,localhost");
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .context("send_sdk.py did not finish within 120 s")??;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    ensure!(
+        out.status.success(),
+        "send_sdk.py --protocol {protocol} to the agent failed ({}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout.lines().last().unwrap_or_default().trim().to_owned())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+async fn sdk_through_the_agent(protocol: &str) -> Result<()> {
+    let Some(python) = python_or_skip(&format!("sdk_through_the_agent({protocol})"))? else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let (plane, [ingest, viewer]) =
+        start_with_tokens(&tmp.path().join("plane"), &[], &[], ["ingest", "viewer"]).await?;
+    let agent = Agent::start(
+        &tmp.path().join("agent"),
+        &format!("http://{}", plane.endpoints.http),
+        &ingest,
+        &[],
+    )
+    .await?;
+    let endpoint = match protocol {
+        "http" => format!(
+            "http://{}",
+            agent.endpoints["otlp_http"].as_str().context("otlp_http")?
+        ),
+        _ => agent.endpoints["otlp_grpc"]
+            .as_str()
+            .context("otlp_grpc")?
+            .to_owned(),
+    };
+    let run = unique("relay");
+    let trace_id = send_sdk(&python, &endpoint, protocol, &run).await?;
+    ensure!(trace_id.len() == 32, "trace id {trace_id:?}");
+
+    let hits = plane
+        .wait_for_logs(&viewer, &format!("sdkword{run}"), 1)
+        .await?;
+    let hit = &hits[0];
+    ensure!(hit["service"] == format!("checkout-{run}"), "{hit}");
+    ensure!(
+        hit["resource"]["host.name"] == host_name(),
+        "the agent adds host.name: {hit}"
+    );
+    ensure!(
+        hit["resource"]["service.version"] == "1.2.3",
+        "the app's own attributes stay: {hit}"
+    );
+    ensure!(hit["trace_id"] == trace_id.as_str(), "{hit}");
+
+    let path = format!("/api/v1/traces/{trace_id}");
+    let trace = wait_until(SEARCH_TIMEOUT, "the relayed trace with 4 spans", || async {
+        let (status, body) = plane.api_get(&path, &viewer).await?;
+        Ok((status == 200 && body["spans"].as_array().map_or(0, Vec::len) == 4).then_some(body))
+    })
+    .await?;
+    ensure!(
+        trace["spans"]
+            .as_array()
+            .context("spans")?
+            .iter()
+            .all(|s| s["resource"]["host.name"] == host_name() || s["resource"].is_null()),
+        "spans carry host.name: {trace}"
+    );
+    let series = wait_until(SEARCH_TIMEOUT, "the relayed counter", || async {
+        let name = format!("orders_{run}");
+        let query = [("name", name.as_str()), ("agg", "sum"), ("from", "-1h")];
+        let (status, body) = plane
+            .api_get_query("/api/v1/metrics", &query, &viewer)
+            .await?;
+        let values: Vec<f64> = body["series"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["points"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p[1].as_f64())
+            .collect();
+        Ok((status == 200 && values.iter().any(|v| *v >= 7.0)).then_some(values))
+    })
+    .await?;
+    ensure!(
+        !series.is_empty(),
+        "the counter's total reaches 7: {series:?}"
+    );
+    let metrics = agent.metrics().await?;
+    ensure!(
+        metrics
+            .get("gantry_agent_source_records_total{source=\"otlp_logs\"}")
+            .copied()
+            == Some(1.0),
+        "{metrics:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn python_sdk_through_the_agent_over_http() -> Result<()> {
+    sdk_through_the_agent("http").await
+}
+
+#[tokio::test]
+async fn python_sdk_through_the_agent_over_grpc() -> Result<()> {
+    sdk_through_the_agent("grpc").await
+}
+
+/// A small OTLP/HTTP protobuf log request for the receiver.
+fn one_log(body: &str) -> Vec<u8> {
+    let request: ExportLogsServiceRequest = logs_request(
+        "relay-full",
+        vec![log_record(body, now_nanos(), Vec::new())],
+    );
+    request.encode_to_vec()
+}
+
+/// The plane is down and the 1 MiB disk buffer fills with file lines: the file source pauses, the receiver answers
+/// 503 with Retry-After, memory stays bounded; when the plane is back every line arrives and the receiver accepts.
+#[tokio::test]
+async fn full_buffer_pauses_files_and_refuses_otlp_until_the_plane_is_back() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let (mut plane, [ingest, viewer]) = start_with_tokens(
+        &tmp.path().join("plane"),
+        &["--http-addr", &addr],
+        &[],
+        ["ingest", "viewer"],
+    )
+    .await?;
+    plane.terminate().await?;
+
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let config = tmp.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "buffer_max_bytes = 1048576\nbatch_max_lines = 500\n",
+    )?;
+    let config = config.display().to_string();
+    let mut args: Vec<&str> = Agent::QUIET.to_vec();
+    args.extend(["--config", &config]);
+    let agent = Agent::start_with(
+        &tmp.path().join("agent"),
+        &format!("http://{addr}"),
+        &ingest,
+        &[format!("{}/*.log", logs.display())],
+        &args,
+    )
+    .await?;
+    let run = unique("full");
+    // About 3 MiB of lines against a 1 MiB buffer.
+    let pad = "x".repeat(200);
+    let lines = 12_000u32;
+    let text: String = (0..lines)
+        .map(|i| format!("{run} f {i:05} {pad}\n"))
+        .collect();
+    append(&logs.join("big.log"), &text)?;
+    wait_until(
+        DELIVERY_TIMEOUT,
+        "the file source to pause on the full buffer",
+        || async {
+            let m = agent.metrics().await?;
+            Ok((m.get("gantry_agent_sources_paused").copied() == Some(1.0)).then_some(()))
+        },
+    )
+    .await?;
+    let receiver = format!(
+        "http://{}/v1/logs",
+        agent.endpoints["otlp_http"].as_str().context("otlp_http")?
+    );
+    let refused = http_client()
+        .post(&receiver)
+        .header("content-type", CT_PROTOBUF)
+        .body(one_log(&format!("{run} refused")))
+        .send()
+        .await?;
+    ensure!(
+        refused.status() == 503,
+        "a full buffer answers 503, got {}",
+        refused.status()
+    );
+    let retry_after: u64 = refused
+        .headers()
+        .get("retry-after")
+        .context("503 without Retry-After")?
+        .to_str()?
+        .parse()?;
+    ensure!(retry_after >= 1, "Retry-After {retry_after}");
+    let rss_kib = agent.proc_status_kib("VmRSS")?;
+    ensure!(
+        rss_kib < 100 * 1024,
+        "agent RSS {rss_kib} KiB while paused on a full buffer"
+    );
+
+    plane.restart().await?;
+    ensure!(
+        plane.endpoints.http == addr,
+        "the plane moved to {}",
+        plane.endpoints.http
+    );
+    let accepted = wait_until(DELIVERY_TIMEOUT, "the receiver to accept again", || async {
+        let response = http_client()
+            .post(&receiver)
+            .header("content-type", CT_PROTOBUF)
+            .body(one_log(&format!("{run} accepted")))
+            .send()
+            .await?;
+        Ok((response.status() == 200).then_some(()))
+    })
+    .await;
+    accepted?;
+    let hits = wait_until(
+        Duration::from_secs(120),
+        "every file line in the plane",
+        || async {
+            let all = plane
+                .all_logs(&viewer, &format!("{run} AND f"), "-1h")
+                .await?;
+            Ok((all.len() >= lines as usize).then_some(all))
+        },
+    )
+    .await?;
+    let parsed = parse_hits(&run, &hits);
+    let mut seqs: Vec<u32> = parsed.iter().map(|h| h.1).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    ensure!(
+        seqs.len() == lines as usize,
+        "{} distinct of {lines} lines",
+        seqs.len()
+    );
+    plane
+        .wait_for_logs(&viewer, &format!("{run} AND accepted"), 1)
+        .await?;
+    let m = agent.metrics().await?;
+    ensure!(
+        m.get("gantry_agent_sources_paused").copied() == Some(0.0),
+        "{m:?}"
+    );
+    ensure!(
+        m.get("gantry_agent_receiver_refused_total{reason=\"buffer_full\"}")
+            .copied()
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{m:?}"
+    );
+    Ok(())
+}
