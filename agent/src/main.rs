@@ -85,10 +85,13 @@ fn main() -> anyhow::Result<()> {
         })
         .validate()?;
     tracing::debug!(?config, "configuration");
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(gantry_agent::run(config, termination()))
+        .build()?;
+    let result = runtime.block_on(gantry_agent::run(config, termination()));
+    // A blocking read stuck on a dead network mount (host metrics) must not keep the process from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 /// Resolves on SIGTERM or SIGINT.

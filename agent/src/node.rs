@@ -15,6 +15,9 @@ use tokio::sync::watch;
 
 use crate::telemetry::Telemetry;
 
+/// Deadline of one heartbeat request.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the heartbeat task needs.
 pub struct Heartbeat {
     /// The plane's base URL.
@@ -149,28 +152,33 @@ pub async fn run(
             shipping,
             interval_ms: heartbeat.interval.as_millis() as u64,
         };
-        let result = client
-            .post(&url)
-            .bearer_auth(&heartbeat.token)
-            .json(&body)
-            .send()
-            .await;
-        let outcome = match result {
-            Ok(response) if response.status().is_success() => {
-                match response.json::<HeartbeatAck>().await {
-                    Ok(ack) => Ok(ack),
-                    Err(error) => Err(format!("unreadable answer: {error}")),
-                }
-            }
-            Ok(response) => {
-                let status = response.status();
+        let attempt = async {
+            let response = client
+                .post(&url)
+                .bearer_auth(&heartbeat.token)
+                .timeout(HEARTBEAT_TIMEOUT)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|error| error.to_string())?;
+            let status = response.status();
+            if status.is_success() {
+                response
+                    .json::<HeartbeatAck>()
+                    .await
+                    .map_err(|error| format!("unreadable answer: {error}"))
+            } else {
                 let text = response.text().await.unwrap_or_default();
                 Err(format!(
                     "HTTP {status}: {}",
                     text.chars().take(300).collect::<String>()
                 ))
             }
-            Err(error) => Err(error.to_string()),
+        };
+        // A slow plane must not hold up the agent's shutdown.
+        let outcome = tokio::select! {
+            outcome = attempt => outcome,
+            _ = stop.wait_for(|s| *s) => return,
         };
         match outcome {
             Ok(ack) => {

@@ -53,8 +53,9 @@ use crate::telemetry::Telemetry;
 
 /// Requests read, decoded and appended at once; beyond it the receiver answers 503.
 pub const MAX_IN_FLIGHT: usize = 8;
-/// Largest request body once decompressed.
-pub const MAX_BODY_BYTES: usize = 16 << 20;
+/// Largest request body once decompressed: well below the plane's `max_body_bytes` (20 MiB by default), so that a
+/// relayed request, with the host attributes added, is never refused by the plane as too large.
+pub const MAX_BODY_BYTES: usize = 4 << 20;
 /// What a refused client is told to wait when the buffer is full.
 const FULL_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// What a refused client is told to wait when too many requests are in flight or the buffer failed.
@@ -94,6 +95,15 @@ impl Receiver {
             host_resource: Arc::new(config.host_resource),
             admission: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         };
+        for addr in [config.grpc, config.http].into_iter().flatten() {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    %addr,
+                    "the local OTLP receiver listens beyond this machine: it takes data without a token and ships it \
+                     with the agent's; keep it on loopback or behind a firewall"
+                );
+            }
+        }
         let mut receiver = Receiver {
             grpc_addr: None,
             http_addr: None,
@@ -141,7 +151,11 @@ impl Receiver {
             );
             receiver.stops.push(stop);
             receiver.tasks.push(tokio::spawn(async move {
+                // Tonic reads and decodes a message before the handler's admission check; these bound what one
+                // connection can have in that state.
                 tonic::transport::Server::builder()
+                    .concurrency_limit_per_connection(MAX_IN_FLIGHT)
+                    .max_concurrent_streams(MAX_IN_FLIGHT as u32)
                     .layer(tower::util::MapResponseLayer::new(
                         gantry_proto::otlp::standard_codes,
                     ))

@@ -56,6 +56,8 @@ pub struct Telemetry {
     pub buffer_appends: Counter,
     buffer_bytes: AtomicU64,
     buffer_max_bytes: AtomicU64,
+    /// Batches in the buffer not yet acknowledged by the plane (gauge).
+    pub unshipped_batches: AtomicU64,
     /// Append time of the oldest unshipped record (0: none).
     pub oldest_unshipped_unix_nanos: AtomicU64,
     /// Batches the plane acknowledged.
@@ -94,6 +96,7 @@ impl Telemetry {
             buffer_appends: Counter::default(),
             buffer_bytes: AtomicU64::new(0),
             buffer_max_bytes: AtomicU64::new(0),
+            unshipped_batches: AtomicU64::new(0),
             oldest_unshipped_unix_nanos: AtomicU64::new(0),
             sent_batches: Counter::default(),
             sent_records: Counter::default(),
@@ -219,6 +222,12 @@ impl Telemetry {
             "gauge",
             "Size limit of the disk buffer.",
             plain(self.buffer_max_bytes.load(Ordering::Relaxed)),
+        );
+        metric(
+            "gantry_agent_buffer_unshipped_batches",
+            "gauge",
+            "Batches in the disk buffer not yet acknowledged by the plane.",
+            plain(self.unshipped_batches.load(Ordering::Relaxed)),
         );
         let age = self.oldest_unshipped_age().as_secs();
         metric(

@@ -246,12 +246,14 @@ fn demo(data_dir: PathBuf, http_addr: String) -> anyhow::Result<()> {
             let _ = agent_finished.await;
         })
         .await;
-        let agent_result = agent.await;
+        // If the plane stopped on its own, dropping the signal task's sender stops the agent too.
         signal.abort();
+        let agent_result = tokio::time::timeout(std::time::Duration::from_secs(10), agent).await;
         match agent_result {
-            Ok(Err(error)) => tracing::error!(error = %error, "the demo agent failed"),
-            Err(error) => tracing::error!(error = %error, "the demo agent task failed"),
-            Ok(Ok(())) => {}
+            Ok(Ok(Err(error))) => return Err(error.context("the demo's node agent failed")),
+            Ok(Err(error)) => tracing::error!(error = %error, "the demo agent task failed"),
+            Err(_) => tracing::warn!("the demo agent did not stop within 10 s"),
+            Ok(Ok(Ok(()))) => {}
         }
         plane
     })

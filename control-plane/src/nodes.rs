@@ -459,15 +459,29 @@ pub fn validate(heartbeat: &NodeHeartbeat) -> Result<(), NodeError> {
     check_text("facts.hostname", &facts.hostname, 1, 255)?;
     check_text("facts.os", &facts.os, 0, 255)?;
     check_text("facts.agent_version", &facts.agent_version, 0, 64)?;
-    if facts.labels.len() > 64 {
+    if facts.labels.len() > gantry_proto::MAX_NODE_LABELS {
         return invalid(
             "facts.labels",
-            format!("has {} labels; at most 64 are accepted", facts.labels.len()),
+            format!(
+                "has {} labels; at most {} are accepted",
+                facts.labels.len(),
+                gantry_proto::MAX_NODE_LABELS
+            ),
         );
     }
     for (key, value) in &facts.labels {
-        check_text("facts.labels", key, 1, 128)?;
-        check_text("facts.labels", value, 0, 1024)?;
+        check_text(
+            "facts.labels",
+            key,
+            1,
+            gantry_proto::MAX_NODE_LABEL_KEY_CHARS,
+        )?;
+        check_text(
+            "facts.labels",
+            value,
+            0,
+            gantry_proto::MAX_NODE_LABEL_VALUE_CHARS,
+        )?;
     }
     if facts.addresses.len() > 1000 {
         return invalid(

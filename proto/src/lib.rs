@@ -348,6 +348,13 @@ impl fmt::Debug for CreatedToken {
 /// Path of the heartbeat route: agents `POST` a [`NodeHeartbeat`] there with an `ingest` token.
 pub const HEARTBEAT_PATH: &str = "/api/v1/nodes/heartbeat";
 
+/// Most labels a node may carry; the plane refuses heartbeats with more, the agent refuses such a config.
+pub const MAX_NODE_LABELS: usize = 64;
+/// Longest node label key, in characters.
+pub const MAX_NODE_LABEL_KEY_CHARS: usize = 128;
+/// Longest node label value, in characters.
+pub const MAX_NODE_LABEL_VALUE_CHARS: usize = 1024;
+
 /// What an agent knows about its machine; sent with every heartbeat (the first one registers the node).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeFacts {

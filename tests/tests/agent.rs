@@ -232,7 +232,7 @@ async fn outage_and_agent_crash_lose_and_repeat_nothing() -> Result<()> {
         || async {
             let m = agent.metrics().await?;
             Ok(
-                (m.get("gantry_agent_buffer_oldest_age_seconds").copied() == Some(0.0))
+                (m.get("gantry_agent_buffer_unshipped_batches").copied() == Some(0.0))
                     .then_some(()),
             )
         },

@@ -362,6 +362,24 @@ async fn container_logs_and_metrics_reach_the_plane_once() -> Result<()> {
         );
     }
 
+    // An idle container may use no CPU and move no bytes in a sample: these must arrive, not be positive.
+    for name in ["container.cpu.usage", "container.network.io"] {
+        let points = wait_until(
+            DELIVERY_TIMEOUT,
+            &format!("{name} of {service}"),
+            || async {
+                let points = metric_points(&plane, &viewer, &service, name).await?;
+                Ok((!points.is_empty()).then_some(points))
+            },
+        )
+        .await
+        .with_context(|| agent.stderr())?;
+        ensure!(
+            points.iter().all(|(_, v)| v.is_finite() && *v >= 0.0),
+            "{name} of {service}: {points:?}"
+        );
+    }
+
     // Lines written while the agent is down arrive after its restart; what was read before is skipped.
     let status = agent.terminate().await?;
     ensure!(

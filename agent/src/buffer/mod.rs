@@ -35,6 +35,7 @@ pub mod record;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use gantry_wal::{Wal, WalError, WalOptions, WalReader};
@@ -177,6 +178,9 @@ impl Buffer {
             shipped = 0;
         }
         telemetry.set_buffer(wal.size_bytes(), max_bytes);
+        telemetry
+            .unshipped_batches
+            .store(wal.last_seq() - shipped, Ordering::Relaxed);
         let (last_seq, _) = watch::channel(wal.last_seq());
         Ok(Arc::new(Buffer {
             epoch,
@@ -223,6 +227,9 @@ impl Buffer {
                 if pin {
                     state.pins.insert(seq);
                 }
+                self.telemetry
+                    .unshipped_batches
+                    .store(seq - state.shipped, Ordering::Relaxed);
                 self.telemetry
                     .set_buffer(state.wal.size_bytes(), self.max_bytes);
                 drop(state);
@@ -282,6 +289,10 @@ impl Buffer {
         })?;
         let mut state = self.lock();
         state.shipped = state.shipped.max(seq);
+        self.telemetry.unshipped_batches.store(
+            state.wal.last_seq().saturating_sub(state.shipped),
+            Ordering::Relaxed,
+        );
         let mut through = state.shipped;
         if let Some(&pin) = state.pins.first() {
             through = through.min(pin - 1);

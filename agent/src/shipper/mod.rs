@@ -391,7 +391,7 @@ fn error_reason(error: &reqwest::Error) -> String {
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(data.len() / 4 + 64),
-        flate2::Compression::default(),
+        flate2::Compression::fast(),
     );
     encoder.write_all(data).expect("writing into a Vec");
     encoder.finish().expect("writing into a Vec")

@@ -188,15 +188,23 @@ impl Batcher {
                     self.appended(records, &positions).await;
                     break Flushed::Done;
                 }
-                Ok(AppendOutcome::Full) => {
+                Ok(outcome @ (AppendOutcome::Full | AppendOutcome::Failed(_))) => {
+                    // Full: wait for the shipper. Failed: the buffer recovers itself (a full disk, say). Either way
+                    // the batch is kept and offered again, since the checkpoints cannot move past it.
                     if !paused {
                         paused = true;
                         self.telemetry
                             .sources_paused
                             .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            "disk buffer full; pausing container log reading until the shipper makes room"
-                        );
+                        match &outcome {
+                            AppendOutcome::Failed(message) => tracing::error!(
+                                error = %message,
+                                "disk buffer append failed; pausing container log reading and retrying"
+                            ),
+                            _ => tracing::warn!(
+                                "disk buffer full; pausing container log reading until the shipper makes room"
+                            ),
+                        }
                     }
                     tokio::select! {
                         () = stopped(stop) => {
@@ -205,13 +213,6 @@ impl Batcher {
                         }
                         () = tokio::time::sleep(FULL_RETRY) => {}
                     }
-                }
-                Ok(AppendOutcome::Failed(message)) => {
-                    tracing::error!(error = %message, records, "disk buffer append failed; container log records dropped");
-                    self.telemetry
-                        .dropped
-                        .add("buffer_failed", u64::from(records));
-                    break Flushed::Done;
                 }
                 Err(_) => break Flushed::Stopping,
             }

@@ -30,15 +30,13 @@ use anyhow::{Context, bail};
 
 /// How long the file source waits before offering a batch again after the buffer failed to append it.
 const FAILED_APPEND_RETRY: Duration = Duration::from_secs(1);
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::buffer::{AppendOutcome, AppendRequest, Buffer, BufferRecord, Signal};
 use crate::config::{AgentConfig, FileSourceConfig};
-use crate::sources::{agent_scope, host_name, kv, string_value};
+use crate::sources::{encode_logs, host_name, kv, string_value};
 use crate::telemetry::{Telemetry, now_unix_nanos};
 use checkpoint::{Checkpoints, FilePosition, Fingerprint, SourceState};
 use lines::{Frame, Framer};
@@ -134,14 +132,30 @@ impl FileSource {
         let checkpoint_path = config.data_dir.join("checkpoints.json");
         let mut checkpoints = Checkpoints::load(&checkpoint_path)?;
         let mut newer = false;
+        // A record that cannot be read (damaged on disk) ends the walk: the positions found so far stand, and the
+        // lines after them are read again (at least once), rather than the agent refusing to start.
         for record in buffer.read_from(checkpoints.buffer_seq + 1)? {
-            let (seq, bytes) = record?;
-            let record = BufferRecord::decode(&bytes)?;
-            if record.source_state.is_empty() {
+            let readable = record
+                .map_err(anyhow::Error::from)
+                .and_then(|(seq, bytes)| {
+                    let record = BufferRecord::decode(&bytes)?;
+                    let state = if record.source_state.is_empty() {
+                        None
+                    } else {
+                        Some(serde_json::from_slice::<SourceState>(&record.source_state)?)
+                    };
+                    Ok((seq, state))
+                });
+            let (seq, state) = match readable {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::error!(error = %error, "a disk buffer record cannot be read; file positions recovered up to it, the lines after them are read again");
+                    break;
+                }
+            };
+            let Some(state) = state else {
                 continue;
-            }
-            let state: SourceState = serde_json::from_slice(&record.source_state)
-                .with_context(|| format!("source state of buffer record {seq}"))?;
+            };
             checkpoints = Checkpoints {
                 buffer_seq: seq,
                 files: state.file,
@@ -510,34 +524,29 @@ impl FileSource {
         let positions = SourceState {
             file: self.tailers.iter().map(Tailer::position).collect(),
         };
-        let request = ExportLogsServiceRequest {
-            resource_logs: batch
-                .groups
-                .into_iter()
-                .map(|(_, path, service, records)| ResourceLogs {
-                    resource: Some(Resource {
-                        attributes: vec![
-                            kv("host.name", &self.host_name),
-                            kv("service.name", &service),
-                            kv("log.file.path", &path.to_string_lossy()),
-                        ],
-                        ..Default::default()
-                    }),
-                    scope_logs: vec![ScopeLogs {
-                        scope: Some(agent_scope()),
-                        log_records: records,
-                        ..Default::default()
-                    }],
+        let groups: Vec<(Resource, Vec<LogRecord>)> = batch
+            .groups
+            .into_iter()
+            .map(|(_, path, service, records)| {
+                let resource = Resource {
+                    attributes: vec![
+                        kv("host.name", &self.host_name),
+                        kv("service.name", &service),
+                        kv("log.file.path", &path.to_string_lossy()),
+                    ],
                     ..Default::default()
-                })
-                .collect(),
-        };
+                };
+                (resource, records)
+            })
+            .collect();
+        let payload = encode_logs(groups.iter().map(|(r, l)| (r, l.as_slice())));
+        drop(groups);
         let record = BufferRecord {
             signal: Signal::Logs,
             appended_unix_nanos: now_unix_nanos(),
             records: batch.records as u32,
             source_state: serde_json::to_vec(&positions)?,
-            payload: request.encode_to_vec(),
+            payload,
         };
         let mut paused = false;
         let outcome = loop {

@@ -1,7 +1,9 @@
 //! Rotation, truncation and restart behaviour of the file source, driven pass by pass against a real disk buffer.
 use super::*;
 use crate::config::RawConfig;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
+use prost::Message;
 
 /// A file source over `dir/*.log` with its own buffer in `dir/data`, driven by hand.
 struct Harness {
