@@ -1,7 +1,11 @@
 //! Severity, timestamp, message and attributes from a record's text: JSON lines, logfmt, or a configured regex; the raw text otherwise.
 
+use std::borrow::Cow;
+use std::fmt;
+
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use regex::Regex;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// What was understood of one record.
@@ -27,9 +31,9 @@ const MSG_KEYS: [&str; 2] = ["msg", "message"];
 pub fn parse(text: &str, regex: Option<&Regex>) -> Parsed {
     let trimmed = text.trim();
     if trimmed.starts_with('{')
-        && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(trimmed)
+        && let Some(parsed) = parse_json(trimmed)
     {
-        return from_json(map);
+        return parsed;
     }
     let (first, rest) = match text.split_once('\n') {
         Some((first, rest)) => (first, Some(rest)),
@@ -52,80 +56,201 @@ pub fn parse(text: &str, regex: Option<&Regex>) -> Parsed {
     parsed
 }
 
-fn from_json(map: serde_json::Map<String, Value>) -> Parsed {
-    let mut parsed = Parsed::default();
-    let mut body = None;
-    for (key, value) in map {
-        let k = key.as_str();
-        if parsed.severity.is_none() && LEVEL_KEYS.contains(&k) {
-            if let Some(severity) = json_severity(&value) {
-                parsed.severity = Some(severity);
+/// A JSON object, walked once: fields go straight into the record (no `serde_json::Value` tree, no map), strings
+/// are borrowed from the line when they hold no escapes, and attributes keep the line's order.
+fn parse_json(text: &str) -> Option<Parsed> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let JsonRecord(parsed) = JsonRecord::deserialize(&mut deserializer).ok()?;
+    deserializer.end().ok()?;
+    Some(parsed)
+}
+
+struct JsonRecord(Parsed);
+
+impl<'de> Deserialize<'de> for JsonRecord {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RecordVisitor)
+    }
+}
+
+struct RecordVisitor;
+
+impl<'de> Visitor<'de> for RecordVisitor {
+    type Value = JsonRecord;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonRecord, A::Error> {
+        let mut parsed = Parsed::default();
+        let mut body = None;
+        while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+            let value: Field<'de> = map.next_value()?;
+            let k = key.as_ref();
+            if parsed.severity.is_none() && LEVEL_KEYS.contains(&k) {
+                if let Some(severity) = value.severity() {
+                    parsed.severity = Some(severity);
+                    continue;
+                }
+            } else if parsed.time_unix_nano.is_none() && TIME_KEYS.contains(&k) {
+                if let Some(time) = value.time() {
+                    parsed.time_unix_nano = Some(time);
+                    continue;
+                }
+            } else if body.is_none() && MSG_KEYS.contains(&k) {
+                body = Some(value.into_text());
                 continue;
             }
-        } else if parsed.time_unix_nano.is_none() && TIME_KEYS.contains(&k) {
-            if let Some(time) = json_time(&value) {
-                parsed.time_unix_nano = Some(time);
-                continue;
-            }
-        } else if body.is_none() && MSG_KEYS.contains(&k) {
-            body = Some(match value {
-                Value::String(s) => s,
-                other => other.to_string(),
+            parsed.attributes.push(KeyValue {
+                key: key.into_owned(),
+                value: Some(value.into_any_value()),
+                ..Default::default()
             });
-            continue;
         }
-        parsed.attributes.push(KeyValue {
-            key,
-            value: Some(json_value(value)),
-            ..Default::default()
-        });
+        parsed.body = body.unwrap_or_default();
+        Ok(JsonRecord(parsed))
     }
-    parsed.body = body.unwrap_or_default();
-    parsed
 }
 
-fn json_severity(value: &Value) -> Option<(i32, String)> {
-    match value {
-        Value::String(s) => Some((severity_number(s), s.to_ascii_uppercase())),
-        // Bunyan / pino numeric levels.
-        Value::Number(n) => {
-            let n = n.as_i64()?;
-            let (number, text) = match n {
-                ..=10 => (1, "TRACE"),
-                11..=20 => (5, "DEBUG"),
-                21..=30 => (9, "INFO"),
-                31..=40 => (13, "WARN"),
-                41..=50 => (17, "ERROR"),
-                _ => (21, "FATAL"),
-            };
-            Some((number, text.to_owned()))
+/// A JSON string, borrowed from the line when it has no escapes.
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
         }
-        _ => None,
+        deserializer.deserialize_str(TextVisitor)
     }
 }
 
-fn json_time(value: &Value) -> Option<u64> {
-    match value {
-        Value::String(s) => parse_time(s),
-        Value::Number(n) => match n.as_u64() {
-            Some(i) => epoch_int_to_nanos(i),
-            None => epoch_to_nanos(n.as_f64()?),
-        },
-        _ => None,
+/// One field's value.
+enum Field<'de> {
+    Str(Cow<'de, str>),
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+    Bool(bool),
+    Null,
+    /// An object or array, as JSON text.
+    Nested(String),
+}
+
+impl<'de> Deserialize<'de> for Field<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl<'de> Visitor<'de> for FieldVisitor {
+            type Value = Field<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Field<'de>, E> {
+                Ok(Field::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field<'de>, E> {
+                Ok(Field::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Field<'de>, E> {
+                Ok(Field::Str(Cow::Owned(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Field<'de>, E> {
+                Ok(Field::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Field<'de>, E> {
+                Ok(match i64::try_from(v) {
+                    Ok(v) => Field::Int(v),
+                    Err(_) => Field::Uint(v),
+                })
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Field<'de>, E> {
+                Ok(Field::Float(v))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Field<'de>, E> {
+                Ok(Field::Bool(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Field<'de>, E> {
+                Ok(Field::Null)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Field<'de>, A::Error> {
+                let value = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Field::Nested(value.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Field<'de>, A::Error> {
+                let value = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(Field::Nested(value.to_string()))
+            }
+        }
+        deserializer.deserialize_any(FieldVisitor)
     }
 }
 
-fn json_value(value: Value) -> AnyValue {
-    let value = match value {
-        Value::String(s) => any_value::Value::StringValue(s),
-        Value::Bool(b) => any_value::Value::BoolValue(b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => any_value::Value::IntValue(i),
-            None => any_value::Value::DoubleValue(n.as_f64().unwrap_or(0.0)),
-        },
-        other => any_value::Value::StringValue(other.to_string()),
-    };
-    AnyValue { value: Some(value) }
+impl Field<'_> {
+    /// A level as a string, or Bunyan / pino numeric levels.
+    fn severity(&self) -> Option<(i32, String)> {
+        let n = match self {
+            Field::Str(s) => return Some((severity_number(s), s.to_ascii_uppercase())),
+            Field::Int(n) => *n,
+            Field::Uint(_) => i64::MAX,
+            _ => return None,
+        };
+        let (number, text) = match n {
+            ..=10 => (1, "TRACE"),
+            11..=20 => (5, "DEBUG"),
+            21..=30 => (9, "INFO"),
+            31..=40 => (13, "WARN"),
+            41..=50 => (17, "ERROR"),
+            _ => (21, "FATAL"),
+        };
+        Some((number, text.to_owned()))
+    }
+
+    fn time(&self) -> Option<u64> {
+        match self {
+            Field::Str(s) => parse_time(s),
+            Field::Int(n) => epoch_int_to_nanos(u64::try_from(*n).ok()?),
+            Field::Uint(n) => epoch_int_to_nanos(*n),
+            Field::Float(f) => epoch_to_nanos(*f),
+            _ => None,
+        }
+    }
+
+    /// The value as text, as JSON writes it (strings unquoted).
+    fn into_text(self) -> String {
+        match self {
+            Field::Str(s) => s.into_owned(),
+            Field::Int(n) => n.to_string(),
+            Field::Uint(n) => n.to_string(),
+            Field::Float(f) => Value::from(f).to_string(),
+            Field::Bool(b) => b.to_string(),
+            Field::Null => "null".to_owned(),
+            Field::Nested(text) => text,
+        }
+    }
+
+    fn into_any_value(self) -> AnyValue {
+        let value = match self {
+            Field::Bool(b) => any_value::Value::BoolValue(b),
+            Field::Int(n) => any_value::Value::IntValue(n),
+            Field::Uint(n) => any_value::Value::DoubleValue(n as f64),
+            Field::Float(f) => any_value::Value::DoubleValue(f),
+            other => any_value::Value::StringValue(other.into_text()),
+        };
+        AnyValue { value: Some(value) }
+    }
 }
 
 fn string_value(s: &str) -> AnyValue {
@@ -381,6 +506,37 @@ mod tests {
         // Not an object, or broken: raw.
         check("[1,2]", None, None, None, "[1,2]", &[]);
         check("{broken", None, None, None, "{broken", &[]);
+        // Escapes, nested values, numbers beyond i64, null, and a message that is not a string.
+        check(
+            r#"{"msg":{"a":[1,2]},"k\"ey":"tab\tand \u00e9","big":18446744073709551615,"nil":null,"f":1.5}"#,
+            None,
+            None,
+            None,
+            r#"{"a":[1,2]}"#,
+            &[
+                "big=18446744073709552000",
+                "f=1.5",
+                "k\"ey=tab\tand é",
+                "nil=null",
+            ],
+        );
+        check(
+            r#"{"level":"info","msg":"x","tags":["a","b"]}"#,
+            None,
+            None,
+            Some((9, "INFO")),
+            "x",
+            &["tags=[\"a\",\"b\"]"],
+        );
+        // Trailing text after the object: not a JSON line.
+        check(
+            r#"{"msg":"x"} tail"#,
+            None,
+            None,
+            None,
+            r#"{"msg":"x"} tail"#,
+            &[],
+        );
         // An unparseable time stays an attribute.
         check(
             r#"{"time":"yesterday","msg":"x"}"#,
