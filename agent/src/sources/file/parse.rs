@@ -265,18 +265,18 @@ fn parse_logfmt(line: &str) -> Option<Parsed> {
     let pairs = logfmt_pairs(line)?;
     let known = pairs
         .iter()
-        .any(|(k, _)| LEVEL_KEYS.contains(&k.as_str()) || MSG_KEYS.contains(&k.as_str()));
+        .any(|(k, _)| LEVEL_KEYS.contains(k) || MSG_KEYS.contains(k));
     if !known {
         return None;
     }
     Some(from_fields(pairs))
 }
 
-fn from_fields(fields: Vec<(String, String)>) -> Parsed {
+fn from_fields(fields: Vec<(&str, Cow<'_, str>)>) -> Parsed {
     let mut parsed = Parsed::default();
     let mut body = None;
     for (key, value) in fields {
-        let k = key.as_str();
+        let k = key;
         if parsed.severity.is_none() && LEVEL_KEYS.contains(&k) {
             parsed.severity = Some((severity_number(&value), value.to_ascii_uppercase()));
             continue;
@@ -289,11 +289,11 @@ fn from_fields(fields: Vec<(String, String)>) -> Parsed {
             continue;
         }
         if body.is_none() && MSG_KEYS.contains(&k) {
-            body = Some(value);
+            body = Some(value.into_owned());
             continue;
         }
         parsed.attributes.push(KeyValue {
-            key,
+            key: key.to_owned(),
             value: Some(string_value(&value)),
             ..Default::default()
         });
@@ -302,56 +302,75 @@ fn from_fields(fields: Vec<(String, String)>) -> Parsed {
     parsed
 }
 
-fn logfmt_pairs(line: &str) -> Option<Vec<(String, String)>> {
+/// `key=value` pairs over the whole line, borrowed from it (a quoted value with escapes is the only copy).
+fn logfmt_pairs(line: &str) -> Option<Vec<(&str, Cow<'_, str>)>> {
+    let line = line.trim();
+    let bytes = line.as_bytes();
     let mut pairs = Vec::new();
-    let mut chars = line.trim().chars().peekable();
-    while chars.peek().is_some() {
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' {
-                break;
-            }
-            if !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@')) {
+    let mut i = 0;
+    while i < bytes.len() {
+        let key_start = i;
+        while i < bytes.len() && bytes[i] != b'=' {
+            let c = bytes[i];
+            if !(c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'@')) {
                 return None;
             }
-            key.push(c);
-            chars.next();
+            i += 1;
         }
-        if key.is_empty() || chars.next() != Some('=') {
+        if i == key_start || i == bytes.len() {
             return None;
         }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
+        let key = &line[key_start..i];
+        i += 1; // '='
+        let value = if bytes.get(i) == Some(&b'"') {
+            i += 1;
+            let start = i;
+            let mut unescaped: Option<String> = None;
             loop {
-                match chars.next()? {
-                    '"' => break,
-                    '\\' => match chars.next()? {
-                        'n' => value.push('\n'),
-                        't' => value.push('\t'),
-                        other => value.push(other),
-                    },
-                    c => value.push(c),
+                match *bytes.get(i)? {
+                    b'"' => break,
+                    b'\\' => {
+                        let text = unescaped.get_or_insert_with(|| line[start..i].to_owned());
+                        // The escaped character may be multi-byte: take it whole.
+                        let next = line[i + 1..].chars().next()?;
+                        match next {
+                            'n' => text.push('\n'),
+                            't' => text.push('\t'),
+                            other => text.push(other),
+                        }
+                        i += 1 + next.len_utf8();
+                        continue;
+                    }
+                    _ => {}
                 }
+                let c = line[i..].chars().next()?;
+                if let Some(text) = unescaped.as_mut() {
+                    text.push(c);
+                }
+                i += c.len_utf8();
             }
-            if chars.peek().is_some_and(|c| !c.is_whitespace()) {
+            let value = match unescaped {
+                Some(text) => Cow::Owned(text),
+                None => Cow::Borrowed(&line[start..i]),
+            };
+            i += 1; // closing quote
+            if bytes.get(i).is_some_and(|c| !c.is_ascii_whitespace()) {
                 return None;
             }
+            value
         } else {
-            while let Some(&c) = chars.peek() {
-                if c.is_whitespace() {
-                    break;
-                }
-                if c == '"' || c == '=' {
+            let start = i;
+            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                if bytes[i] == b'"' || bytes[i] == b'=' {
                     return None;
                 }
-                value.push(c);
-                chars.next();
+                i += 1;
             }
-        }
+            Cow::Borrowed(&line[start..i])
+        };
         pairs.push((key, value));
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
         }
     }
     (!pairs.is_empty()).then_some(pairs)
@@ -364,8 +383,7 @@ fn parse_regex(regex: &Regex, line: &str) -> Option<Parsed> {
         .flatten()
         .filter_map(|name| {
             let value = caps.name(name)?.as_str();
-            let key = name;
-            Some((key.to_owned(), value.to_owned()))
+            Some((name, Cow::Borrowed(value)))
         })
         .collect();
     Some(from_fields(fields))
@@ -564,6 +582,31 @@ mod tests {
             Some(T),
             Some((5, "DEBUG")),
             "hi\n  detail line",
+            &[],
+        );
+        // Escapes (also of a multi-byte character), unicode values, an empty value.
+        check(
+            r#"level=info msg="tab\tnew\nline \é" city=Zürich empty= q="plain""#,
+            None,
+            None,
+            Some((9, "INFO")),
+            "tab\tnew\nline é",
+            &["city=Zürich", "empty=", "q=plain"],
+        );
+        check(
+            r#"level=info msg="x"y"#,
+            None,
+            None,
+            None,
+            r#"level=info msg="x"y"#,
+            &[],
+        );
+        check(
+            r#"level=info msg="ends\"#,
+            None,
+            None,
+            None,
+            r#"level=info msg="ends\"#,
             &[],
         );
         // Pairs without a level or message: not logfmt.
