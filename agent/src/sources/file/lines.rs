@@ -79,7 +79,7 @@ impl Framer {
     /// Feeds bytes read at [`Framer::read_offset`]; completed records go to `out`.
     pub fn push(&mut self, bytes: &[u8], now: Instant, out: &mut Vec<Frame>) {
         let mut rest = bytes;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', rest) {
             let (line, tail) = rest.split_at(pos + 1);
             self.read_to += line.len() as u64;
             if self.partial.is_empty() {
@@ -150,7 +150,11 @@ impl Framer {
     fn line(&mut self, raw: &[u8], now: Instant, out: &mut Vec<Frame>) {
         let end = self.read_to;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let text = String::from_utf8_lossy(raw);
+        // Valid UTF-8 (nearly every line) is checked by the fast validator and borrowed.
+        let text = match std::str::from_utf8(raw) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(raw),
+        };
         if text.trim().is_empty() {
             match &mut self.pending {
                 Some(p) => p.end = end,
