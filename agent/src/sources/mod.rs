@@ -63,13 +63,11 @@ impl Sink {
     }
 }
 
-/// Encodes an `ExportLogsServiceRequest` with one `ResourceLogs` per group and the agent's scope, straight from the
-/// parts: the same bytes as building the request and calling `encode_to_vec`, but each log record's length is
-/// computed once (prost's nested encoding computes it again at every level, which is most of the encoding time for
-/// small records).
-pub fn encode_logs<'a>(
-    groups: impl IntoIterator<Item = (&'a Resource, &'a [LogRecord])>,
-) -> Vec<u8> {
+/// Encodes an `ExportLogsServiceRequest` with one `ResourceLogs` per group and the agent's scope, from records
+/// already encoded as `ScopeLogs.log_records` entries (tag, length, `LogRecord`; see [`frame_log_records`]). The same
+/// bytes as building the request and calling `encode_to_vec`, without prost's repeated length passes over every
+/// record.
+pub fn encode_logs<'a>(groups: impl IntoIterator<Item = (&'a Resource, &'a [u8])>) -> Vec<u8> {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
     fn framed(len: usize) -> usize {
         1 + encoded_len_varint(len as u64) + len
@@ -82,9 +80,7 @@ pub fn encode_logs<'a>(
     let scope_len = scope.encoded_len();
     let mut out = Vec::new();
     for (resource, records) in groups {
-        let lens: Vec<usize> = records.iter().map(Message::encoded_len).collect();
-        let records_len: usize = lens.iter().map(|&len| framed(len)).sum();
-        let scope_logs_len = framed(scope_len) + records_len;
+        let scope_logs_len = framed(scope_len) + records.len();
         let resource_len = resource.encoded_len();
         let resource_logs_len = framed(resource_len) + framed(scope_logs_len);
         out.reserve(framed(resource_logs_len));
@@ -96,10 +92,16 @@ pub fn encode_logs<'a>(
         header(2, scope_logs_len, &mut out);
         header(1, scope_len, &mut out);
         scope.encode_raw(&mut out);
-        for (record, len) in records.iter().zip(lens) {
-            header(2, len, &mut out);
-            record.encode_raw(&mut out);
-        }
+        out.extend_from_slice(records);
+    }
+    out
+}
+
+/// `records` as `ScopeLogs.log_records` entries, for [`encode_logs`].
+pub fn frame_log_records(records: &[LogRecord]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for record in records {
+        prost::encoding::message::encode(2, record, &mut out);
     }
     out
 }
@@ -196,7 +198,11 @@ mod tests {
                 .collect(),
         }
         .encode_to_vec();
-        let ours = encode_logs(groups.iter().map(|(r, l)| (r, l.as_slice())));
+        let framed: Vec<(Resource, Vec<u8>)> = groups
+            .iter()
+            .map(|(r, l)| (r.clone(), frame_log_records(l)))
+            .collect();
+        let ours = encode_logs(framed.iter().map(|(r, l)| (r, l.as_slice())));
         assert_eq!(ours, expected);
     }
 }

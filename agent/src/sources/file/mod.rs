@@ -15,6 +15,7 @@
 //! [`checkpoint`] for how positions are persisted and recovered.
 
 pub mod checkpoint;
+mod encode;
 pub mod glob;
 pub mod lines;
 pub mod parse;
@@ -30,13 +31,12 @@ use anyhow::{Context, bail};
 
 /// How long the file source waits before offering a batch again after the buffer failed to append it.
 const FAILED_APPEND_RETRY: Duration = Duration::from_secs(1);
-use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::buffer::{AppendOutcome, AppendRequest, Buffer, BufferRecord, Signal};
 use crate::config::{AgentConfig, FileSourceConfig};
-use crate::sources::{encode_logs, host_name, kv, string_value};
+use crate::sources::{encode_logs, host_name, kv};
 use crate::telemetry::{Telemetry, now_unix_nanos};
 use checkpoint::{Checkpoints, FilePosition, Fingerprint, SourceState};
 use lines::{Frame, Framer};
@@ -94,7 +94,8 @@ impl Tailer {
 /// A batch being filled: records grouped by file, in read order.
 #[derive(Default)]
 struct Batch {
-    groups: Vec<(FileKey, PathBuf, String, Vec<LogRecord>)>,
+    /// Per file: its key, path, service and its records encoded as `ScopeLogs.log_records` entries.
+    groups: Vec<(FileKey, PathBuf, String, Vec<u8>)>,
     records: usize,
     lines: u64,
     bytes: usize,
@@ -480,7 +481,7 @@ impl FileSource {
         let config = &self.sources[tailer.source].1;
         let mut lines = 0;
         let count = frames.len() as u64;
-        let mut records = Vec::with_capacity(frames.len());
+        let mut records = Vec::with_capacity(frames.len() * 256);
         for frame in frames.drain(..) {
             lines += frame.lines;
             self.batch.bytes += frame.text.len() + 64;
@@ -489,24 +490,19 @@ impl FileSource {
             // per file so that their order survives.
             let observed = frame.read_unix_nanos.max(tailer.last_time + 1);
             tailer.last_time = observed;
-            let time = parsed.time_unix_nano.unwrap_or(observed);
-            let (severity_number, severity_text) = parsed.severity.unwrap_or_default();
-            records.push(LogRecord {
-                time_unix_nano: time,
+            encode::Record {
+                time_unix_nano: parsed.time_unix_nano.unwrap_or(observed),
                 observed_time_unix_nano: observed,
-                severity_number,
-                severity_text,
-                body: Some(string_value(parsed.body)),
-                attributes: parsed.attributes,
-                ..Default::default()
-            });
+                parsed: &parsed,
+            }
+            .write_framed(&mut records);
         }
         self.telemetry.read(&config.pattern, lines, count);
-        self.batch.records += records.len();
+        self.batch.records += count as usize;
         self.batch.lines += lines;
         self.batch.started.get_or_insert_with(Instant::now);
         match self.batch.groups.last_mut() {
-            Some((key, _, _, group)) if *key == tailer.key => group.extend(records),
+            Some((key, _, _, group)) if *key == tailer.key => group.extend_from_slice(&records),
             _ => self.batch.groups.push((
                 tailer.key,
                 tailer.path.clone(),
@@ -524,7 +520,7 @@ impl FileSource {
         let positions = SourceState {
             file: self.tailers.iter().map(Tailer::position).collect(),
         };
-        let groups: Vec<(Resource, Vec<LogRecord>)> = batch
+        let groups: Vec<(Resource, Vec<u8>)> = batch
             .groups
             .into_iter()
             .map(|(_, path, service, records)| {

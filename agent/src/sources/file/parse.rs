@@ -3,22 +3,57 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use regex::Regex;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-/// What was understood of one record.
+/// What was understood of one record, borrowing from its text wherever it can.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Parsed {
+pub struct Parsed<'a> {
     /// The event time, if the record carried one.
     pub time_unix_nano: Option<u64>,
-    /// OTLP severity number (0 when unknown) and the text as written.
-    pub severity: Option<(i32, String)>,
+    /// OTLP severity number (0 when unknown) and the text as written, upper-cased.
+    pub severity: Option<(i32, Cow<'a, str>)>,
     /// The message (the whole record when nothing was parsed).
-    pub body: String,
+    pub body: Cow<'a, str>,
     /// Every other field.
-    pub attributes: Vec<KeyValue>,
+    pub attributes: Vec<(Cow<'a, str>, Attr<'a>)>,
+}
+
+/// An attribute's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attr<'a> {
+    /// Text.
+    Str(Cow<'a, str>),
+    /// A whole number.
+    Int(i64),
+    /// Any other number.
+    Double(f64),
+    /// `true` or `false`.
+    Bool(bool),
+}
+
+impl Attr<'_> {
+    /// As an OTLP value.
+    pub fn to_any_value(&self) -> AnyValue {
+        let value = match self {
+            Attr::Str(s) => any_value::Value::StringValue(s.to_string()),
+            Attr::Int(n) => any_value::Value::IntValue(*n),
+            Attr::Double(f) => any_value::Value::DoubleValue(*f),
+            Attr::Bool(b) => any_value::Value::BoolValue(*b),
+        };
+        AnyValue { value: Some(value) }
+    }
+}
+
+/// `level` upper-cased, borrowed when it already is.
+fn upper(level: Cow<'_, str>) -> Cow<'_, str> {
+    if level.bytes().any(|b| b.is_ascii_lowercase()) {
+        Cow::Owned(level.to_ascii_uppercase())
+    } else {
+        level
+    }
 }
 
 const LEVEL_KEYS: [&str; 3] = ["level", "severity", "lvl"];
@@ -28,7 +63,7 @@ const MSG_KEYS: [&str; 2] = ["msg", "message"];
 /// Parses `text` (one record, possibly several lines): JSON object, then logfmt, then `regex`;
 /// the raw text is the body when none applies. Continuation lines of a multi-line record are
 /// appended to the parsed message.
-pub fn parse(text: &str, regex: Option<&Regex>) -> Parsed {
+pub fn parse<'a>(text: &'a str, regex: Option<&Regex>) -> Parsed<'a> {
     let trimmed = text.trim();
     if trimmed.starts_with('{')
         && let Some(parsed) = parse_json(trimmed)
@@ -44,30 +79,31 @@ pub fn parse(text: &str, regex: Option<&Regex>) -> Parsed {
         Some(parsed) => parsed,
         None => {
             return Parsed {
-                body: text.to_owned(),
+                body: Cow::Borrowed(text),
                 ..Parsed::default()
             };
         }
     };
     if let Some(rest) = rest {
-        parsed.body.push('\n');
-        parsed.body.push_str(rest);
+        let body = parsed.body.to_mut();
+        body.push('\n');
+        body.push_str(rest);
     }
     parsed
 }
 
 /// A JSON object, walked once: fields go straight into the record (no `serde_json::Value` tree, no map), strings
 /// are borrowed from the line when they hold no escapes, and attributes keep the line's order.
-fn parse_json(text: &str) -> Option<Parsed> {
+fn parse_json(text: &str) -> Option<Parsed<'_>> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let JsonRecord(parsed) = JsonRecord::deserialize(&mut deserializer).ok()?;
     deserializer.end().ok()?;
     Some(parsed)
 }
 
-struct JsonRecord(Parsed);
+struct JsonRecord<'de>(Parsed<'de>);
 
-impl<'de> Deserialize<'de> for JsonRecord {
+impl<'de> Deserialize<'de> for JsonRecord<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_map(RecordVisitor)
     }
@@ -76,13 +112,13 @@ impl<'de> Deserialize<'de> for JsonRecord {
 struct RecordVisitor;
 
 impl<'de> Visitor<'de> for RecordVisitor {
-    type Value = JsonRecord;
+    type Value = JsonRecord<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonRecord, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonRecord<'de>, A::Error> {
         let mut parsed = Parsed::default();
         let mut body = None;
         while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
@@ -102,11 +138,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
                 body = Some(value.into_text());
                 continue;
             }
-            parsed.attributes.push(KeyValue {
-                key: key.into_owned(),
-                value: Some(value.into_any_value()),
-                ..Default::default()
-            });
+            parsed.attributes.push((key, value.into_attr()));
         }
         parsed.body = body.unwrap_or_default();
         Ok(JsonRecord(parsed))
@@ -198,11 +230,11 @@ impl<'de> Deserialize<'de> for Field<'de> {
     }
 }
 
-impl Field<'_> {
+impl<'de> Field<'de> {
     /// A level as a string, or Bunyan / pino numeric levels.
-    fn severity(&self) -> Option<(i32, String)> {
+    fn severity(&self) -> Option<(i32, Cow<'de, str>)> {
         let n = match self {
-            Field::Str(s) => return Some((severity_number(s), s.to_ascii_uppercase())),
+            Field::Str(s) => return Some((severity_number(s), upper(s.clone()))),
             Field::Int(n) => *n,
             Field::Uint(_) => i64::MAX,
             _ => return None,
@@ -215,7 +247,7 @@ impl Field<'_> {
             41..=50 => (17, "ERROR"),
             _ => (21, "FATAL"),
         };
-        Some((number, text.to_owned()))
+        Some((number, Cow::Borrowed(text)))
     }
 
     fn time(&self) -> Option<u64> {
@@ -229,39 +261,32 @@ impl Field<'_> {
     }
 
     /// The value as text, as JSON writes it (strings unquoted).
-    fn into_text(self) -> String {
+    fn into_text(self) -> Cow<'de, str> {
         match self {
-            Field::Str(s) => s.into_owned(),
-            Field::Int(n) => n.to_string(),
-            Field::Uint(n) => n.to_string(),
-            Field::Float(f) => Value::from(f).to_string(),
-            Field::Bool(b) => b.to_string(),
-            Field::Null => "null".to_owned(),
-            Field::Nested(text) => text,
+            Field::Str(s) => s,
+            Field::Int(n) => Cow::Owned(n.to_string()),
+            Field::Uint(n) => Cow::Owned(n.to_string()),
+            Field::Float(f) => Cow::Owned(Value::from(f).to_string()),
+            Field::Bool(b) => Cow::Borrowed(if b { "true" } else { "false" }),
+            Field::Null => Cow::Borrowed("null"),
+            Field::Nested(text) => Cow::Owned(text),
         }
     }
 
-    fn into_any_value(self) -> AnyValue {
-        let value = match self {
-            Field::Bool(b) => any_value::Value::BoolValue(b),
-            Field::Int(n) => any_value::Value::IntValue(n),
-            Field::Uint(n) => any_value::Value::DoubleValue(n as f64),
-            Field::Float(f) => any_value::Value::DoubleValue(f),
-            other => any_value::Value::StringValue(other.into_text()),
-        };
-        AnyValue { value: Some(value) }
-    }
-}
-
-fn string_value(s: &str) -> AnyValue {
-    AnyValue {
-        value: Some(any_value::Value::StringValue(s.to_owned())),
+    fn into_attr(self) -> Attr<'de> {
+        match self {
+            Field::Bool(b) => Attr::Bool(b),
+            Field::Int(n) => Attr::Int(n),
+            Field::Uint(n) => Attr::Double(n as f64),
+            Field::Float(f) => Attr::Double(f),
+            other => Attr::Str(other.into_text()),
+        }
     }
 }
 
 /// Parses `key=value key="quoted value"` pairs; `None` unless the whole line is pairs and one
 /// of them is a level or a message.
-fn parse_logfmt(line: &str) -> Option<Parsed> {
+fn parse_logfmt(line: &str) -> Option<Parsed<'_>> {
     let pairs = logfmt_pairs(line)?;
     let known = pairs
         .iter()
@@ -269,16 +294,21 @@ fn parse_logfmt(line: &str) -> Option<Parsed> {
     if !known {
         return None;
     }
-    Some(from_fields(pairs))
+    Some(from_fields(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (Cow::Borrowed(k), v))
+            .collect(),
+    ))
 }
 
-fn from_fields(fields: Vec<(&str, Cow<'_, str>)>) -> Parsed {
+fn from_fields<'a>(fields: Vec<(Cow<'a, str>, Cow<'a, str>)>) -> Parsed<'a> {
     let mut parsed = Parsed::default();
     let mut body = None;
     for (key, value) in fields {
-        let k = key;
+        let k = key.as_ref();
         if parsed.severity.is_none() && LEVEL_KEYS.contains(&k) {
-            parsed.severity = Some((severity_number(&value), value.to_ascii_uppercase()));
+            parsed.severity = Some((severity_number(&value), upper(value)));
             continue;
         }
         if parsed.time_unix_nano.is_none()
@@ -289,14 +319,10 @@ fn from_fields(fields: Vec<(&str, Cow<'_, str>)>) -> Parsed {
             continue;
         }
         if body.is_none() && MSG_KEYS.contains(&k) {
-            body = Some(value.into_owned());
+            body = Some(value);
             continue;
         }
-        parsed.attributes.push(KeyValue {
-            key: key.to_owned(),
-            value: Some(string_value(&value)),
-            ..Default::default()
-        });
+        parsed.attributes.push((key, Attr::Str(value)));
     }
     parsed.body = body.unwrap_or_default();
     parsed
@@ -376,14 +402,14 @@ fn logfmt_pairs(line: &str) -> Option<Vec<(&str, Cow<'_, str>)>> {
     (!pairs.is_empty()).then_some(pairs)
 }
 
-fn parse_regex(regex: &Regex, line: &str) -> Option<Parsed> {
+fn parse_regex<'a>(regex: &Regex, line: &'a str) -> Option<Parsed<'a>> {
     let caps = regex.captures(line)?;
     let fields = regex
         .capture_names()
         .flatten()
         .filter_map(|name| {
             let value = caps.name(name)?.as_str();
-            Some((name, Cow::Borrowed(value)))
+            Some((Cow::Owned(name.to_owned()), Cow::Borrowed(value)))
         })
         .collect();
     Some(from_fields(fields))
@@ -391,15 +417,32 @@ fn parse_regex(regex: &Regex, line: &str) -> Option<Parsed> {
 
 /// OTLP severity number for a level name (0 when unknown).
 pub fn severity_number(level: &str) -> i32 {
-    match level.to_ascii_lowercase().as_str() {
-        "trace" | "trc" => 1,
-        "debug" | "dbg" => 5,
-        "info" | "inf" | "information" | "notice" => 9,
-        "warn" | "warning" | "wrn" => 13,
-        "error" | "err" | "eror" => 17,
-        "fatal" | "critical" | "crit" | "panic" | "emerg" | "alert" => 21,
-        _ => 0,
-    }
+    const NAMES: [(&str, i32); 20] = [
+        ("trace", 1),
+        ("trc", 1),
+        ("debug", 5),
+        ("dbg", 5),
+        ("info", 9),
+        ("inf", 9),
+        ("information", 9),
+        ("notice", 9),
+        ("warn", 13),
+        ("warning", 13),
+        ("wrn", 13),
+        ("error", 17),
+        ("err", 17),
+        ("eror", 17),
+        ("fatal", 21),
+        ("critical", 21),
+        ("crit", 21),
+        ("panic", 21),
+        ("emerg", 21),
+        ("alert", 21),
+    ];
+    NAMES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(level))
+        .map_or(0, |&(_, number)| number)
 }
 
 /// RFC 3339 (also with a space instead of `T`) or a number of seconds, milliseconds,
@@ -470,22 +513,21 @@ mod tests {
         assert_eq!(parsed.time_unix_nano, time, "time of {text:?}");
         assert_eq!(
             parsed.severity,
-            severity.map(|(n, s)| (n, s.to_owned())),
+            severity.map(|(n, s)| (n, Cow::Borrowed(s))),
             "severity of {text:?}"
         );
         assert_eq!(parsed.body, body, "body of {text:?}");
         let mut attrs: Vec<String> = parsed
             .attributes
             .iter()
-            .map(|kv| {
-                let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                    Some(any_value::Value::StringValue(s)) => s.clone(),
-                    Some(any_value::Value::IntValue(i)) => i.to_string(),
-                    Some(any_value::Value::BoolValue(b)) => b.to_string(),
-                    Some(any_value::Value::DoubleValue(d)) => d.to_string(),
-                    other => format!("{other:?}"),
+            .map(|(key, value)| {
+                let v = match value {
+                    Attr::Str(s) => s.to_string(),
+                    Attr::Int(i) => i.to_string(),
+                    Attr::Bool(b) => b.to_string(),
+                    Attr::Double(d) => d.to_string(),
                 };
-                format!("{}={v}", kv.key)
+                format!("{key}={v}")
             })
             .collect();
         attrs.sort();
