@@ -255,9 +255,22 @@ async fn metric_points(
 /// stopped arrive after its restart, and nothing is read twice.
 #[tokio::test]
 async fn container_logs_and_metrics_reach_the_plane_once() -> Result<()> {
-    docker(&["version", "--format", "{{.Server.Version}}"])
-        .context("this test needs a reachable Docker engine; it does not skip")?;
-    ensure_image()?;
+    // Like the Python SDK: without an engine, say so loudly and skip, except in CI (`CI=true`), where it must run.
+    if let Err(error) = docker(&["version", "--format", "{{.Server.Version}}"]) {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            return Err(
+                error.context("this test needs a reachable Docker engine (CI=true: no skipping)")
+            );
+        }
+        eprintln!(
+            "SKIPPED container_logs_and_metrics_reach_the_plane_once: no reachable Docker engine ({error:#}); \
+             CI=true makes this a failure"
+        );
+        return Ok(());
+    }
+    ensure_image().context(
+        "building the test image (it needs busybox-static: apt-get install busybox-static)",
+    )?;
 
     let tmp = tempfile::tempdir()?;
     let (plane, [ingest, viewer]) =
