@@ -253,13 +253,21 @@ fn write_endpoints(data_dir: &Path, endpoints: &serde_json::Value) -> anyhow::Re
     write_atomic(&path, &body).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Writes a small file through a temporary file, fsync and rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+/// Replaces a small file durably: a temporary file beside it (`NAME.tmp`), fsync, rename, then an fsync of the
+/// directory so that the rename itself survives a power loss. Every state file of the agent is written this way.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
     file.sync_data()?;
-    std::fs::rename(&tmp, path)
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -33,7 +33,6 @@
 pub mod record;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -308,16 +307,8 @@ impl Buffer {
 
 /// Writes `DATA_DIR/shipped-seq` atomically (temp file, fsync, rename).
 fn write_cursor(path: &Path, seq: u64) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    writeln!(file, "{seq}")?;
-    file.sync_data()?;
-    std::fs::rename(&tmp, path)?;
-    // The rename itself must survive a power loss, or the cursor could go back behind what the plane dedups.
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    // The rename must survive a power loss too, or the cursor could go back behind what the plane dedups.
+    crate::write_atomic(path, format!("{seq}\n").as_bytes())
 }
 
 /// Starts the writer thread: it serves [`AppendRequest`]s until every sender is dropped.

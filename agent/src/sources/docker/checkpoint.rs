@@ -14,7 +14,6 @@
 //! such a line can be read twice, or skipped after a restart that falls exactly between them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -157,7 +156,7 @@ impl Positions {
         let bytes = serde_json::to_vec_pretty(&self.snapshot()).map_err(std::io::Error::other)?;
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            let result = write_atomic(&path, &bytes);
+            let result = crate::write_atomic(&path, &bytes);
             drop(writing);
             result
         })
@@ -172,21 +171,6 @@ fn read_file(path: &Path) -> std::io::Result<CheckpointFile> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(CheckpointFile::default()),
         Err(error) => Err(error),
     }
-}
-
-/// Replaces `path` with `bytes` through a temporary file that is fsynced before the rename, then fsyncs the
-/// directory so the rename itself survives a crash.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

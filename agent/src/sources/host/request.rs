@@ -101,30 +101,17 @@ fn cpu(out: &mut Metrics, snapshot: &Snapshot, previous: Option<&CpuTimes>) {
 fn memory(out: &mut Metrics, snapshot: &Snapshot) {
     let memory = &snapshot.memory;
     if let (Some(total), Some(states)) = (memory.total, memory.memory_states()) {
-        out.sum(
-            "system.memory.usage",
-            "By",
-            "Memory in each state; the states add up to the total.",
-            false,
-            states
-                .iter()
-                .map(|(state, bytes)| (vec![kv("system.memory.state", state)], int(*bytes)))
-                .collect(),
-        );
-        if total > 0 {
-            out.gauge(
-                "system.memory.utilization",
-                "1",
+        states_and_shares(
+            out,
+            ("system.memory.usage", "system.memory.utilization"),
+            "system.memory.state",
+            (
+                "Memory in each state; the states add up to the total.",
                 "Share of the total memory in each state.",
-                states
-                    .iter()
-                    .map(|(state, bytes)| {
-                        let share = *bytes as f64 / total as f64;
-                        (vec![kv("system.memory.state", state)], double(share))
-                    })
-                    .collect(),
-            );
-        }
+            ),
+            total,
+            &states,
+        );
     }
     out.sum(
         "system.memory.limit",
@@ -138,30 +125,52 @@ fn memory(out: &mut Metrics, snapshot: &Snapshot) {
             .collect(),
     );
     if let (Some(total), Some(states)) = (memory.swap_total, memory.swap_states()) {
-        out.sum(
-            "system.paging.usage",
-            "By",
-            "Swap space used and free.",
-            false,
+        states_and_shares(
+            out,
+            ("system.paging.usage", "system.paging.utilization"),
+            "system.paging.state",
+            (
+                "Swap space used and free.",
+                "Share of the swap space used and free.",
+            ),
+            total,
+            &states,
+        );
+    }
+}
+
+/// A usage sum in bytes per state and, when `total` is known, the share of each state as a gauge.
+fn states_and_shares<S: AsRef<str>>(
+    out: &mut Metrics,
+    (usage, utilization): (&str, &str),
+    attribute: &str,
+    (usage_help, utilization_help): (&str, &str),
+    total: u64,
+    states: &[(S, u64)],
+) {
+    out.sum(
+        usage,
+        "By",
+        usage_help,
+        false,
+        states
+            .iter()
+            .map(|(state, bytes)| (vec![kv(attribute, state.as_ref())], int(*bytes)))
+            .collect(),
+    );
+    if total > 0 {
+        out.gauge(
+            utilization,
+            "1",
+            utilization_help,
             states
                 .iter()
-                .map(|(state, bytes)| (vec![kv("system.paging.state", state)], int(*bytes)))
+                .map(|(state, bytes)| {
+                    let share = *bytes as f64 / total as f64;
+                    (vec![kv(attribute, state.as_ref())], double(share))
+                })
                 .collect(),
         );
-        if total > 0 {
-            out.gauge(
-                "system.paging.utilization",
-                "1",
-                "Share of the swap space used and free.",
-                states
-                    .iter()
-                    .map(|(state, bytes)| {
-                        let share = *bytes as f64 / total as f64;
-                        (vec![kv("system.paging.state", state)], double(share))
-                    })
-                    .collect(),
-            );
-        }
     }
 }
 
