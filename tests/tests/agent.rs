@@ -267,13 +267,42 @@ async fn outage_and_agent_crash_lose_and_repeat_nothing() -> Result<()> {
     Ok(())
 }
 
+/// A fake plane's answer: `status` with an empty OTLP response, and `Retry-After: retry_after_secs` on a 429.
+fn fake_answer(status: u16, retry_after_secs: u64) -> impl axum::response::IntoResponse {
+    use prost::Message;
+    let mut headers = axum::http::HeaderMap::new();
+    if status == 429 {
+        headers.insert("retry-after", retry_after_secs.into());
+    }
+    (
+        axum::http::StatusCode::from_u16(status).expect("status"),
+        headers,
+        ExportLogsServiceResponse::default().encode_to_vec(),
+    )
+}
+
+/// Serves a fake plane on a free loopback port.
+async fn serve_fake_plane(
+    app: axum::Router,
+) -> Result<(
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    Ok((
+        addr,
+        tokio::spawn(async move { axum::serve(listener, app).await }),
+    ))
+}
+
 /// What the fake plane saw: (batch id, status answered, decoded request).
 type Seen = Arc<Mutex<Vec<(String, u16, ExportLogsServiceRequest)>>>;
 
 /// A 429 with `Retry-After: 1` is retried with the same batch id until accepted, and counted.
 #[tokio::test]
 async fn too_many_requests_is_retried_with_the_same_batch_id() -> Result<()> {
-    use axum::http::{HeaderMap, StatusCode};
+    use axum::http::HeaderMap;
     use prost::Message;
 
     let seen: Seen = Arc::default();
@@ -308,22 +337,12 @@ async fn too_many_requests_is_retried_with_the_same_batch_id() -> Result<()> {
                         200
                     };
                     seen.push((id, status, request));
-                    let mut out = HeaderMap::new();
-                    if status == 429 {
-                        out.insert("retry-after", "1".parse().expect("header"));
-                    }
-                    (
-                        StatusCode::from_u16(status).expect("status"),
-                        out,
-                        ExportLogsServiceResponse::default().encode_to_vec(),
-                    )
+                    fake_answer(status, 1)
                 },
             ),
         )
         .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (addr, server) = serve_fake_plane(app).await?;
 
     let tmp = tempfile::tempdir()?;
     let logs = tmp.path().join("logs");
@@ -384,7 +403,7 @@ type Attempts = Arc<Mutex<Vec<(std::time::Instant, String, u16, usize)>>>;
 /// the agent waits as told before every retry, delivers every line once, and its memory stays bounded.
 #[tokio::test]
 async fn overload_is_waited_out_as_told_with_bounded_memory() -> Result<()> {
-    use axum::http::{HeaderMap, StatusCode};
+    use axum::http::HeaderMap;
     use prost::Message;
 
     const RETRY_AFTER_SECS: u64 = 2;
@@ -416,22 +435,12 @@ async fn overload_is_waited_out_as_told_with_bounded_memory() -> Result<()> {
                     let mut attempts = attempts.lock().expect("lock");
                     let status = if attempts.len() < REFUSALS { 429 } else { 200 };
                     attempts.push((std::time::Instant::now(), id, status, records));
-                    let mut out = HeaderMap::new();
-                    if status == 429 {
-                        out.insert("retry-after", RETRY_AFTER_SECS.into());
-                    }
-                    (
-                        StatusCode::from_u16(status).expect("status"),
-                        out,
-                        ExportLogsServiceResponse::default().encode_to_vec(),
-                    )
+                    fake_answer(status, RETRY_AFTER_SECS)
                 },
             ),
         )
         .with_state(attempts.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (addr, server) = serve_fake_plane(app).await?;
 
     let tmp = tempfile::tempdir()?;
     let logs = tmp.path().join("logs");
