@@ -148,6 +148,13 @@ impl TokenStore {
         Ok(revoked.expect("set by the update"))
     }
 
+    /// Whether a token with this id exists (not revoked).
+    pub fn exists(&self, id: &str) -> bool {
+        self.reload_if_changed();
+        let loaded = self.loaded.read().expect("token lock poisoned");
+        loaded.tokens.iter().any(|(_, info)| info.id == id)
+    }
+
     /// The token's identity when `secret` is a valid, unrevoked token.
     pub fn authenticate(&self, secret: &str) -> Option<TokenInfo> {
         self.reload_if_changed();

@@ -43,6 +43,14 @@ pub enum NodeError {
         /// What is wrong with it.
         message: String,
     },
+    /// The agent id belongs to another, still existing token.
+    #[error(
+        "agent id `{agent_id}` is registered by another token: only that token or an admin token may heartbeat for it (revoke the old token to move the node to a new one)"
+    )]
+    Owned {
+        /// The agent id.
+        agent_id: String,
+    },
     /// The registry holds [`MAX_NODES`] nodes and this heartbeat is from a new one.
     #[error(
         "the plane already tracks {MAX_NODES} nodes, its limit: this node is not registered; stop the plane and remove the nodes that are gone from DATA_DIR/nodes.json"
@@ -68,6 +76,9 @@ struct StoredNode {
     interval_ms: u64,
     facts: NodeFacts,
     shipping: NodeShipping,
+    /// Id of the token that registered the node (empty in files from before ownership: the next heartbeat claims it).
+    #[serde(default)]
+    token_id: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -88,6 +99,8 @@ struct Node {
     heard: Option<Instant>,
     /// Whether the sweep logged it down since its last heartbeat.
     reported_down: bool,
+    /// The token that registered the node; only it (or an admin token) may heartbeat for it while it exists.
+    token_id: String,
 }
 
 impl Node {
@@ -109,8 +122,20 @@ impl Node {
             interval_ms: self.interval_ms,
             facts: NodeFacts::clone(&self.facts),
             shipping: self.shipping.clone(),
+            token_id: self.token_id.clone(),
         }
     }
+}
+
+/// Who sends a heartbeat, for the ownership check: an agent id belongs to the token that registered it, so that
+/// another `ingest` token (every app holds one) cannot overwrite a node's facts.
+pub struct Sender<'a> {
+    /// The sending token's id.
+    pub token_id: &'a str,
+    /// Admin tokens may heartbeat for any node.
+    pub admin: bool,
+    /// Whether a token id still exists: a node whose token was revoked may be claimed by the next token.
+    pub token_exists: &'a dyn Fn(&str) -> bool,
 }
 
 #[derive(Debug, Default)]
@@ -193,6 +218,7 @@ impl NodeRegistry {
                     interval_ms: stored.interval_ms,
                     heard: None,
                     reported_down: false,
+                    token_id: stored.token_id,
                 };
                 (node.facts.agent_id.clone(), node)
             })
@@ -214,14 +240,19 @@ impl NodeRegistry {
         })
     }
 
-    /// Records a heartbeat: registers the node or refreshes it.
-    pub fn heartbeat(&self, heartbeat: NodeHeartbeat) -> Result<Heard, NodeError> {
-        self.heartbeat_at(heartbeat, Instant::now(), Utc::now())
+    /// Records a heartbeat from `sender`: registers the node (owned by the sender's token) or refreshes it.
+    pub fn heartbeat(
+        &self,
+        heartbeat: NodeHeartbeat,
+        sender: &Sender<'_>,
+    ) -> Result<Heard, NodeError> {
+        self.heartbeat_at(heartbeat, sender, Instant::now(), Utc::now())
     }
 
     fn heartbeat_at(
         &self,
         heartbeat: NodeHeartbeat,
+        sender: &Sender<'_>,
         now: Instant,
         wall: DateTime<Utc>,
     ) -> Result<Heard, NodeError> {
@@ -253,11 +284,31 @@ impl NodeRegistry {
                     last_seen: wall,
                     heard: Some(now),
                     reported_down: false,
+                    token_id: sender.token_id.to_owned(),
                 });
                 (true, true)
             }
             std::collections::hash_map::Entry::Occupied(mut occupied) => {
                 let node = occupied.get_mut();
+                let mut claimed = false;
+                if node.token_id != sender.token_id {
+                    if !sender.admin
+                        && !node.token_id.is_empty()
+                        && (sender.token_exists)(&node.token_id)
+                    {
+                        return Err(NodeError::Owned {
+                            agent_id: facts.agent_id,
+                        });
+                    }
+                    if !sender.admin {
+                        tracing::info!(
+                            agent_id = %facts.agent_id,
+                            "node claimed by a new token (its previous token is gone)"
+                        );
+                        node.token_id = sender.token_id.to_owned();
+                        claimed = true;
+                    }
+                }
                 match node.heard {
                     None => tracing::debug!(
                         agent_id = %facts.agent_id,
@@ -278,8 +329,8 @@ impl NodeRegistry {
                     }
                     Some(_) => {}
                 }
-                let changed = *node.facts != facts;
-                if changed {
+                let changed = *node.facts != facts || claimed;
+                if *node.facts != facts {
                     node.facts = Arc::new(facts);
                 }
                 node.shipping = shipping;
@@ -566,6 +617,19 @@ mod tests {
 
     use super::*;
 
+    fn always(_: &str) -> bool {
+        true
+    }
+
+    /// The one ingest token of these tests.
+    fn sender() -> Sender<'static> {
+        Sender {
+            token_id: "t1",
+            admin: false,
+            token_exists: &always,
+        }
+    }
+
     fn heartbeat(agent_id: &str, hostname: &str, interval_ms: u64) -> NodeHeartbeat {
         NodeHeartbeat {
             facts: NodeFacts {
@@ -625,11 +689,16 @@ mod tests {
         let nodes = registry(dir.path(), 2);
         let t0 = Instant::now();
         let first = nodes
-            .heartbeat_at(heartbeat("a1", "web-1", 200), t0, Utc::now())
+            .heartbeat_at(heartbeat("a1", "web-1", 200), &sender(), t0, Utc::now())
             .unwrap();
         assert!(first.registered && first.unsaved);
         let again = nodes
-            .heartbeat_at(heartbeat("a1", "web-1", 200), t0 + ms(200), Utc::now())
+            .heartbeat_at(
+                heartbeat("a1", "web-1", 200),
+                &sender(),
+                t0 + ms(200),
+                Utc::now(),
+            )
             .unwrap();
         assert!(!again.registered);
 
@@ -649,7 +718,12 @@ mod tests {
         );
 
         let back = nodes
-            .heartbeat_at(heartbeat("a1", "web-1", 200), t0 + ms(6000), Utc::now())
+            .heartbeat_at(
+                heartbeat("a1", "web-1", 200),
+                &sender(),
+                t0 + ms(6000),
+                Utc::now(),
+            )
             .unwrap();
         assert!(!back.registered);
         assert_eq!(up(t0 + ms(6000)), NodeStatus::Up);
@@ -670,7 +744,9 @@ mod tests {
             ("a", "web-2"),
             ("d", "db-1"),
         ] {
-            nodes.heartbeat(heartbeat(id, host, 1000)).unwrap();
+            nodes
+                .heartbeat(heartbeat(id, host, 1000), &sender())
+                .unwrap();
         }
         let order: Vec<String> = nodes
             .list()
@@ -686,7 +762,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let nodes = registry(dir.path(), 3);
         let path = dir.path().join("nodes.json");
-        let heard = nodes.heartbeat(heartbeat("a1", "web-1", 1000)).unwrap();
+        let heard = nodes
+            .heartbeat(heartbeat("a1", "web-1", 1000), &sender())
+            .unwrap();
         assert!(heard.unsaved);
         nodes.save_if_changed().unwrap();
         assert!(path.exists());
@@ -694,15 +772,20 @@ mod tests {
         let mut busier = heartbeat("a1", "web-1", 1000);
         busier.shipping.sent_records = 99_999;
         assert!(
-            !nodes.heartbeat(busier).unwrap().unsaved,
+            !nodes.heartbeat(busier, &sender()).unwrap().unsaved,
             "new shipping figures alone are not saved"
         );
 
         let mut relabelled = heartbeat("a1", "web-1", 1000);
         relabelled.facts.labels.insert("rack".into(), "r7".into());
-        assert!(nodes.heartbeat(relabelled.clone()).unwrap().unsaved);
+        assert!(
+            nodes
+                .heartbeat(relabelled.clone(), &sender())
+                .unwrap()
+                .unsaved
+        );
         nodes.save_if_changed().unwrap();
-        assert!(!nodes.heartbeat(relabelled).unwrap().unsaved);
+        assert!(!nodes.heartbeat(relabelled, &sender()).unwrap().unsaved);
         let saved = std::fs::read_to_string(&path).unwrap();
         assert!(saved.contains("\"rack\": \"r7\""), "{saved}");
         assert!(!dir.path().join("nodes.json.tmp").exists());
@@ -712,8 +795,12 @@ mod tests {
     fn a_reopened_registry_keeps_nodes_down_until_they_heartbeat() {
         let dir = tempfile::tempdir().unwrap();
         let before = registry(dir.path(), 3);
-        before.heartbeat(heartbeat("a1", "web-1", 1000)).unwrap();
-        before.heartbeat(heartbeat("b2", "web-2", 5000)).unwrap();
+        before
+            .heartbeat(heartbeat("a1", "web-1", 1000), &sender())
+            .unwrap();
+        before
+            .heartbeat(heartbeat("b2", "web-2", 5000), &sender())
+            .unwrap();
         before.save_if_changed().unwrap();
         let expected = before.list();
 
@@ -733,7 +820,9 @@ mod tests {
             "loaded nodes are not reported as going down"
         );
 
-        let heard = after.heartbeat(heartbeat("a1", "web-1", 1000)).unwrap();
+        let heard = after
+            .heartbeat(heartbeat("a1", "web-1", 1000), &sender())
+            .unwrap();
         assert!(!heard.registered, "a loaded node is known");
         let node = after.get("a1").unwrap();
         assert_eq!(node.status, NodeStatus::Up);
@@ -766,17 +855,20 @@ mod tests {
                 last_seen: Utc::now(),
                 heard: None,
                 reported_down: false,
+                token_id: "t1".to_owned(),
             };
             for i in 0..MAX_NODES {
                 inner.by_id.insert(format!("n{i}"), template.clone());
             }
         }
         assert!(matches!(
-            nodes.heartbeat(heartbeat("newcomer", "h", 1000)),
+            nodes.heartbeat(heartbeat("newcomer", "h", 1000), &sender()),
             Err(NodeError::Full)
         ));
         assert!(
-            nodes.heartbeat(heartbeat("n7", "h", 1000)).is_ok(),
+            nodes
+                .heartbeat(heartbeat("n7", "h", 1000), &sender())
+                .is_ok(),
             "known nodes still heartbeat"
         );
     }
@@ -847,5 +939,58 @@ mod tests {
         check_ok(&|h| h.facts.labels = (0..64).map(|i| (format!("k{i}"), "v".into())).collect());
         check_ok(&|h| h.interval_ms = 100);
         check_ok(&|h| h.interval_ms = 600_000);
+    }
+
+    #[test]
+    fn an_agent_id_belongs_to_the_token_that_registered_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes = NodeRegistry::open(tmp.path(), 3).unwrap();
+        nodes
+            .heartbeat(heartbeat("a1", "web-1", 1000), &sender())
+            .unwrap();
+        let live = |id: &str| id == "t1";
+        let other = Sender {
+            token_id: "t2",
+            admin: false,
+            token_exists: &live,
+        };
+        let error = nodes
+            .heartbeat(heartbeat("a1", "spoofed", 1000), &other)
+            .unwrap_err();
+        assert!(matches!(error, NodeError::Owned { .. }), "{error}");
+        assert_eq!(nodes.get("a1").unwrap().facts.hostname, "web-1");
+        // An admin token may heartbeat for any node, without taking it over.
+        let admin = Sender {
+            token_id: "root",
+            admin: true,
+            token_exists: &live,
+        };
+        nodes
+            .heartbeat(heartbeat("a1", "web-1", 1000), &admin)
+            .unwrap();
+        assert!(nodes.heartbeat(heartbeat("a1", "x", 1000), &other).is_err());
+        // Once t1 is revoked, the next token claims the node, and the claim is saved.
+        let gone = |_: &str| false;
+        let claimer = Sender {
+            token_id: "t2",
+            admin: false,
+            token_exists: &gone,
+        };
+        let heard = nodes
+            .heartbeat(heartbeat("a1", "web-1", 1000), &claimer)
+            .unwrap();
+        assert!(heard.unsaved);
+        nodes.save_if_changed().unwrap();
+        let reopened = NodeRegistry::open(tmp.path(), 3).unwrap();
+        let t2_only = |id: &str| id == "t2";
+        let t1_again = Sender {
+            token_id: "t1",
+            admin: false,
+            token_exists: &t2_only,
+        };
+        assert!(matches!(
+            reopened.heartbeat(heartbeat("a1", "web-1", 1000), &t1_again),
+            Err(NodeError::Owned { .. })
+        ));
     }
 }

@@ -411,3 +411,43 @@ async fn bad_heartbeats_get_400_naming_the_field() -> Result<()> {
     );
     Ok(())
 }
+
+/// An agent id belongs to the token that registered it: another ingest token (every app holds one) gets 409 and the
+/// node's facts stay; once the first token is revoked, the node moves to the next token that heartbeats for it.
+#[tokio::test]
+async fn an_agent_id_belongs_to_the_token_that_registered_it() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let (plane, [viewer]) = start_with_tokens(&data, &[], &ENV, ["viewer"]).await?;
+    let agent = create_token(&data, "ingest", "node-agent").await?;
+    let app = create_token(&data, "ingest", "some-app").await?;
+    plane.wait_token_known(&agent).await?;
+    plane.wait_token_known(&app).await?;
+    let id = unique("owned-");
+    ensure!(beat(&plane, &agent, &heartbeat(&id, "real-host", 60_000)).await?);
+
+    let (status, body) = send(&plane, &app, &heartbeat(&id, "spoofed-host", 60_000)).await?;
+    ensure!(
+        status == 409
+            && body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&id) && e.contains("another token")),
+        "a heartbeat for another token's node -> {status}: {body}"
+    );
+    let node = listed(&plane, &viewer, &id).await?;
+    ensure!(node["facts"]["hostname"] == "real-host", "{node}");
+
+    revoke_token(&data, "node-agent").await?;
+    wait_until(
+        SEARCH_TIMEOUT,
+        "the node to move to the new token",
+        || async {
+            let (status, _) = send(&plane, &app, &heartbeat(&id, "moved-host", 60_000)).await?;
+            Ok((status == 200).then_some(()))
+        },
+    )
+    .await?;
+    let node = listed(&plane, &viewer, &id).await?;
+    ensure!(node["facts"]["hostname"] == "moved-host", "{node}");
+    Ok(())
+}

@@ -3,16 +3,18 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use gantry_proto::{HeartbeatAck, NodeHeartbeat, NodeInfo, NodesResponse};
+use gantry_proto::{HeartbeatAck, NodeHeartbeat, NodeInfo, NodesResponse, Role};
 
 use super::{ApiError, AppState, Caller, IngestAccess, JsonBody, ReadAccess};
-use crate::nodes::NodeError;
+use crate::nodes::{NodeError, Sender};
 
 impl From<NodeError> for ApiError {
     fn from(error: NodeError) -> Self {
         match error {
             // A full registry is not fixed by retrying: the operator has to act, so not a 429 or a 503.
             NodeError::Invalid { .. } | NodeError::Full => ApiError::BadRequest(error.to_string()),
+            // Another token's node: the caller is authenticated but may not act on it.
+            NodeError::Owned { .. } => ApiError::Conflict(error.to_string()),
             NodeError::Io { .. } => ApiError::Internal(error.to_string()),
         }
     }
@@ -24,11 +26,19 @@ impl From<NodeError> for ApiError {
 /// failed write is logged and retried with the next heartbeat, and the heartbeat is still acknowledged: the node is
 /// registered in memory, and the file only serves restarts.
 pub async fn heartbeat(
-    _: Caller<IngestAccess>,
+    caller: Caller<IngestAccess>,
     State(state): State<AppState>,
     JsonBody(heartbeat): JsonBody<NodeHeartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
-    let heard = state.nodes.heartbeat(heartbeat)?;
+    let heard = {
+        let token_exists = |id: &str| state.tokens.exists(id);
+        let sender = Sender {
+            token_id: &caller.token.id,
+            admin: caller.token.role == Role::Admin,
+            token_exists: &token_exists,
+        };
+        state.nodes.heartbeat(heartbeat, &sender)?
+    };
     if heard.unsaved {
         let nodes = state.nodes.clone();
         match tokio::task::spawn_blocking(move || nodes.save_if_changed()).await {
