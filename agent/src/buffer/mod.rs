@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use gantry_wal::{Wal, WalError, WalOptions, WalReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use record::{BufferRecord, Signal};
+pub use record::{BufferHeader, BufferRecord, Signal};
 
 use crate::telemetry::Telemetry;
 

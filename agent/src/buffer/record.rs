@@ -88,6 +88,36 @@ impl BufferRecord {
 
     /// Parses a WAL payload written by [`BufferRecord::encode`].
     pub fn decode(bytes: &[u8]) -> Result<BufferRecord, MalformedRecord> {
+        let header = BufferHeader::parse(bytes)?;
+        Ok(BufferRecord {
+            signal: header.signal,
+            appended_unix_nanos: header.appended_unix_nanos,
+            records: header.records,
+            source_state: bytes[header.state.clone()].to_vec(),
+            payload: bytes[header.payload_start..].to_vec(),
+        })
+    }
+}
+
+/// The fields of a stored [`BufferRecord`] and where its parts lie, read without copying the payload (what the
+/// shipper needs: it compresses the payload straight from the bytes read back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferHeader {
+    /// What the payload is.
+    pub signal: Signal,
+    /// When the batch entered the buffer.
+    pub appended_unix_nanos: u64,
+    /// Records in the payload.
+    pub records: u32,
+    /// Where the source state lies.
+    pub state: std::ops::Range<usize>,
+    /// Where the payload starts (it runs to the end).
+    pub payload_start: usize,
+}
+
+impl BufferHeader {
+    /// Reads the header of a WAL payload written by [`BufferRecord::encode`].
+    pub fn parse(bytes: &[u8]) -> Result<BufferHeader, MalformedRecord> {
         let (signal, header, fields) = match bytes.first() {
             Some(1) => (Signal::Logs, V1_HEADER_LEN, 1),
             Some(&VERSION) => {
@@ -106,17 +136,15 @@ impl BufferRecord {
         let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
         let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
         let state_len = u32_at(fields + 12) as usize;
-        let rest = &bytes[header..];
-        if rest.len() < state_len {
+        if bytes.len() - header < state_len {
             return Err(MalformedRecord("source state runs past the end"));
         }
-        let (state, payload) = rest.split_at(state_len);
-        Ok(BufferRecord {
+        Ok(BufferHeader {
             signal,
             appended_unix_nanos: u64_at(fields),
             records: u32_at(fields + 8),
-            source_state: state.to_vec(),
-            payload: payload.to_vec(),
+            state: header..header + state_len,
+            payload_start: header + state_len,
         })
     }
 }
@@ -153,6 +181,12 @@ mod tests {
         let mut bad_signal = record.encode();
         bad_signal[1] = 7;
         assert!(BufferRecord::decode(&bad_signal).is_err());
+        // The header alone locates the parts without copying them.
+        let bytes = record.encode();
+        let header = BufferHeader::parse(&bytes).unwrap();
+        assert_eq!((header.signal, header.records), (Signal::Metrics, 7));
+        assert_eq!(&bytes[header.state.clone()], &record.source_state[..]);
+        assert_eq!(&bytes[header.payload_start..], &record.payload[..]);
         // A version 1 record, written by an agent before signals existed, reads as logs.
         let mut v1 = vec![1u8];
         v1.extend_from_slice(&42u64.to_le_bytes());

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 pub use backoff::Backoff;
 
-use crate::buffer::{Buffer, BufferRecord, Signal};
+use crate::buffer::{Buffer, BufferHeader, Signal};
 use crate::telemetry::Telemetry;
 
 /// The longest `Retry-After` honoured; a larger value is capped to this.
@@ -196,12 +196,12 @@ pub async fn run(
             }
             continue;
         }
-        match BufferRecord::decode(&bytes) {
-            Ok(record) => {
+        match BufferHeader::parse(&bytes) {
+            Ok(header) => {
                 telemetry
                     .oldest_unshipped_unix_nanos
-                    .store(record.appended_unix_nanos, Ordering::Relaxed);
-                if !deliver(&client, &config, &telemetry, seq, record).await {
+                    .store(header.appended_unix_nanos, Ordering::Relaxed);
+                if !deliver(&client, &config, &telemetry, seq, header, bytes).await {
                     // Not sent and not refused: read the record again and retry, never move past it.
                     reader = None;
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -278,12 +278,15 @@ async fn deliver(
     config: &ShipperConfig,
     telemetry: &Telemetry,
     seq: u64,
-    record: BufferRecord,
+    header: BufferHeader,
+    record: Vec<u8>,
 ) -> bool {
-    let records = record.records as u64;
-    let signal = record.signal;
-    let body = match tokio::task::spawn_blocking(move || gzip(&record.payload)).await {
-        Ok(body) => body,
+    let records = header.records as u64;
+    let signal = header.signal;
+    let start = header.payload_start;
+    // Compressed straight from the bytes read back; the body is then shared by every attempt, not copied.
+    let body = match tokio::task::spawn_blocking(move || gzip(&record[start..])).await {
+        Ok(body) => bytes::Bytes::from(body),
         Err(error) => {
             tracing::error!(error = %error, "gzip task failed; the batch stays in the buffer");
             return false;
@@ -350,7 +353,7 @@ async fn send(
     config: &ShipperConfig,
     signal: Signal,
     batch_id: &str,
-    body: Vec<u8>,
+    body: bytes::Bytes,
 ) -> reqwest::Result<Attempt> {
     let response = client
         .post(format!("{}/v1/{}", config.plane, signal.as_str()))
@@ -525,7 +528,7 @@ mod damaged_buffer_tests {
         // 1 MiB limit: 64 KiB segments, so 30 KiB batches make two per segment.
         let buffer = Buffer::open(tmp.path(), 1 << 20, telemetry.clone()).unwrap();
         for n in 1..=6u8 {
-            let record = BufferRecord {
+            let record = crate::buffer::BufferRecord {
                 signal: Signal::Logs,
                 appended_unix_nanos: 1,
                 records: 1,
