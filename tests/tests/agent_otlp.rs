@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -21,19 +20,7 @@ async fn send_sdk(
     protocol: &str,
     run: &str,
 ) -> Result<String> {
-    let mut cmd = tokio::process::Command::new(python);
-    cmd.arg(repo_root().join("tests/python/send_sdk.py"))
-        .args(["--endpoint", endpoint, "--protocol", protocol])
-        .args(["--token", "unused-by-the-agent", "--run-id", run])
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy().to_ascii_lowercase();
-        if k.starts_with("otel_") || k.ends_with("_proxy") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("NO_PROXY", "127.0.0.1,localhost");
+    let mut cmd = send_sdk_command(python, endpoint, protocol, "unused-by-the-agent", run);
     let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
         .await
         .context("send_sdk.py did not finish within 120 s")??;

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use anyhow::{Context, Result, ensure};
 use common::*;
 use serde_json::{Value, json};
@@ -29,23 +27,7 @@ async fn sdk_round_trip(protocol: Protocol) -> Result<()> {
         Protocol::Http => (plane.endpoints.otlp_http_url(), "http"),
         Protocol::Grpc => (plane.endpoints.otlp_grpc.clone(), "grpc"),
     };
-    let script = repo_root().join("tests/python/send_sdk.py");
-    let mut cmd = tokio::process::Command::new(&python);
-    cmd.arg(&script)
-        .args(["--endpoint", &endpoint, "--protocol", proto])
-        .args(["--token", &ingest, "--run-id", &run])
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    // Loopback traffic must not go through a proxy, and the SDK must not pick up OTEL_* config
-    // from the developer's environment.
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy().to_ascii_lowercase();
-        if k.starts_with("otel_") || k.ends_with("_proxy") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost");
+    let mut cmd = send_sdk_command(&python, &endpoint, proto, &ingest, &run);
     let out = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
         .await
         .context("send_sdk.py did not finish within 120 s")??;

@@ -70,6 +70,32 @@ pub fn gantry_bin() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// `tests/python/send_sdk.py` run by `python` against `endpoint` over `protocol` (`http` or `grpc`), as a command
+/// whose environment cannot leak into the test: no `OTEL_*` configuration and no proxy for loopback traffic.
+pub fn send_sdk_command(
+    python: &Path,
+    endpoint: &str,
+    protocol: &str,
+    token: &str,
+    run_id: &str,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(repo_root().join("tests/python/send_sdk.py"))
+        .args(["--endpoint", endpoint, "--protocol", protocol])
+        .args(["--token", token, "--run-id", run_id])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy().to_ascii_lowercase();
+        if k.starts_with("otel_") || k.ends_with("_proxy") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost");
+    cmd
+}
+
 /// The Python interpreter with the OpenTelemetry SDK, or `None` if the test should be skipped.
 ///
 /// `$GANTRY_PYTHON` overrides the default `<repo>/.venv/bin/python`. When it is missing the test
