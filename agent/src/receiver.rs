@@ -151,11 +151,15 @@ impl Receiver {
             );
             receiver.stops.push(stop);
             receiver.tasks.push(tokio::spawn(async move {
-                // Tonic reads and decodes a message before the handler's admission check; these bound what one
-                // connection can have in that state.
+                // Tonic reads and decodes a message before the handler's admission check. A global limit in
+                // front of it makes further requests wait (their bodies held back by HTTP/2 flow control) rather
+                // than be decoded, so memory stays bounded however many connections there are.
                 tonic::transport::Server::builder()
                     .concurrency_limit_per_connection(MAX_IN_FLIGHT)
                     .max_concurrent_streams(MAX_IN_FLIGHT as u32)
+                    .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                        MAX_IN_FLIGHT,
+                    ))
                     .layer(tower::util::MapResponseLayer::new(
                         gantry_proto::otlp::standard_codes,
                     ))
