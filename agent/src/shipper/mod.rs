@@ -147,7 +147,7 @@ pub async fn run(
         let last_seq = *appended.borrow_and_update();
         let next = next_record(&buffer, &mut reader, cursor, last_seq).await;
         let (seq, bytes) = match next {
-            Ok(Some(record)) => record,
+            Ok(Some((seq, bytes))) => (seq, Some(bytes)),
             Ok(None) => {
                 telemetry
                     .oldest_unshipped_unix_nanos
@@ -181,36 +181,28 @@ pub async fn run(
                 let lost = next - cursor - 1;
                 tracing::error!(error = %error, from_seq = cursor + 1, to_seq = next - 1, "skipping damaged disk buffer batches");
                 telemetry.dropped.add("damaged_buffer_batches", lost);
-                (next - 1, Vec::new())
+                (next - 1, None)
             }
         };
         read_failures = 0;
-        if bytes.is_empty() {
-            // Only the skip above yields an empty record: move the cursor past the damaged batches.
-            cursor = seq;
-            let shipped = buffer.clone();
-            if let Ok(Err(error)) =
-                tokio::task::spawn_blocking(move || shipped.mark_shipped(seq)).await
-            {
-                tracing::error!(error = %error, seq, "cannot persist the shipped cursor");
-            }
-            continue;
-        }
-        match BufferHeader::parse(&bytes) {
-            Ok(header) => {
-                telemetry
-                    .oldest_unshipped_unix_nanos
-                    .store(header.appended_unix_nanos, Ordering::Relaxed);
-                if !deliver(&client, &config, &telemetry, seq, header, bytes).await {
-                    // Not sent and not refused: read the record again and retry, never move past it.
-                    reader = None;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+        // `None`: damaged batches skipped above; the cursor moves past them below.
+        if let Some(bytes) = bytes {
+            match BufferHeader::parse(&bytes) {
+                Ok(header) => {
+                    telemetry
+                        .oldest_unshipped_unix_nanos
+                        .store(header.appended_unix_nanos, Ordering::Relaxed);
+                    if !deliver(&client, &config, &telemetry, seq, header, bytes).await {
+                        // Not sent and not refused: read the record again and retry, never move past it.
+                        reader = None;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                 }
-            }
-            Err(error) => {
-                tracing::error!(error = %error, seq, "skipping a malformed buffer record");
-                telemetry.dropped.add("malformed_buffer_record", 1);
+                Err(error) => {
+                    tracing::error!(error = %error, seq, "skipping a malformed buffer record");
+                    telemetry.dropped.add("malformed_buffer_record", 1);
+                }
             }
         }
         cursor = seq;

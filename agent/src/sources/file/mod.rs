@@ -34,7 +34,7 @@ const FAILED_APPEND_RETRY: Duration = Duration::from_secs(1);
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::buffer::{AppendOutcome, AppendRequest, Buffer, BufferRecord, Signal};
+use crate::buffer::{AppendOutcome, AppendRequest, Buffer, BufferHeader, BufferRecord, Signal};
 use crate::config::{AgentConfig, FileSourceConfig};
 use crate::sources::{encode_logs, host_name, kv};
 use crate::telemetry::{Telemetry, now_unix_nanos};
@@ -139,11 +139,12 @@ impl FileSource {
             let readable = record
                 .map_err(anyhow::Error::from)
                 .and_then(|(seq, bytes)| {
-                    let record = BufferRecord::decode(&bytes)?;
-                    let state = if record.source_state.is_empty() {
+                    // Only the positions are needed: the header locates them without copying the payload.
+                    let source_state = &bytes[BufferHeader::parse(&bytes)?.state];
+                    let state = if source_state.is_empty() {
                         None
                     } else {
-                        Some(serde_json::from_slice::<SourceState>(&record.source_state)?)
+                        Some(serde_json::from_slice::<SourceState>(source_state)?)
                     };
                     Ok((seq, state))
                 });
