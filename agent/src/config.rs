@@ -1,4 +1,9 @@
-//! The agent's configuration: a raw serde form (TOML file, `GANTRY_AGENT_*` variables, flags) and its validated form.
+//! The agent's configuration: [`RawConfig`] as written (TOML file, `GANTRY_AGENT_*` variables, flags) and the
+//! validated [`AgentConfig`] it runs with.
+//!
+//! Layering (`gantry_support::config::layered`): the file, then environment variables, then flags; clap reads the
+//! last two with each field's own type. `--file` patterns replace the file's `[[files]]`; `--label`s join its
+//! `[labels]`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,26 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gantry_proto::{MAX_NODE_LABEL_KEY_CHARS, MAX_NODE_LABEL_VALUE_CHARS, MAX_NODE_LABELS};
+pub use gantry_support::config::ConfigError;
 use regex::Regex;
-use serde::Deserialize;
-
-/// Keys that can be set through `GANTRY_AGENT_<KEY>` environment variables (upper-cased).
-const ENV_KEYS: &[&str] = &[
-    "plane",
-    "token",
-    "data_dir",
-    "http_addr",
-    "buffer_max_bytes",
-    "batch_max_lines",
-    "batch_timeout_ms",
-    "shutdown_timeout_ms",
-    "docker",
-    "host_metrics",
-    "metrics_interval_ms",
-    "otlp_grpc_addr",
-    "otlp_http_addr",
-    "heartbeat_interval_ms",
-];
+use serde::{Deserialize, Serialize};
 
 /// Default address of the local OTLP/gRPC receiver: the plane's 4317 plus two, so that a plane and an agent
 /// on one machine do not clash.
@@ -42,32 +30,126 @@ pub const DEFAULT_BATCH_MAX_LINES: usize = 2500;
 /// Smallest accepted `buffer_max_bytes`: the buffer needs room for a few segments.
 pub const MIN_BUFFER_MAX_BYTES: u64 = 1 << 20;
 
-/// The configuration as written by the user; every field optional, unknown keys rejected.
-#[derive(Default, Deserialize)]
+/// The configuration as written: every field optional; unknown keys in the file are rejected. Each scalar field is
+/// also a flag (`--buffer-max-bytes`) and a variable (`GANTRY_AGENT_BUFFER_MAX_BYTES`).
+#[derive(Default, Clone, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    plane: Option<String>,
-    token: Option<String>,
-    data_dir: Option<PathBuf>,
-    http_addr: Option<String>,
-    buffer_max_bytes: Option<u64>,
-    batch_max_lines: Option<usize>,
-    batch_timeout_ms: Option<u64>,
-    shutdown_timeout_ms: Option<u64>,
-    docker: Option<bool>,
-    host_metrics: Option<bool>,
-    metrics_interval_ms: Option<u64>,
-    otlp_grpc_addr: Option<String>,
-    otlp_http_addr: Option<String>,
-    heartbeat_interval_ms: Option<u64>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    files: Vec<RawFileSource>,
+    /// The plane's base URL, e.g. http://10.0.0.5:8700.
+    #[arg(long, env = "GANTRY_AGENT_PLANE", value_name = "URL")]
+    pub plane: Option<String>,
+    /// An ingest token (`gantry token create --role ingest`).
+    #[arg(
+        long,
+        env = "GANTRY_AGENT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// Where the agent keeps its id, disk buffer and checkpoints [default: ./gantry-agent-data].
+    #[arg(long, env = "GANTRY_AGENT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the agent's own /metrics and /healthz; port 0 picks one [default: 127.0.0.1:8701].
+    #[arg(long, env = "GANTRY_AGENT_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<String>,
+    /// Disk buffer size limit, bytes; file sources pause when it is reached [default: 268435456].
+    #[arg(long, env = "GANTRY_AGENT_BUFFER_MAX_BYTES", value_name = "BYTES")]
+    pub buffer_max_bytes: Option<u64>,
+    /// A batch is cut at this many records [default: 2500].
+    #[arg(long, env = "GANTRY_AGENT_BATCH_MAX_LINES", value_name = "N")]
+    pub batch_max_lines: Option<usize>,
+    /// A non-empty batch is cut at the latest this long after its first record, ms [default: 1000].
+    #[arg(long, env = "GANTRY_AGENT_BATCH_TIMEOUT_MS", value_name = "MS")]
+    pub batch_timeout_ms: Option<u64>,
+    /// How long the shipper keeps sending after SIGTERM, ms [default: 5000].
+    #[arg(long, env = "GANTRY_AGENT_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
+    pub shutdown_timeout_ms: Option<u64>,
+    /// Read container output and stats from the Docker daemon [default: true].
+    #[arg(long, env = "GANTRY_AGENT_DOCKER", value_name = "BOOL", hide = true)]
+    pub docker: Option<bool>,
+    /// Collect host metrics [default: true].
+    #[arg(
+        long,
+        env = "GANTRY_AGENT_HOST_METRICS",
+        value_name = "BOOL",
+        hide = true
+    )]
+    pub host_metrics: Option<bool>,
+    /// How often host and container metrics are collected, ms [default: 10000].
+    #[arg(long, env = "GANTRY_AGENT_METRICS_INTERVAL_MS", value_name = "MS")]
+    pub metrics_interval_ms: Option<u64>,
+    /// Local OTLP/gRPC receiver address; `off` disables [default: 127.0.0.1:4319].
+    #[arg(long, env = "GANTRY_AGENT_OTLP_GRPC_ADDR", value_name = "ADDR")]
+    pub otlp_grpc_addr: Option<String>,
+    /// Local OTLP/HTTP receiver address; `off` disables [default: 127.0.0.1:4320].
+    #[arg(long, env = "GANTRY_AGENT_OTLP_HTTP_ADDR", value_name = "ADDR")]
+    pub otlp_http_addr: Option<String>,
+    /// How often the agent heartbeats to the plane, ms [default: 5000].
+    #[arg(long, env = "GANTRY_AGENT_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Labels of the node (`[labels]` in the file; `--label` on the command line).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// File sources (`[[files]]` in the file; `--file` on the command line).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<RawFileSource>,
+}
+
+/// The agent's command line: the settings, plus the repeatable and negative flags that have no single key.
+#[derive(Debug, Default, clap::Args)]
+pub struct Flags {
+    /// The settings also found in the file and in `GANTRY_AGENT_*` variables.
+    #[command(flatten)]
+    pub settings: RawConfig,
+    /// A glob of files to tail, e.g. '/var/log/app/*.log' (repeatable); replaces the file's `[[files]]`.
+    #[arg(long = "file", value_name = "GLOB")]
+    pub files: Vec<String>,
+    /// A node label, KEY=VALUE, reported to the plane (repeatable); joins the file's `[labels]`.
+    #[arg(long = "label", value_parser = parse_label, value_name = "KEY=VALUE")]
+    pub labels: Vec<(String, String)>,
+    /// Do not read container output and stats from the Docker daemon.
+    #[arg(long)]
+    pub no_docker: bool,
+    /// Do not collect host metrics.
+    #[arg(long)]
+    pub no_host_metrics: bool,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+impl Flags {
+    /// What the command line sets, as a [`RawConfig`] to put over the file.
+    pub fn into_raw(self) -> RawConfig {
+        let mut raw = self.settings;
+        if self.no_docker {
+            raw.docker = Some(false);
+        }
+        if self.no_host_metrics {
+            raw.host_metrics = Some(false);
+        }
+        raw.labels.extend(self.labels);
+        if !self.files.is_empty() {
+            raw.files = self
+                .files
+                .into_iter()
+                .map(|path| RawFileSource {
+                    path,
+                    ..RawFileSource::default()
+                })
+                .collect();
+        }
+        raw
+    }
 }
 
 /// One `[[files]]` table.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFileSource {
     /// Glob pattern (`*`, `?` and `[...]` inside path components).
@@ -78,31 +160,6 @@ pub struct RawFileSource {
     pub multiline_start_pattern: Option<String>,
     /// Regex with named groups `time`, `level` and `msg` for lines that are neither JSON nor logfmt.
     pub parse_regex: Option<String>,
-}
-
-/// Command-line overrides, which win over the environment and the file.
-#[derive(Default, Clone)]
-pub struct Overrides {
-    /// `--plane`.
-    pub plane: Option<String>,
-    /// `--token`.
-    pub token: Option<String>,
-    /// `--data-dir`.
-    pub data_dir: Option<PathBuf>,
-    /// `--http-addr`.
-    pub http_addr: Option<String>,
-    /// `--file` (repeatable); when given, replaces the file's `[[files]]`.
-    pub files: Vec<String>,
-    /// `--no-docker`.
-    pub no_docker: bool,
-    /// `--no-host-metrics`.
-    pub no_host_metrics: bool,
-    /// `--otlp-grpc-addr` (`off` disables).
-    pub otlp_grpc_addr: Option<String>,
-    /// `--otlp-http-addr` (`off` disables).
-    pub otlp_http_addr: Option<String>,
-    /// `--label KEY=VALUE` (repeatable), added to the config's `[labels]`.
-    pub labels: Vec<(String, String)>,
 }
 
 /// The validated configuration the agent runs with.
@@ -165,17 +222,6 @@ impl fmt::Debug for AgentConfig {
     }
 }
 
-impl fmt::Debug for Overrides {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Overrides")
-            .field("plane", &self.plane)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("data_dir", &self.data_dir)
-            .field("files", &self.files)
-            .finish_non_exhaustive()
-    }
-}
-
 impl fmt::Debug for RawConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RawConfig")
@@ -210,35 +256,6 @@ pub enum Multiline {
     StartPattern(Regex),
 }
 
-/// A configuration problem, named precisely enough to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The TOML is malformed or names an unknown key.
-    #[error("invalid config {origin}: {message}")]
-    Parse {
-        /// File or environment.
-        origin: String,
-        /// The parser's message (names the key).
-        message: String,
-    },
-    /// A value is out of range, malformed or missing.
-    #[error("invalid value for `{key}`: {message}")]
-    Value {
-        /// The key.
-        key: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
-
 fn value_error(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Value {
         key,
@@ -247,122 +264,20 @@ fn value_error(key: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 impl RawConfig {
-    /// Reads a TOML file; unknown keys are an error that names them.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml(&text, &path.display().to_string())
+    /// The file at `file` (when given) with what `flags` set on top.
+    ///
+    /// # Errors
+    /// The file cannot be read, or names an unknown key or a value of the wrong type.
+    pub fn layered(file: Option<&Path>, flags: Flags) -> Result<RawConfig, ConfigError> {
+        gantry_support::config::layered(file, &flags.into_raw())
     }
 
     /// Parses TOML text; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// Malformed TOML, an unknown key or a value of the wrong type.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|error| ConfigError::Parse {
-            origin: origin.to_owned(),
-            message: error.to_string().trim_end().to_owned(),
-        })
-    }
-
-    /// Applies `GANTRY_AGENT_<KEY>` variables from `vars` (passed in, not read here) over this configuration.
-    pub fn with_env(
-        self,
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let mut table = toml::Table::new();
-        for (name, value) in vars {
-            let Some(key) = name
-                .strip_prefix("GANTRY_AGENT_")
-                .map(str::to_ascii_lowercase)
-            else {
-                continue;
-            };
-            if !ENV_KEYS.contains(&key.as_str()) {
-                continue;
-            }
-            let value = match (value.parse::<i64>(), value.parse::<bool>()) {
-                (Ok(number), _) if key != "token" && key != "plane" => toml::Value::Integer(number),
-                (_, Ok(flag)) if key == "docker" || key == "host_metrics" => {
-                    toml::Value::Boolean(flag)
-                }
-                _ => toml::Value::String(value),
-            };
-            // Checked one by one so that an error names the variable.
-            let mut single = toml::Table::new();
-            single.insert(key.clone(), value.clone());
-            single
-                .try_into::<RawConfig>()
-                .map_err(|error: toml::de::Error| ConfigError::Parse {
-                    origin: format!("from {name}"),
-                    message: error.message().to_owned(),
-                })?;
-            table.insert(key, value);
-        }
-        let env: RawConfig =
-            table
-                .try_into()
-                .map_err(|error: toml::de::Error| ConfigError::Parse {
-                    origin: "from GANTRY_AGENT_* environment variables".to_owned(),
-                    message: error.message().to_owned(),
-                })?;
-        Ok(self.overlay(env))
-    }
-
-    /// Applies command-line flags over this configuration.
-    pub fn with_overrides(mut self, flags: Overrides) -> Self {
-        self.plane = flags.plane.or(self.plane);
-        self.token = flags.token.or(self.token);
-        self.data_dir = flags.data_dir.or(self.data_dir);
-        self.http_addr = flags.http_addr.or(self.http_addr);
-        if flags.no_docker {
-            self.docker = Some(false);
-        }
-        if flags.no_host_metrics {
-            self.host_metrics = Some(false);
-        }
-        self.otlp_grpc_addr = flags.otlp_grpc_addr.or(self.otlp_grpc_addr);
-        self.otlp_http_addr = flags.otlp_http_addr.or(self.otlp_http_addr);
-        self.labels.extend(flags.labels);
-        if !flags.files.is_empty() {
-            self.files = flags
-                .files
-                .into_iter()
-                .map(|path| RawFileSource {
-                    path,
-                    ..RawFileSource::default()
-                })
-                .collect();
-        }
-        self
-    }
-
-    fn overlay(self, top: RawConfig) -> Self {
-        Self {
-            plane: top.plane.or(self.plane),
-            token: top.token.or(self.token),
-            data_dir: top.data_dir.or(self.data_dir),
-            http_addr: top.http_addr.or(self.http_addr),
-            buffer_max_bytes: top.buffer_max_bytes.or(self.buffer_max_bytes),
-            batch_max_lines: top.batch_max_lines.or(self.batch_max_lines),
-            batch_timeout_ms: top.batch_timeout_ms.or(self.batch_timeout_ms),
-            shutdown_timeout_ms: top.shutdown_timeout_ms.or(self.shutdown_timeout_ms),
-            docker: top.docker.or(self.docker),
-            host_metrics: top.host_metrics.or(self.host_metrics),
-            metrics_interval_ms: top.metrics_interval_ms.or(self.metrics_interval_ms),
-            otlp_grpc_addr: top.otlp_grpc_addr.or(self.otlp_grpc_addr),
-            otlp_http_addr: top.otlp_http_addr.or(self.otlp_http_addr),
-            heartbeat_interval_ms: top.heartbeat_interval_ms.or(self.heartbeat_interval_ms),
-            labels: {
-                let mut labels = self.labels;
-                labels.extend(top.labels);
-                labels
-            },
-            files: if top.files.is_empty() {
-                self.files
-            } else {
-                top.files
-            },
-        }
+        gantry_support::config::from_toml(text, origin)
     }
 
     /// Checks every value and fills in defaults.
@@ -695,52 +610,62 @@ mod tests {
         assert_eq!(config.plane, "http://127.0.0.1:8700");
     }
 
+    /// The agent's flags parsed as the binary parses them.
+    fn flags(args: &[&str]) -> Flags {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            flags: Flags,
+        }
+        <Cli as clap::Parser>::try_parse_from(
+            std::iter::once("gantry-agent").chain(args.iter().copied()),
+        )
+        .unwrap()
+        .flags
+    }
+
     #[test]
-    fn flags_beat_env_beat_file() {
-        let file = RawConfig::from_toml(
-            "http_addr = \"127.0.0.1:1\"\nbuffer_max_bytes = 2000000\nplane = \"http://a:1\"\ntoken = \"file\"\n[[files]]\npath = \"/from/file\"\n",
-            "test.toml",
+    fn flags_beat_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "http_addr = \"127.0.0.1:1\"\nbuffer_max_bytes = 2000000\nplane = \"http://a:1\"\ntoken = \"file\"\n\
+             [labels]\nzone = \"eu\"\n[[files]]\npath = \"/from/file\"\n",
         )
         .unwrap();
-        let env = vec![
-            (
-                "GANTRY_AGENT_HTTP_ADDR".to_owned(),
-                "127.0.0.1:2".to_owned(),
-            ),
-            ("GANTRY_AGENT_TOKEN".to_owned(), "12345".to_owned()),
-            ("GANTRY_AGENT_DOCKER".to_owned(), "false".to_owned()),
-            ("GANTRY_AGENT_PLANE".to_owned(), "http://b:2".to_owned()),
-            ("GANTRY_BIN".to_owned(), "/not/a/config/key".to_owned()),
-        ];
-        let flags = Overrides {
-            plane: Some("http://c:3".to_owned()),
-            files: vec!["/from/flag/*.log".to_owned()],
-            ..Overrides::default()
-        };
-        let config = file
-            .with_env(env)
-            .unwrap()
-            .with_overrides(flags)
-            .validate()
-            .unwrap();
-        assert_eq!(config.http_addr.port(), 2);
-        assert_eq!(config.token, "12345");
+        let config = RawConfig::layered(
+            Some(&path),
+            flags(&[
+                "--plane",
+                "http://c:3",
+                "--token",
+                "12345",
+                "--no-docker",
+                "--file",
+                "/from/flag/*.log",
+                "--label",
+                "rack=r7",
+            ]),
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(config.http_addr.port(), 1);
+        assert_eq!(config.token, "12345", "a numeric token stays a string");
         assert_eq!(config.plane, "http://c:3");
         assert_eq!(config.buffer_max_bytes, 2_000_000);
         assert!(!config.docker);
-        assert_eq!(config.files.len(), 1);
+        assert_eq!(config.files.len(), 1, "flag patterns replace the file's");
         assert_eq!(config.files[0].pattern, "/from/flag/*.log");
+        assert_eq!(config.labels.len(), 2, "flag labels join the file's");
 
-        let error = RawConfig::default()
-            .with_env([(
-                "GANTRY_AGENT_BUFFER_MAX_BYTES".to_owned(),
-                "lots".to_owned(),
-            )])
-            .unwrap_err();
-        assert!(
-            error.to_string().contains("GANTRY_AGENT_BUFFER_MAX_BYTES"),
-            "{error}"
-        );
+        let only_file = RawConfig::layered(Some(&path), flags(&[]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(only_file.files[0].pattern, "/from/file");
+        assert!(only_file.docker);
     }
 
     #[test]

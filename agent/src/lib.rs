@@ -1,17 +1,21 @@
-//! Gantry's node agent: sources read telemetry on the machine, a disk buffer holds it, a shipper delivers it to the plane, at least once.
+//! Gantry's node agent: sources read telemetry on the machine, a disk buffer holds it, a shipper delivers it to the
+//! plane, at least once.
 //!
 //! ```text
-//!  file source (thread) ──AppendRequest──► buffer writer (thread) ──► Wal (DATA_DIR/buffer)
-//!      ▲  checkpoints.json      bounded       append + fsync, then         │ watch(last seq)
-//!      └──── seq ◄─────────────────────────── answer with the seq          ▼
-//!                                                        shipper (task) ──► POST {plane}/v1/logs
-//!                                                        cursor: DATA_DIR/shipped-seq
+//!  sources (files, Docker, host metrics,  ──AppendRequest──► buffer writer (thread) ──► Wal (DATA_DIR/buffer)
+//!   local OTLP receiver)                      bounded         append + fsync, then        │ watch(last seq)
+//!      ▲ checkpoints      ◄────────── seq ───────────────────  answer with the seq         ▼
+//!                                                         shipper (task) ──► POST {plane}/v1/{signal}
+//!  heartbeat (task) ──► POST {plane}/api/v1/nodes/heartbeat    cursor: DATA_DIR/shipped-seq
 //! ```
 //!
-//! Sources, buffer and shipper are separate components joined by a bounded channel (sources →
-//! buffer) and a watch (buffer → shipper); batches are OTLP `ExportLogsServiceRequest`s from end to
-//! end. **The agent never depends on the control plane crate**: only `gantry-proto`, `gantry-wal`
-//! and OTLP types.
+//! Every component runs under a `gantry_support::supervisor::Supervisor`: one cancellation token and task tracker
+//! per shutdown stage, and a component that fails is logged and restarted with backoff. On SIGTERM the stages stop
+//! in order: **sources first** (what they read reaches the buffer), then the buffer writer drains, then the shipper
+//! gets `shutdown_timeout` to deliver, and the agent's own HTTP endpoint stops last.
+//!
+//! **The agent never depends on the control plane crate** (nor on the store or tantivy): only `gantry-proto`,
+//! `gantry-otlp`, `gantry-support`, `gantry-wal` and OTLP types.
 
 pub mod buffer;
 pub mod config;
@@ -22,14 +26,16 @@ pub mod shipper;
 pub mod sources;
 pub mod telemetry;
 
-use std::future::Future;
-use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use tokio::sync::{oneshot, watch};
+use gantry_support::CancellationToken;
+use gantry_support::fs::write_atomic;
+use gantry_support::supervisor::Supervisor;
+use tokio::net::TcpListener;
 
 use buffer::Buffer;
 use config::AgentConfig;
@@ -43,11 +49,48 @@ pub const AGENT_ID_FILE: &str = "agent-id";
 /// Name of the file the agent writes its bound HTTP address to.
 pub const ENDPOINTS_FILE: &str = "agent-endpoints.json";
 
-/// Runs the agent until `shutdown` resolves, then stops the sources, lets what they read reach
-/// the buffer, gives the shipper `shutdown_timeout` to deliver, and returns.
-pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// A listener bound before its component starts (so its address is known at once), and the address a restarted
+/// component binds again.
+struct Bound {
+    first: Mutex<Option<TcpListener>>,
+    addr: SocketAddr,
+}
+
+impl Bound {
+    async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<Arc<Bound>> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the {what} to {addr}"))?;
+        Self::from(listener)
+    }
+
+    fn from(listener: TcpListener) -> anyhow::Result<Arc<Bound>> {
+        Ok(Arc::new(Bound {
+            addr: listener.local_addr()?,
+            first: Mutex::new(Some(listener)),
+        }))
+    }
+
+    /// The listener bound at start, or a new one on the same address (a restart).
+    async fn take(&self) -> anyhow::Result<TcpListener> {
+        let first = self.first.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match first {
+            Some(listener) => Ok(listener),
+            None => TcpListener::bind(self.addr)
+                .await
+                .with_context(|| format!("binding {} again", self.addr)),
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled, then stops the sources, lets what they read reach the buffer,
+/// gives the shipper `shutdown_timeout` to deliver, and returns.
+///
+/// # Errors
+/// The data directory, the disk buffer or a listener could not be set up.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
+    gantry_support::fs::create_private_dir(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let agent_id = agent_id(&data_dir)?;
     tracing::info!(agent_id, plane = %config.plane, data_dir = %data_dir.display(), "agent starting");
@@ -66,162 +109,234 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         kv("host.name", &sources::host_name()),
         kv("os.type", "linux"),
     ];
-    // Sources other than files stop when this turns true; each holds a clone of the sink.
-    let (sources_stop, sources_stopped) = watch::channel(false);
-    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-    if config.host_metrics {
-        tasks.push(tokio::spawn(sources::host::run(
-            sink.clone(),
-            host_resource.clone(),
-            config.metrics_interval,
+
+    // Listeners are bound before anything runs, so that their addresses (port 0 picks one) are known and written.
+    let http = Bound::bind(config.http_addr, "agent's http address").await?;
+    let otlp_grpc = match config.otlp_grpc_addr {
+        Some(addr) => Some(Bound::from(
+            receiver::bind(addr, "OTLP/gRPC", "--otlp-grpc-addr").await?,
+        )?),
+        None => None,
+    };
+    let otlp_http = match config.otlp_http_addr {
+        Some(addr) => Some(Bound::from(
+            receiver::bind(addr, "OTLP/HTTP", "--otlp-http-addr").await?,
+        )?),
+        None => None,
+    };
+    let endpoints = serde_json::json!({
+        "http": http.addr.to_string(),
+        "otlp_grpc": otlp_grpc.as_ref().map(|b| b.addr.to_string()),
+        "otlp_http": otlp_http.as_ref().map(|b| b.addr.to_string()),
+    });
+    write_endpoints(&data_dir, &endpoints)?;
+    tracing::info!(
+        http = %http.addr,
+        otlp_grpc = ?otlp_grpc.as_ref().map(|b| b.addr),
+        otlp_http = ?otlp_http.as_ref().map(|b| b.addr),
+        "serving /metrics and /healthz, and the local OTLP receiver"
+    );
+
+    // File positions are recovered from the buffer before the shipper may remove records.
+    let recovered = {
+        let (config, buffer, appends, telemetry) = (
+            config.clone(),
+            buffer.clone(),
+            appends.clone(),
             telemetry.clone(),
-            sources_stopped.clone(),
-        )));
-    }
-    let docker_reachable = Arc::new(AtomicBool::new(false));
-    if config.docker {
-        tasks.push(tokio::spawn(sources::docker::run(
-            DockerConfig {
-                data_dir: data_dir.clone(),
-                metrics_interval: config.metrics_interval,
-                host_resource: host_resource.clone(),
-                batch_max_lines: config.batch_max_lines,
-                batch_timeout: config.batch_timeout,
-            },
-            sink.clone(),
-            telemetry.clone(),
-            docker_reachable.clone(),
-            sources_stopped.clone(),
-        )));
-    }
-    let receiver = receiver::Receiver::start(
-        receiver::ReceiverConfig {
-            grpc: config.otlp_grpc_addr,
-            http: config.otlp_http_addr,
-            host_resource: host_resource.clone(),
-        },
-        sink.clone(),
-        telemetry.clone(),
-    )
-    .await?;
-    drop(sink);
-    let source = {
-        let (config, buffer, telemetry) = (config.clone(), buffer.clone(), telemetry.clone());
+        );
         tokio::task::spawn_blocking(move || {
             FileSource::recover(&config, buffer, appends, telemetry)
         })
         .await??
     };
 
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding the agent's http address {}", config.http_addr))?;
-    let http_addr = listener.local_addr()?;
-    let endpoints = serde_json::json!({
-        "http": http_addr.to_string(),
-        "otlp_grpc": receiver.grpc_addr.map(|a| a.to_string()),
-        "otlp_http": receiver.http_addr.map(|a| a.to_string()),
-    });
-    write_endpoints(&data_dir, &endpoints)?;
-    tracing::info!(
-        http = %http_addr,
-        otlp_grpc = ?receiver.grpc_addr,
-        otlp_http = ?receiver.http_addr,
-        "serving /metrics and /healthz, and the local OTLP receiver"
-    );
-    let (http_stop, http_stopped) = oneshot::channel::<()>();
-    let app = http::app(http::AppState {
-        telemetry: telemetry.clone(),
-        agent_id: agent_id.clone().into(),
-    });
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await
-    });
-
-    let (ship_stop, ship_stopped) = watch::channel(false);
+    let restarts = telemetry.restarts.clone();
+    let sources = Supervisor::new("sources", restarts.clone());
+    let docker_reachable = Arc::new(AtomicBool::new(false));
+    if config.host_metrics {
+        let (sink, resource, interval, telemetry) = (
+            sink.clone(),
+            host_resource.clone(),
+            config.metrics_interval,
+            telemetry.clone(),
+        );
+        sources.spawn("host_metrics", move |stop| {
+            let run = sources::host::run(
+                sink.clone(),
+                resource.clone(),
+                interval,
+                telemetry.clone(),
+                stop,
+            );
+            async move {
+                run.await;
+                Ok(())
+            }
+        });
+    }
+    if config.docker {
+        let docker = DockerConfig {
+            data_dir: data_dir.clone(),
+            metrics_interval: config.metrics_interval,
+            host_resource: host_resource.clone(),
+            batch_max_lines: config.batch_max_lines,
+            batch_timeout: config.batch_timeout,
+        };
+        let (sink, telemetry, reachable) =
+            (sink.clone(), telemetry.clone(), docker_reachable.clone());
+        sources.spawn("docker", move |stop| {
+            let run = sources::docker::run(
+                docker.clone(),
+                sink.clone(),
+                telemetry.clone(),
+                reachable.clone(),
+                stop,
+            );
+            async move {
+                run.await;
+                Ok(())
+            }
+        });
+    }
+    let otlp = receiver::receiver(sink.clone(), telemetry.clone(), host_resource.clone());
+    if let Some(bound) = otlp_http {
+        let otlp = otlp.clone();
+        sources.spawn("otlp_http", move |stop| {
+            let (otlp, bound) = (otlp.clone(), bound.clone());
+            async move {
+                axum::serve(bound.take().await?, otlp.http_router())
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                    .context("the OTLP/HTTP receiver failed")
+            }
+        });
+    }
+    if let Some(bound) = otlp_grpc {
+        let otlp = otlp.clone();
+        sources.spawn("otlp_grpc", move |stop| {
+            let (otlp, bound) = (otlp.clone(), bound.clone());
+            async move {
+                otlp.serve_grpc(bound.take().await?, stop.cancelled_owned())
+                    .await
+            }
+        });
+    }
+    drop(otlp);
+    {
+        let recovered = Mutex::new(Some(recovered));
+        let (config, buffer, appends, telemetry) = (
+            config.clone(),
+            buffer.clone(),
+            appends.clone(),
+            telemetry.clone(),
+        );
+        sources.spawn("files", move |stop| {
+            let first = recovered.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let (config, buffer, appends, telemetry) = (
+                config.clone(),
+                buffer.clone(),
+                appends.clone(),
+                telemetry.clone(),
+            );
+            async move {
+                let source = match first {
+                    Some(source) => source,
+                    // A restart: positions are recovered again (pinned records keep what the crash left).
+                    None => {
+                        tokio::task::spawn_blocking(move || {
+                            FileSource::recover(&config, buffer, appends, telemetry)
+                        })
+                        .await??
+                    }
+                };
+                let thread = source.spawn(stop)?;
+                tokio::task::spawn_blocking(move || thread.join())
+                    .await?
+                    .map_err(|_| anyhow::anyhow!("the file source thread panicked"))?
+            }
+        });
+    }
     let client = shipper::http_client()?;
-    let heartbeat = tokio::spawn(node::run(
-        node::Heartbeat {
+    {
+        let heartbeat = node::Heartbeat {
             plane: config.plane.clone(),
             token: config.token.clone(),
             interval: config.heartbeat_interval,
             facts: node::facts(&agent_id, config.labels.clone()),
             docker_reachable: docker_reachable.clone(),
-        },
-        client.clone(),
-        telemetry.clone(),
-        sources_stopped.clone(),
-    ));
-    let mut shipper = tokio::spawn(shipper::run(
-        buffer.clone(),
-        client,
-        shipper::ShipperConfig {
+        };
+        let (client, telemetry) = (client.clone(), telemetry.clone());
+        sources.spawn("heartbeat", move |stop| {
+            let run = node::run(heartbeat.clone(), client.clone(), telemetry.clone(), stop);
+            async move {
+                run.await;
+                Ok(())
+            }
+        });
+    }
+    // The supervised components hold their own clones: once they stop, the writer sees no sender left and ends.
+    drop(sink);
+    drop(appends);
+
+    let shipping = Supervisor::new("shipper", restarts.clone());
+    {
+        let (buffer, telemetry) = (buffer.clone(), telemetry.clone());
+        let shipper_config = shipper::ShipperConfig {
             plane: config.plane.clone(),
             token: config.token.clone(),
             // Batch ids are `<agent id>-<buffer epoch>-<seq>`.
             agent_id: format!("{agent_id}-{}", buffer.epoch()),
-        },
-        telemetry.clone(),
-        ship_stopped,
-    ));
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let source_thread = source.spawn(stop.clone())?;
-    let mut source_task = tokio::task::spawn_blocking(move || source_thread.join());
-    let early = tokio::select! {
-        () = shutdown => None,
-        joined = &mut source_task => Some(joined),
-    };
-    stop.store(true, Ordering::Relaxed);
-    let joined = match early {
-        Some(joined) => {
-            tracing::error!("the file source stopped on its own");
-            joined
-        }
-        None => {
-            tracing::info!("shutting down: flushing sources into the buffer");
-            source_task.await
-        }
-    };
-    let source_result = match joined? {
-        Ok(result) => result,
-        Err(_) => Err(anyhow::anyhow!("the file source thread panicked")),
-    };
-    let _ = sources_stop.send(true);
-    receiver.stop().await;
-    let _ = heartbeat.await;
-    for task in tasks {
-        if let Err(error) = task.await {
-            tracing::error!(error = %error, "a source task failed");
-        }
+        };
+        shipping.spawn("shipper", move |stop| {
+            let run = shipper::run(
+                buffer.clone(),
+                client.clone(),
+                shipper_config.clone(),
+                telemetry.clone(),
+                stop,
+            );
+            async move {
+                run.await;
+                Ok(())
+            }
+        });
     }
-    // The source's sender is gone with its thread, so the writer ends once it served the rest.
+    let endpoint = Supervisor::new("http", restarts);
+    {
+        let app = http::app(http::AppState {
+            telemetry: telemetry.clone(),
+            agent_id: agent_id.clone().into(),
+        });
+        endpoint.spawn("http", move |stop| {
+            let (app, http) = (app.clone(), http.clone());
+            async move {
+                axum::serve(http.take().await?, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                    .context("the agent's HTTP endpoint failed")
+            }
+        });
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: flushing sources into the buffer");
+    sources.stop(None).await;
+    // Every sender went with the sources: the writer ends once it has served the rest.
     tokio::task::spawn_blocking(move || writer.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the buffer writer thread panicked"))?;
-
-    let _ = ship_stop.send(true);
-    match tokio::time::timeout(config.shutdown_timeout, &mut shipper).await {
-        Ok(joined) => {
-            joined?;
-            tracing::info!("everything buffered was delivered");
-        }
-        Err(_) => {
-            shipper.abort();
-            tracing::warn!(
-                shipped = buffer.shipped(),
-                timeout_ms = config.shutdown_timeout.as_millis() as u64,
-                "shutdown timeout: undelivered batches stay in the disk buffer for the next start"
-            );
-        }
+    if shipping.stop(Some(config.shutdown_timeout)).await {
+        tracing::info!("everything buffered was delivered");
+    } else {
+        tracing::warn!(
+            shipped = buffer.shipped(),
+            timeout_ms = config.shutdown_timeout.as_millis() as u64,
+            "shutdown timeout: undelivered batches stay in the disk buffer for the next start"
+        );
     }
-    let _ = http_stop.send(());
-    http.await??;
-    source_result
+    endpoint.stop(None).await;
+    Ok(())
 }
 
 /// Reads `DATA_DIR/agent-id`, creating it with a random id on first start.
@@ -251,23 +366,6 @@ fn write_endpoints(data_dir: &Path, endpoints: &serde_json::Value) -> anyhow::Re
     let path = data_dir.join(ENDPOINTS_FILE);
     let body = serde_json::to_vec(endpoints)?;
     write_atomic(&path, &body).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Replaces a small file durably: a temporary file beside it (`NAME.tmp`), fsync, rename, then an fsync of the
-/// directory so that the rename itself survives a power loss. Every state file of the agent is written this way.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

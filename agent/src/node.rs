@@ -4,6 +4,7 @@
 //! Heartbeats are best effort: a missed one only makes the plane count it; the agent logs the first failure of an
 //! outage and the recovery, not every attempt.
 
+use gantry_support::CancellationToken;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gantry_proto::{HEARTBEAT_PATH, HeartbeatAck, NodeFacts, NodeHeartbeat, NodeShipping};
-use tokio::sync::watch;
 
 use crate::telemetry::Telemetry;
 
@@ -19,6 +19,7 @@ use crate::telemetry::Telemetry;
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the heartbeat task needs.
+#[derive(Clone)]
 pub struct Heartbeat {
     /// The plane's base URL.
     pub plane: String,
@@ -109,7 +110,7 @@ pub async fn run(
     heartbeat: Heartbeat,
     client: reqwest::Client,
     telemetry: Arc<Telemetry>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let url = format!("{}{HEARTBEAT_PATH}", heartbeat.plane);
     let mut failing = false;
@@ -124,7 +125,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
         }
         let now = (
             Instant::now(),
@@ -178,7 +179,7 @@ pub async fn run(
         // A slow plane must not hold up the agent's shutdown.
         let outcome = tokio::select! {
             outcome = attempt => outcome,
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
         };
         match outcome {
             Ok(ack) => {

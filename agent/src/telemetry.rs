@@ -1,8 +1,10 @@
-//! The agent's own counters and gauges, rendered as Prometheus text for `/metrics`.
+//! The agent's own counters and gauges, read at each scrape of `/metrics` and written in the OpenMetrics text format
+//! by `prometheus-client` (a `Collector` over these atomics; label values escaped by the encoder).
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::DescriptorEncoder;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -77,6 +79,8 @@ pub struct Telemetry {
     pub produced: ReasonCounter,
     /// Requests the local OTLP receiver answered with 503 (buffer full) or 4xx, by reason.
     pub receiver_refused: ReasonCounter,
+    /// Restarts of supervised components (the supervisors count into it).
+    pub restarts: Arc<gantry_support::supervisor::RestartCounter>,
 }
 
 impl Telemetry {
@@ -106,6 +110,7 @@ impl Telemetry {
             dropped: ReasonCounter::default(),
             produced: ReasonCounter::default(),
             receiver_refused: ReasonCounter::default(),
+            restarts: Arc::default(),
         }
     }
 
@@ -143,144 +148,142 @@ impl Telemetry {
         }
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-        let labelled = |key: &str, map: BTreeMap<String, u64>| -> Vec<(String, u64)> {
-            map.into_iter()
-                .map(|(v, n)| (format!("{{{key}=\"{}\"}}", escape(&v)), n))
-                .collect()
-        };
+    /// The exposition: these figures and the supervisor's restart counts.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        registry.register(
+            "gantry_agent_component_restarts",
+            "Restarts of the agent's components after a failure, by group and component.",
+            (*self.restarts).clone(),
+        );
+        gantry_support::metrics::encode(&registry)
+    }
+}
+
+impl prometheus_client::collector::Collector for Telemetry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        use gantry_support::metrics::{counter, counter_family, gauge};
+        let e = &mut encoder;
         let per_pattern = |counters: &BTreeMap<String, Counter>| {
             counters
                 .iter()
                 .map(|(p, c)| {
-                    (
-                        format!("{{source=\"file\",pattern=\"{}\"}}", escape(p)),
-                        c.get(),
-                    )
+                    let labels = vec![("source", "file".to_owned()), ("pattern", p.clone())];
+                    (labels, c.get())
                 })
-                .collect()
+                .collect::<Vec<_>>()
         };
-        let plain = |v: u64| vec![(String::new(), v)];
-        metric(
-            "gantry_agent_lines_read_total",
-            "counter",
+        let labelled = |key: &'static str, map: BTreeMap<String, u64>| {
+            map.into_iter()
+                .map(move |(value, n)| (vec![(key, value)], n))
+                .collect::<Vec<_>>()
+        };
+        let gauge_of = |value: u64| value.min(i64::MAX as u64) as i64;
+        counter_family(
+            e,
+            "gantry_agent_lines_read",
             "Lines read, per source.",
             per_pattern(&self.lines_read),
-        );
-        metric(
-            "gantry_agent_records_read_total",
-            "counter",
+        )?;
+        counter_family(
+            e,
+            "gantry_agent_records_read",
             "Records read (multi-line records joined), per source.",
             per_pattern(&self.records_read),
-        );
-        metric(
-            "gantry_agent_source_records_total",
-            "counter",
+        )?;
+        counter_family(
+            e,
+            "gantry_agent_source_records",
             "Records made by the sources other than files (log records, data points, spans), per source.",
             labelled("source", self.produced.snapshot()),
-        );
-        metric(
-            "gantry_agent_receiver_refused_total",
-            "counter",
+        )?;
+        counter_family(
+            e,
+            "gantry_agent_receiver_refused",
             "Requests the local OTLP receiver refused, by reason (buffer_full answers 503 with Retry-After).",
             labelled("reason", self.receiver_refused.snapshot()),
-        );
-        metric(
+        )?;
+        gauge(
+            e,
             "gantry_agent_files_open",
-            "gauge",
             "Files being tailed.",
-            plain(self.files_open.load(Ordering::Relaxed)),
-        );
-        metric(
+            gauge_of(self.files_open.load(Ordering::Relaxed)),
+        )?;
+        gauge(
+            e,
             "gantry_agent_sources_paused",
-            "gauge",
             "Sources waiting for room in the full disk buffer.",
-            plain(self.sources_paused.load(Ordering::Relaxed)),
-        );
-        metric(
-            "gantry_agent_buffer_appends_total",
-            "counter",
+            gauge_of(self.sources_paused.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            e,
+            "gantry_agent_buffer_appends",
             "Batches made durable in the disk buffer.",
-            plain(self.buffer_appends.get()),
-        );
-        metric(
+            self.buffer_appends.get(),
+        )?;
+        gauge(
+            e,
             "gantry_agent_buffer_bytes",
-            "gauge",
             "Size of the disk buffer.",
-            plain(self.buffer_bytes()),
-        );
-        metric(
+            gauge_of(self.buffer_bytes()),
+        )?;
+        gauge(
+            e,
             "gantry_agent_buffer_max_bytes",
-            "gauge",
             "Size limit of the disk buffer.",
-            plain(self.buffer_max_bytes.load(Ordering::Relaxed)),
-        );
-        metric(
+            gauge_of(self.buffer_max_bytes()),
+        )?;
+        gauge(
+            e,
             "gantry_agent_buffer_unshipped_batches",
-            "gauge",
             "Batches in the disk buffer not yet acknowledged by the plane.",
-            plain(self.unshipped_batches.load(Ordering::Relaxed)),
-        );
-        let age = self.oldest_unshipped_age().as_secs();
-        metric(
+            gauge_of(self.unshipped_batches.load(Ordering::Relaxed)),
+        )?;
+        gauge(
+            e,
             "gantry_agent_buffer_oldest_age_seconds",
-            "gauge",
             "Age of the oldest record not yet acknowledged by the plane (0: none).",
-            plain(age),
-        );
-        metric(
-            "gantry_agent_sent_batches_total",
-            "counter",
+            gauge_of(self.oldest_unshipped_age().as_secs()),
+        )?;
+        counter(
+            e,
+            "gantry_agent_sent_batches",
             "Batches acknowledged by the plane.",
-            plain(self.sent_batches.get()),
-        );
-        metric(
-            "gantry_agent_sent_records_total",
-            "counter",
+            self.sent_batches.get(),
+        )?;
+        counter(
+            e,
+            "gantry_agent_sent_records",
             "Records in batches acknowledged by the plane.",
-            plain(self.sent_records.get()),
-        );
-        metric(
-            "gantry_agent_sent_bytes_total",
-            "counter",
+            self.sent_records.get(),
+        )?;
+        counter(
+            e,
+            "gantry_agent_sent_bytes",
             "Compressed bytes of batches acknowledged by the plane.",
-            plain(self.sent_bytes.get()),
-        );
-        metric(
-            "gantry_agent_retries_total",
-            "counter",
+            self.sent_bytes.get(),
+        )?;
+        counter(
+            e,
+            "gantry_agent_retries",
             "Send attempts that failed and were retried.",
-            plain(self.retries.get()),
-        );
-        metric(
-            "gantry_agent_rejected_batches_total",
-            "counter",
+            self.retries.get(),
+        )?;
+        counter_family(
+            e,
+            "gantry_agent_rejected_batches",
             "Batches the plane refused for good (not retried), by reason.",
             labelled("reason", self.rejected.snapshot()),
-        );
-        metric(
-            "gantry_agent_dropped_records_total",
-            "counter",
+        )?;
+        counter_family(
+            e,
+            "gantry_agent_dropped_records",
             "Records lost, by reason.",
             labelled("reason", self.dropped.snapshot()),
-        );
-        out
+        )?;
+        Ok(())
     }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Nanoseconds since the Unix epoch.
@@ -297,7 +300,10 @@ mod tests {
 
     #[test]
     fn renders_labelled_and_plain_samples() {
-        let t = Telemetry::new(&["/var/log/*.log".to_owned()]);
+        let t = Arc::new(Telemetry::new(&[
+            "/var/log/*.log".to_owned(),
+            "/x/\"q\".log".to_owned(),
+        ]));
         t.read("/var/log/*.log", 3, 2);
         t.retries.add(2);
         t.rejected.add("http_400", 1);
@@ -310,6 +316,7 @@ mod tests {
             "gantry_agent_rejected_batches_total{reason=\"http_400\"} 1",
             "gantry_agent_dropped_records_total{reason=\"rejected_http_400\"} 5",
             "gantry_agent_buffer_oldest_age_seconds 0",
+            r#"gantry_agent_lines_read_total{source="file",pattern="/x/\"q\".log"} 0"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

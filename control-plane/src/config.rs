@@ -1,59 +1,65 @@
-//! The plane's configuration: a raw serde form (TOML file, `GANTRY_*` variables, flags) and its validated form.
+//! The plane's configuration: [`RawConfig`] as written (TOML file, `GANTRY_*` variables, flags) and the validated
+//! [`PlaneConfig`] it runs with.
+//!
+//! Layering (`gantry_support::config::layered`): the file, then environment variables, then flags; clap reads the
+//! last two with each field's own type, and an unknown key in the file is an error that names it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
-/// Keys that can be set through `GANTRY_<KEY>` environment variables (upper-cased).
-const ENV_KEYS: &[&str] = &[
-    "data_dir",
-    "http_addr",
-    "otlp_grpc_addr",
-    "otlp_http_addr",
-    "retention_hours",
-    "max_disk_bytes",
-    "partition_hours",
-    "max_queue_batches",
-    "max_body_bytes",
-    "commit_interval_ms",
-    "indexer_memory_mb",
-    "node_down_after_missed_heartbeats",
-];
+use gantry_store::StoreConfig;
+pub use gantry_support::config::ConfigError;
+use serde::{Deserialize, Serialize};
 
 /// Largest `max_body_bytes`: a batch is one WAL record, and `gantry_wal::MAX_PAYLOAD` (64 MiB) must hold it.
 const MAX_BODY_BYTES: usize = 48 << 20;
 
-/// The configuration as written by the user; every field optional, unknown keys rejected.
-#[derive(Debug, Default, Deserialize)]
+/// The configuration as written: every field optional; unknown keys in the file are rejected. Each field is also a
+/// flag (`--retention-hours`) and a variable (`GANTRY_RETENTION_HOURS`).
+#[derive(Debug, Default, Clone, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    data_dir: Option<PathBuf>,
-    http_addr: Option<String>,
-    otlp_grpc_addr: Option<String>,
-    otlp_http_addr: Option<String>,
-    retention_hours: Option<u64>,
-    max_disk_bytes: Option<u64>,
-    partition_hours: Option<u64>,
-    max_queue_batches: Option<usize>,
-    max_body_bytes: Option<usize>,
-    commit_interval_ms: Option<u64>,
-    indexer_memory_mb: Option<usize>,
-    node_down_after_missed_heartbeats: Option<u32>,
-}
-
-/// Command-line overrides, which win over the environment and the file.
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    /// `--data-dir`.
+    /// Where all state lives: write-ahead log, indexes, state.db [default: ./gantry-data].
+    #[arg(long, env = "GANTRY_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// `--http-addr`.
+    /// HTTP API, dashboard and OTLP/HTTP address, host:port; port 0 picks one [default: 0.0.0.0:8700].
+    #[arg(long, env = "GANTRY_HTTP_ADDR", value_name = "ADDR")]
     pub http_addr: Option<String>,
-    /// `--otlp-grpc-addr`.
+    /// OTLP/gRPC address [default: 0.0.0.0:4317].
+    #[arg(long, env = "GANTRY_OTLP_GRPC_ADDR", value_name = "ADDR")]
     pub otlp_grpc_addr: Option<String>,
-    /// `--otlp-http-addr`.
+    /// OTLP/HTTP address, the standard port [default: 0.0.0.0:4318].
+    #[arg(long, env = "GANTRY_OTLP_HTTP_ADDR", value_name = "ADDR")]
     pub otlp_http_addr: Option<String>,
+    /// Hours of telemetry kept; older records are rejected at ingest [default: 168].
+    #[arg(long, env = "GANTRY_RETENTION_HOURS", value_name = "HOURS")]
+    pub retention_hours: Option<u64>,
+    /// Disk budget of the indexes, bytes; the oldest partitions go first (0: none) [default: 0].
+    #[arg(long, env = "GANTRY_MAX_DISK_BYTES", value_name = "BYTES")]
+    pub max_disk_bytes: Option<u64>,
+    /// Width of a time partition, hours [default: 24].
+    #[arg(long, env = "GANTRY_PARTITION_HOURS", value_name = "HOURS")]
+    pub partition_hours: Option<u64>,
+    /// Batches waiting for the write-ahead log before ingest answers 429 [default: 64].
+    #[arg(long, env = "GANTRY_MAX_QUEUE_BATCHES", value_name = "N")]
+    pub max_queue_batches: Option<usize>,
+    /// Largest OTLP body, bytes, before and after decompression [default: 20971520].
+    #[arg(long, env = "GANTRY_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// How often new data is committed and made searchable, ms [default: 500].
+    #[arg(long, env = "GANTRY_COMMIT_INTERVAL_MS", value_name = "MS")]
+    pub commit_interval_ms: Option<u64>,
+    /// Indexing memory per signal, MiB (at least 16) [default: 64].
+    #[arg(long, env = "GANTRY_INDEXER_MEMORY_MB", value_name = "MIB")]
+    pub indexer_memory_mb: Option<usize>,
+    /// Heartbeats a node may miss in a row before it is down (1-100) [default: 3].
+    #[arg(
+        long,
+        env = "GANTRY_NODE_DOWN_AFTER_MISSED_HEARTBEATS",
+        value_name = "N"
+    )]
+    pub node_down_after_missed_heartbeats: Option<u32>,
 }
 
 /// The validated configuration the plane runs with.
@@ -75,149 +81,21 @@ pub struct PlaneConfig {
     pub node_down_after_missed_heartbeats: u32,
 }
 
-/// Settings of the embedded telemetry store.
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    /// Data older than this is rejected at ingest and dropped by retention.
-    pub retention: Duration,
-    /// Total disk budget for indexes; the oldest partitions go first when exceeded (0: no budget).
-    pub max_disk_bytes: u64,
-    /// Width of one time partition.
-    pub partition: Duration,
-    /// Capacity of the write queue, in batches; beyond it ingest answers 429.
-    pub max_queue_batches: usize,
-    /// How often new data is committed and made searchable.
-    pub commit_interval: Duration,
-    /// Indexing memory per signal, in bytes.
-    pub indexer_memory_bytes: usize,
-}
-
-impl StoreConfig {
-    /// Defaults suited to one machine; used by tests and benchmarks.
-    pub fn default_embedded() -> Self {
-        Self {
-            retention: Duration::from_secs(7 * 24 * 3600),
-            max_disk_bytes: 0,
-            partition: Duration::from_secs(24 * 3600),
-            max_queue_batches: 64,
-            commit_interval: Duration::from_millis(500),
-            indexer_memory_bytes: 64 << 20,
-        }
-    }
-}
-
-/// A configuration problem, named precisely enough to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The TOML is malformed or names an unknown key.
-    #[error("invalid config {origin}: {message}")]
-    Parse {
-        /// File or environment.
-        origin: String,
-        /// The parser's message (names the key).
-        message: String,
-    },
-    /// A value is out of range or malformed.
-    #[error("invalid value for `{key}`: {message}")]
-    Value {
-        /// The key.
-        key: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
-
 impl RawConfig {
-    /// Reads a TOML file; unknown keys are an error that names them.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml(&text, &path.display().to_string())
+    /// The file at `file` (when given) with what `flags` (flags and `GANTRY_*` variables, read by clap) set on top.
+    ///
+    /// # Errors
+    /// The file cannot be read, or names an unknown key or a value of the wrong type.
+    pub fn layered(file: Option<&Path>, flags: &RawConfig) -> Result<RawConfig, ConfigError> {
+        gantry_support::config::layered(file, flags)
     }
 
     /// Parses TOML text; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// Malformed TOML, an unknown key or a value of the wrong type.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        // The full message quotes the offending line, so a wrong value is named with its key.
-        toml::from_str(text).map_err(|error| ConfigError::Parse {
-            origin: origin.to_owned(),
-            message: error.to_string().trim_end().to_owned(),
-        })
-    }
-
-    /// Applies `GANTRY_<KEY>` variables from `vars` (passed in, not read here) over this configuration.
-    pub fn with_env(
-        self,
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let mut table = toml::Table::new();
-        for (name, value) in vars {
-            let Some(key) = name.strip_prefix("GANTRY_").map(str::to_ascii_lowercase) else {
-                continue;
-            };
-            if !ENV_KEYS.contains(&key.as_str()) {
-                continue;
-            }
-            let value = match value.parse::<i64>() {
-                Ok(number) => toml::Value::Integer(number),
-                Err(_) => toml::Value::String(value),
-            };
-            // Checked one by one so that an error names the variable.
-            let mut single = toml::Table::new();
-            single.insert(key.clone(), value.clone());
-            single
-                .try_into::<RawConfig>()
-                .map_err(|error: toml::de::Error| ConfigError::Parse {
-                    origin: format!("from {name}"),
-                    message: error.message().to_owned(),
-                })?;
-            table.insert(key, value);
-        }
-        let env: RawConfig =
-            table
-                .try_into()
-                .map_err(|error: toml::de::Error| ConfigError::Parse {
-                    origin: "from GANTRY_* environment variables".to_owned(),
-                    message: error.message().to_owned(),
-                })?;
-        Ok(self.overlay(env))
-    }
-
-    /// Applies command-line flags over this configuration.
-    pub fn with_overrides(mut self, flags: Overrides) -> Self {
-        self.data_dir = flags.data_dir.or(self.data_dir);
-        self.http_addr = flags.http_addr.or(self.http_addr);
-        self.otlp_grpc_addr = flags.otlp_grpc_addr.or(self.otlp_grpc_addr);
-        self.otlp_http_addr = flags.otlp_http_addr.or(self.otlp_http_addr);
-        self
-    }
-
-    fn overlay(self, top: RawConfig) -> Self {
-        Self {
-            data_dir: top.data_dir.or(self.data_dir),
-            http_addr: top.http_addr.or(self.http_addr),
-            otlp_grpc_addr: top.otlp_grpc_addr.or(self.otlp_grpc_addr),
-            otlp_http_addr: top.otlp_http_addr.or(self.otlp_http_addr),
-            retention_hours: top.retention_hours.or(self.retention_hours),
-            max_disk_bytes: top.max_disk_bytes.or(self.max_disk_bytes),
-            partition_hours: top.partition_hours.or(self.partition_hours),
-            max_queue_batches: top.max_queue_batches.or(self.max_queue_batches),
-            max_body_bytes: top.max_body_bytes.or(self.max_body_bytes),
-            commit_interval_ms: top.commit_interval_ms.or(self.commit_interval_ms),
-            indexer_memory_mb: top.indexer_memory_mb.or(self.indexer_memory_mb),
-            node_down_after_missed_heartbeats: top
-                .node_down_after_missed_heartbeats
-                .or(self.node_down_after_missed_heartbeats),
-        }
+        gantry_support::config::from_toml(text, origin)
     }
 
     /// Checks every value and fills in defaults.
@@ -312,67 +190,69 @@ fn parse_addr(
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    /// The flags of `gantry plane`, as the binary declares them.
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        raw: RawConfig,
+    }
+
+    fn flags(args: &[&str]) -> Result<RawConfig, clap::Error> {
+        Flags::try_parse_from(std::iter::once("gantry").chain(args.iter().copied())).map(|f| f.raw)
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plane.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
 
     #[test]
     fn unknown_key_is_named() {
-        let error = RawConfig::from_toml("retention_hours = 1\nretention_dayz = 3\n", "test.toml")
-            .unwrap_err();
+        let (_dir, path) = file("retention_hours = 1\nretention_dayz = 3\n");
+        let error = RawConfig::layered(Some(&path), &RawConfig::default()).unwrap_err();
         assert!(error.to_string().contains("retention_dayz"), "{error}");
     }
 
     #[test]
-    fn flags_beat_env_beat_file() {
-        let file = RawConfig::from_toml(
+    fn flags_beat_the_file() {
+        let (_dir, path) = file(
             "http_addr = \"127.0.0.1:1\"\notlp_http_addr = \"127.0.0.1:2\"\nretention_hours = 5\n",
-            "test.toml",
-        )
-        .unwrap();
-        let env = vec![
-            ("GANTRY_HTTP_ADDR".to_owned(), "127.0.0.1:3".to_owned()),
-            ("GANTRY_OTLP_HTTP_ADDR".to_owned(), "127.0.0.1:4".to_owned()),
-            ("GANTRY_BIN".to_owned(), "/not/a/config/key".to_owned()),
-        ];
-        let flags = Overrides {
-            http_addr: Some("127.0.0.1:5".to_owned()),
-            ..Overrides::default()
-        };
-        let config = file
-            .with_env(env)
+        );
+        let top = flags(&["--http-addr", "127.0.0.1:5"]).unwrap();
+        let config = RawConfig::layered(Some(&path), &top)
             .unwrap()
-            .with_overrides(flags)
             .validate()
             .unwrap();
         assert_eq!(config.http_addr.port(), 5);
-        assert_eq!(config.otlp_http_addr.port(), 4);
+        assert_eq!(config.otlp_http_addr.port(), 2);
         assert_eq!(config.store.retention, Duration::from_secs(5 * 3600));
         assert_eq!(config.node_down_after_missed_heartbeats, 3, "the default");
     }
 
     #[test]
-    fn missed_heartbeats_come_from_file_or_env() {
-        let file = RawConfig::from_toml("node_down_after_missed_heartbeats = 5", "t").unwrap();
+    fn flag_values_are_typed_by_the_field() {
+        let error = flags(&["--max-queue-batches", "lots"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--max-queue-batches"), "{error}");
+        assert!(flags(&["--node-down-after-missed-heartbeats", "-3"]).is_err());
         assert_eq!(
-            file.validate().unwrap().node_down_after_missed_heartbeats,
-            5
-        );
-        let env = RawConfig::from_toml("node_down_after_missed_heartbeats = 5", "t")
-            .unwrap()
-            .with_env([(
-                "GANTRY_NODE_DOWN_AFTER_MISSED_HEARTBEATS".to_owned(),
-                "100".to_owned(),
-            )])
-            .unwrap();
-        assert_eq!(
-            env.validate().unwrap().node_down_after_missed_heartbeats,
-            100
+            flags(&["--retention-hours", "48"]).unwrap().retention_hours,
+            Some(48)
         );
     }
 
     #[test]
     fn bad_values_name_the_key() {
         let check = |toml: &str, key: &str| {
-            let error = RawConfig::from_toml(toml, "t")
+            let (_dir, path) = file(toml);
+            let error = RawConfig::layered(Some(&path), &RawConfig::default())
                 .and_then(RawConfig::validate)
                 .unwrap_err();
             assert!(error.to_string().contains(key), "{error}");
@@ -393,22 +273,6 @@ mod tests {
         check(
             "node_down_after_missed_heartbeats = -1",
             "node_down_after_missed_heartbeats",
-        );
-        let env = RawConfig::default()
-            .with_env([("GANTRY_MAX_QUEUE_BATCHES".to_owned(), "lots".to_owned())]);
-        assert!(
-            env.unwrap_err()
-                .to_string()
-                .contains("GANTRY_MAX_QUEUE_BATCHES")
-        );
-        let env = RawConfig::default().with_env([(
-            "GANTRY_NODE_DOWN_AFTER_MISSED_HEARTBEATS".to_owned(),
-            "-3".to_owned(),
-        )]);
-        assert!(
-            env.unwrap_err()
-                .to_string()
-                .contains("GANTRY_NODE_DOWN_AFTER_MISSED_HEARTBEATS")
         );
     }
 }

@@ -1,16 +1,16 @@
-//! The Gantry control plane as a library: configuration, tokens, OTLP ingest, the telemetry store, the node registry,
-//! the HTTP API and the server that ties them together. The `gantry` binary is a thin CLI over this crate.
+//! The Gantry control plane as a library: configuration, the state database (tokens, nodes), who may call what,
+//! the OTLP intake over the telemetry store, the node registry, the HTTP API and the server that ties them together.
+//! The `gantry` binary is a thin CLI over this crate.
 //!
-//! **The store knows nothing about HTTP**; **only `gantry-proto` and OTLP types cross the network**.
+//! Module dependencies point one way: `server` → `api` → (`ingest`, `nodes`, `auth`) → `state`; `telemetry` and
+//! `config` are leaves. **The store knows nothing about HTTP** (it is the `gantry-store` crate); **only
+//! `gantry-proto` and OTLP types cross the network**.
 
 pub mod api;
 pub mod auth;
-pub mod bench;
 pub mod config;
 pub mod ingest;
 pub mod nodes;
 pub mod server;
-pub mod store;
+pub mod state;
 pub mod telemetry;
-
-pub use config::StoreConfig;

@@ -1,8 +1,9 @@
 //! The node registry: every agent that heartbeats, keyed by agent id, with its facts, shipping figures and status.
 //!
-//! A heartbeat inserts or refreshes a node. The registry is saved to `DATA_DIR/nodes.json` (temporary file, fsync,
-//! rename) when a node is registered or its facts change, and once more when the plane stops; not on every
-//! heartbeat, so `last_seen` and the shipping figures in the file are those of the last save.
+//! A heartbeat inserts or refreshes a node in memory. A node is written to the state database (`state::nodes`) when
+//! it registers or its facts or owner change, and every node once more when the plane stops; not on every heartbeat,
+//! so `last_seen` and the shipping figures stored are those of the last write. **Writes follow what changed**: only
+//! the nodes that changed are written.
 //!
 //! Status is computed when read: a node is **down when more than `missed × interval_ms` passed since its last
 //! heartbeat**, `interval_ms` being the one it announced. Nodes loaded at start are down until they heartbeat again:
@@ -11,14 +12,14 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use gantry_proto::{NodeFacts, NodeHeartbeat, NodeInfo, NodeShipping, NodeStatus, NodesResponse};
-use serde::{Deserialize, Serialize};
+
+use crate::state::StateDb;
+use crate::state::nodes::StoredNode;
 
 /// Most nodes a plane tracks; a heartbeat from a new node beyond it is refused.
 pub const MAX_NODES: usize = 100_000;
@@ -28,9 +29,6 @@ pub const INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
 
 /// How often [`NodeRegistry::watch`] looks for nodes that went down.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// File name of the registry in the data directory.
-const FILE_NAME: &str = "nodes.json";
 
 /// A registry problem.
 #[derive(Debug, thiserror::Error)]
@@ -53,37 +51,12 @@ pub enum NodeError {
     },
     /// The registry holds [`MAX_NODES`] nodes and this heartbeat is from a new one.
     #[error(
-        "the plane already tracks {MAX_NODES} nodes, its limit: this node is not registered; stop the plane and remove the nodes that are gone from DATA_DIR/nodes.json"
+        "the plane already tracks {MAX_NODES} nodes, its limit: this node is not registered; stop the plane and delete the nodes that are gone from the `nodes` table of DATA_DIR/state.db"
     )]
     Full,
-    /// Reading or writing `nodes.json` failed.
-    #[error("node registry {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-}
-
-/// What the plane keeps of a node in `nodes.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredNode {
-    /// First registration, RFC 3339.
-    registered: String,
-    /// Last heartbeat known at the save, RFC 3339.
-    last_seen: String,
-    interval_ms: u64,
-    facts: NodeFacts,
-    shipping: NodeShipping,
-    /// Id of the token that registered the node (empty in files from before ownership: the next heartbeat claims it).
-    #[serde(default)]
-    token_id: String,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct NodeFile {
-    nodes: Vec<StoredNode>,
+    /// Reading or writing the state database failed.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 /// A node in memory.
@@ -101,6 +74,10 @@ struct Node {
     reported_down: bool,
     /// The token that registered the node; only it (or an admin token) may heartbeat for it while it exists.
     token_id: String,
+    /// Bumped by every change that must reach the database.
+    changes: u64,
+    /// The value of `changes` last written.
+    saved: u64,
 }
 
 impl Node {
@@ -141,10 +118,8 @@ pub struct Sender<'a> {
 #[derive(Debug, Default)]
 struct Nodes {
     by_id: HashMap<String, Node>,
-    /// Bumped by every change that must reach the disk.
-    generation: u64,
-    /// The generation `nodes.json` holds.
-    saved: u64,
+    /// Nodes with changes not yet written.
+    unsaved: usize,
 }
 
 /// The answer to a heartbeat.
@@ -152,61 +127,37 @@ struct Nodes {
 pub struct Heard {
     /// The node was not known before.
     pub registered: bool,
-    /// The registry holds changes `nodes.json` does not: call [`NodeRegistry::save_if_changed`] (off the async
+    /// The registry holds changes the database does not: call [`NodeRegistry::save_if_changed`] (off the async
     /// workers).
     pub unsaved: bool,
 }
 
 /// The nodes of one plane.
 pub struct NodeRegistry {
-    path: PathBuf,
+    db: Arc<StateDb>,
     /// Heartbeats missed in a row before a node is down.
     missed: u32,
     nodes: Mutex<Nodes>,
-    /// Held while writing the file, so that saves are ordered and each writes a snapshot taken under it.
+    /// Held while writing, so that saves are ordered and each writes a snapshot taken under it.
     writing: Mutex<()>,
 }
 
 impl std::fmt::Debug for NodeRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeRegistry")
-            .field("path", &self.path)
+            .field("db", &self.db.path())
             .field("missed", &self.missed)
             .finish_non_exhaustive()
     }
 }
 
 impl NodeRegistry {
-    /// Opens the registry of `data_dir` (the file need not exist); a node is down after `missed` heartbeats.
+    /// The registry of the nodes stored in `db`; a node is down after `missed` heartbeats. Blocking.
     ///
-    /// A `nodes.json` that does not parse is moved aside to `nodes.json.corrupt` and the registry starts empty:
-    /// agents register again with their next heartbeat.
-    pub fn open(data_dir: &Path, missed: u32) -> Result<Self, NodeError> {
-        let path = data_dir.join(FILE_NAME);
-        let io = |source| NodeError::Io {
-            path: path.clone(),
-            source,
-        };
-        let file = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<NodeFile>(&bytes) {
-                Ok(file) => file,
-                Err(error) => {
-                    let aside = path.with_extension("json.corrupt");
-                    tracing::error!(
-                        error = %error,
-                        path = %path.display(),
-                        moved_to = %aside.display(),
-                        "node registry is corrupt; starting empty, nodes register again with their next heartbeat"
-                    );
-                    std::fs::rename(&path, &aside).map_err(io)?;
-                    NodeFile::default()
-                }
-            },
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => NodeFile::default(),
-            Err(source) => return Err(io(source)),
-        };
-        let by_id = file
-            .nodes
+    /// # Errors
+    /// The database failed.
+    pub fn open(db: Arc<StateDb>, missed: u32) -> Result<Self, NodeError> {
+        let by_id = crate::state::nodes::load_all(&db)?
             .into_iter()
             .map(|stored| {
                 let registered = parse_time(&stored.registered);
@@ -219,6 +170,8 @@ impl NodeRegistry {
                     heard: None,
                     reported_down: false,
                     token_id: stored.token_id,
+                    changes: 0,
+                    saved: 0,
                 };
                 (node.facts.agent_id.clone(), node)
             })
@@ -230,7 +183,7 @@ impl NodeRegistry {
             );
         }
         Ok(Self {
-            path,
+            db,
             missed: missed.max(1),
             nodes: Mutex::new(Nodes {
                 by_id,
@@ -264,6 +217,7 @@ impl NodeRegistry {
         } = heartbeat;
         let mut nodes = self.lock();
         let full = nodes.by_id.len() >= MAX_NODES;
+        let mut nodes_unsaved_delta = 0;
         let (registered, changed) = match nodes.by_id.entry(facts.agent_id.clone()) {
             std::collections::hash_map::Entry::Vacant(vacant) => {
                 if full {
@@ -285,6 +239,8 @@ impl NodeRegistry {
                     heard: Some(now),
                     reported_down: false,
                     token_id: sender.token_id.to_owned(),
+                    changes: 1,
+                    saved: 0,
                 });
                 (true, true)
             }
@@ -338,15 +294,24 @@ impl NodeRegistry {
                 node.last_seen = wall.max(node.registered);
                 node.heard = Some(now);
                 node.reported_down = false;
+                if changed {
+                    if node.changes == node.saved {
+                        // Clean until now: one more node to write.
+                        nodes_unsaved_delta = 1;
+                    }
+                    node.changes += 1;
+                }
                 (false, changed)
             }
         };
-        if changed {
-            nodes.generation += 1;
+        if registered {
+            nodes.unsaved += 1;
+        } else if changed {
+            nodes.unsaved += nodes_unsaved_delta;
         }
         Ok(Heard {
             registered,
-            unsaved: nodes.generation != nodes.saved,
+            unsaved: nodes.unsaved > 0,
         })
     }
 
@@ -386,40 +351,53 @@ impl NodeRegistry {
         Some(node.info(status))
     }
 
-    /// Writes `nodes.json` if the registry changed since it was last written. Blocks on disk: not on an async worker.
+    /// Writes the nodes that changed since they were last written, in one transaction. Blocks on disk: not on an
+    /// async worker.
+    ///
+    /// # Errors
+    /// The database failed; the nodes stay marked and the next save writes them.
     pub fn save_if_changed(&self) -> Result<(), NodeError> {
         self.save_inner(false)
     }
 
-    /// Writes `nodes.json` with the current `last_seen` and shipping figures, changed or not (at shutdown).
+    /// Writes every node with its current `last_seen` and shipping figures, changed or not (at shutdown).
+    ///
+    /// # Errors
+    /// The database failed.
     pub fn save(&self) -> Result<(), NodeError> {
         self.save_inner(true)
     }
 
-    fn save_inner(&self, always: bool) -> Result<(), NodeError> {
-        let _writing = self.writing.lock().expect("node file lock poisoned");
-        // Taken after the file lock: a save that waited writes a state at least as new as the change that asked for
-        // it, and one that finds the file up to date (another save wrote it meanwhile) has nothing to do.
-        let (generation, snapshot) = {
+    fn save_inner(&self, all: bool) -> Result<(), NodeError> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        // Taken after the write lock: a save that waited writes a state at least as new as the change that asked
+        // for it, and one that finds nothing unsaved (another save wrote it meanwhile) has nothing to do.
+        let snapshot: Vec<(u64, StoredNode)> = {
             let nodes = self.lock();
-            if !always && nodes.generation == nodes.saved {
+            if !all && nodes.unsaved == 0 {
                 return Ok(());
             }
-            let snapshot: Vec<Node> = nodes.by_id.values().cloned().collect();
-            (nodes.generation, snapshot)
+            nodes
+                .by_id
+                .values()
+                .filter(|node| all || node.changes != node.saved)
+                .map(|node| (node.changes, node.stored()))
+                .collect()
         };
-        let mut file = NodeFile {
-            nodes: snapshot.iter().map(Node::stored).collect(),
-        };
-        file.nodes
-            .sort_by(|a, b| a.facts.agent_id.cmp(&b.facts.agent_id));
-        let bytes = serde_json::to_vec_pretty(&file).expect("the node file serializes");
-        write_atomic(&self.path, &bytes).map_err(|source| NodeError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        let rows: Vec<StoredNode> = snapshot.iter().map(|(_, row)| row.clone()).collect();
+        crate::state::nodes::upsert(&self.db, &rows)?;
         let mut nodes = self.lock();
-        nodes.saved = nodes.saved.max(generation);
+        let mut cleaned = 0;
+        for (changes, row) in snapshot {
+            if let Some(node) = nodes.by_id.get_mut(&row.facts.agent_id) {
+                let was_dirty = node.changes != node.saved;
+                node.saved = node.saved.max(changes);
+                if was_dirty && node.changes == node.saved {
+                    cleaned += 1;
+                }
+            }
+        }
+        nodes.unsaved = nodes.unsaved.saturating_sub(cleaned);
         Ok(())
     }
 
@@ -597,20 +575,6 @@ fn parse_time(text: &str) -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
-/// Writes `bytes` to `path` through a temporary file, fsync and rename, then syncs the directory.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temporary = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temporary, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -653,8 +617,12 @@ mod tests {
         }
     }
 
-    fn registry(dir: &Path, missed: u32) -> NodeRegistry {
-        NodeRegistry::open(dir, missed).unwrap()
+    fn registry(dir: &std::path::Path, missed: u32) -> NodeRegistry {
+        NodeRegistry::open(Arc::new(StateDb::open(dir).unwrap()), missed).unwrap()
+    }
+
+    fn stored(dir: &std::path::Path) -> Vec<StoredNode> {
+        crate::state::nodes::load_all(&StateDb::open(dir).unwrap()).unwrap()
     }
 
     fn ms(millis: u64) -> Duration {
@@ -761,13 +729,12 @@ mod tests {
     fn saves_on_registration_and_fact_changes_only() {
         let dir = tempfile::tempdir().unwrap();
         let nodes = registry(dir.path(), 3);
-        let path = dir.path().join("nodes.json");
         let heard = nodes
             .heartbeat(heartbeat("a1", "web-1", 1000), &sender())
             .unwrap();
         assert!(heard.unsaved);
         nodes.save_if_changed().unwrap();
-        assert!(path.exists());
+        assert_eq!(stored(dir.path()).len(), 1);
 
         let mut busier = heartbeat("a1", "web-1", 1000);
         busier.shipping.sent_records = 99_999;
@@ -786,9 +753,12 @@ mod tests {
         );
         nodes.save_if_changed().unwrap();
         assert!(!nodes.heartbeat(relabelled, &sender()).unwrap().unsaved);
-        let saved = std::fs::read_to_string(&path).unwrap();
-        assert!(saved.contains("\"rack\": \"r7\""), "{saved}");
-        assert!(!dir.path().join("nodes.json.tmp").exists());
+        let saved = stored(dir.path());
+        assert_eq!(saved[0].facts.labels["rack"], "r7");
+        assert_eq!(
+            saved[0].shipping.sent_records, 1200,
+            "shipping figures alone were not written"
+        );
     }
 
     #[test]
@@ -833,12 +803,30 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_file_is_moved_aside() {
+    fn a_corrupt_legacy_file_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("nodes.json"), "{\"nodes\": [").unwrap();
         let nodes = registry(dir.path(), 3);
         assert!(nodes.list().nodes.is_empty());
         assert!(dir.path().join("nodes.json.corrupt").exists());
+    }
+
+    #[test]
+    fn a_legacy_file_is_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = heartbeat("a1", "web-1", 1000);
+        let legacy = serde_json::json!({"nodes": [{
+            "registered": "2026-11-25T10:00:00.000Z", "last_seen": "2026-11-25T11:00:00.000Z",
+            "interval_ms": 1000, "facts": node.facts, "shipping": node.shipping, "token_id": "t1",
+        }]});
+        std::fs::write(dir.path().join("nodes.json"), legacy.to_string()).unwrap();
+        let nodes = registry(dir.path(), 3);
+        let listed = nodes.list();
+        assert_eq!(listed.nodes.len(), 1);
+        assert_eq!(listed.nodes[0].registered, "2026-11-25T10:00:00.000Z");
+        assert!(dir.path().join("nodes.json.migrated").exists());
+        drop(nodes);
+        assert_eq!(registry(dir.path(), 3).list().nodes.len(), 1);
     }
 
     #[test]
@@ -856,6 +844,8 @@ mod tests {
                 heard: None,
                 reported_down: false,
                 token_id: "t1".to_owned(),
+                changes: 0,
+                saved: 0,
             };
             for i in 0..MAX_NODES {
                 inner.by_id.insert(format!("n{i}"), template.clone());
@@ -944,7 +934,7 @@ mod tests {
     #[test]
     fn an_agent_id_belongs_to_the_token_that_registered_it() {
         let tmp = tempfile::tempdir().unwrap();
-        let nodes = NodeRegistry::open(tmp.path(), 3).unwrap();
+        let nodes = registry(tmp.path(), 3);
         nodes
             .heartbeat(heartbeat("a1", "web-1", 1000), &sender())
             .unwrap();
@@ -981,7 +971,7 @@ mod tests {
             .unwrap();
         assert!(heard.unsaved);
         nodes.save_if_changed().unwrap();
-        let reopened = NodeRegistry::open(tmp.path(), 3).unwrap();
+        let reopened = registry(tmp.path(), 3);
         let t2_only = |id: &str| id == "t2";
         let t1_again = Sender {
             token_id: "t1",

@@ -1,23 +1,25 @@
-//! Runs the plane: binds the three listeners, writes `endpoints.json`, serves until a shutdown signal, then drains
-//! (servers stop accepting, the store writes what it acknowledged and commits) and returns.
+//! Runs the plane: binds the three listeners, writes `endpoints.json`, opens the state database and the store,
+//! serves HTTP (axum) and OTLP/gRPC (tonic) until the shutdown token is cancelled, then drains (listeners stop
+//! accepting, requests in flight finish, the node registry is written, the store writes what it acknowledged and
+//! commits) and returns.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use gantry_otlp::{Receiver, ReceiverConfig};
 use gantry_proto::Endpoints;
+use gantry_store::Store;
+use gantry_store::embedded::EmbeddedStore;
+use gantry_support::{CancellationToken, TaskTracker};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::api::{AppState, app, otlp_app};
-use crate::auth::TokenStore;
 use crate::config::PlaneConfig;
-use crate::ingest::Ingest;
-use crate::ingest::grpc::OtlpGrpc;
+use crate::ingest::{MAX_IN_FLIGHT, PlaneIntake};
 use crate::nodes::NodeRegistry;
-use crate::store::Store;
-use crate::store::embedded::EmbeddedStore;
+use crate::state::StateDb;
+use crate::state::tokens::TokenStore;
 use crate::telemetry::SelfMetrics;
 
 /// A plane whose listeners are bound.
@@ -35,9 +37,13 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen for {what} on {addr}: is another process using it? pick another with the flag"))
 }
 
-/// Binds the listeners (port 0 picks a free port) and writes `DATA_DIR/endpoints.json`.
+/// Binds the listeners (port 0 picks a free port), creates the data directory (mode 0700) and writes
+/// `DATA_DIR/endpoints.json`.
+///
+/// # Errors
+/// An address is taken or the data directory cannot be written.
 pub async fn bind_all(config: &PlaneConfig) -> anyhow::Result<Bound> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+    gantry_support::fs::create_private_dir(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
             config.data_dir.display()
@@ -51,10 +57,11 @@ pub async fn bind_all(config: &PlaneConfig) -> anyhow::Result<Bound> {
         otlp_grpc: otlp_grpc.local_addr()?.to_string(),
         otlp_http: otlp_http.local_addr()?.to_string(),
     };
-    let path = config.data_dir.join("endpoints.json");
-    let temporary = path.with_extension("json.tmp");
-    std::fs::write(&temporary, serde_json::to_vec_pretty(&endpoints)?)?;
-    std::fs::rename(&temporary, &path)?;
+    gantry_support::fs::write_atomic(
+        &config.data_dir.join("endpoints.json"),
+        &serde_json::to_vec_pretty(&endpoints)?,
+    )
+    .context("cannot write endpoints.json")?;
     Ok(Bound {
         endpoints,
         http,
@@ -63,30 +70,47 @@ pub async fn bind_all(config: &PlaneConfig) -> anyhow::Result<Bound> {
     })
 }
 
-/// Serves until `shutdown` completes, then drains.
+/// Serves until `shutdown` is cancelled (or the store fails to start, which cancels it), then drains.
+///
+/// # Errors
+/// The state database or the store could not open, or a server failed.
 pub async fn serve(
     config: PlaneConfig,
     bound: Bound,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let tokens = Arc::new(TokenStore::open(&config.data_dir)?);
-    let nodes = Arc::new(NodeRegistry::open(
-        &config.data_dir,
-        config.node_down_after_missed_heartbeats,
-    )?);
+    let state_dir = config.data_dir.clone();
+    let db = Arc::new(
+        tokio::task::spawn_blocking(move || StateDb::open(&state_dir))
+            .await?
+            .context("cannot open the state database")?,
+    );
+    let tokens = TokenStore::new(db.clone());
+    let nodes = {
+        let (db, missed) = (db.clone(), config.node_down_after_missed_heartbeats);
+        Arc::new(tokio::task::spawn_blocking(move || NodeRegistry::open(db, missed)).await??)
+    };
     let (store, replayed) = EmbeddedStore::start(&config.data_dir, config.store.clone());
     let store: Arc<dyn Store> = store;
-    let ingest = Ingest {
-        store: store.clone(),
-        retention: config.store.retention,
-        max_body_bytes: config.max_body_bytes,
-        metrics: Arc::new(SelfMetrics::default()),
-        admission: Arc::new(tokio::sync::Semaphore::new(crate::ingest::MAX_IN_FLIGHT)),
-    };
+    let metrics = Arc::new(SelfMetrics::new());
+    let otlp = Receiver::new(
+        Arc::new(PlaneIntake {
+            store: store.clone(),
+            tokens: tokens.clone(),
+            metrics: metrics.clone(),
+        }),
+        ReceiverConfig {
+            max_in_flight: MAX_IN_FLIGHT,
+            max_body_bytes: config.max_body_bytes,
+            busy_retry_after: std::time::Duration::from_secs(1),
+        },
+    );
     let state = AppState {
-        ingest: ingest.clone(),
-        tokens: tokens.clone(),
+        store: store.clone(),
+        tokens,
         nodes: nodes.clone(),
+        metrics,
+        otlp: otlp.clone(),
     };
     tracing::info!(
         http = %bound.endpoints.http,
@@ -96,79 +120,52 @@ pub async fn serve(
         "gantry plane listening"
     );
 
-    let (stop, stopped) = watch::channel(false);
     let failure = Arc::new(std::sync::Mutex::new(None::<anyhow::Error>));
+    let tasks = TaskTracker::new();
     {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop.send(true);
+        let (shutdown, failure) = (shutdown.clone(), failure.clone());
+        tasks.spawn(async move {
+            let error = tokio::select! {
+                () = shutdown.cancelled() => return,
+                replayed = replayed => match replayed {
+                    Ok(Ok(_)) => {
+                        tracing::info!("gantry plane ready");
+                        return;
+                    }
+                    Ok(Err(error)) => anyhow::anyhow!("the store could not start: {error}"),
+                    Err(_) => anyhow::anyhow!("the store's opener died during start (a panic during replay)"),
+                },
+            };
+            tracing::error!(error = %error, "stopping");
+            *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+            shutdown.cancel();
         });
     }
-    {
-        let stop = stop.clone();
-        let failure = failure.clone();
-        tokio::spawn(async move {
-            match replayed.await {
-                Ok(Ok(_)) => tracing::info!("gantry plane ready"),
-                Ok(Err(error)) => {
-                    tracing::error!(error = %error, "the store could not start; stopping");
-                    *failure.lock().expect("failure lock poisoned") =
-                        Some(anyhow::anyhow!("the store could not start: {error}"));
-                    let _ = stop.send(true);
-                }
-                Err(_) => {
-                    tracing::error!("the store's opener died (a panic during replay); stopping");
-                    *failure.lock().expect("failure lock poisoned") =
-                        Some(anyhow::anyhow!("the store's opener died during start"));
-                    let _ = stop.send(true);
-                }
-            }
-        });
-    }
-    let until = |mut stopped: watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
-    };
-    let watcher = tokio::spawn(nodes.clone().watch(until(stopped.clone())));
-    let http =
-        axum::serve(bound.http, app(state.clone())).with_graceful_shutdown(until(stopped.clone()));
-    let otlp_http = axum::serve(bound.otlp_http, otlp_app(state))
-        .with_graceful_shutdown(until(stopped.clone()));
-    let grpc = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(
-            crate::ingest::grpc::standard_codes,
-        ))
-        .add_routes(OtlpGrpc::new(ingest, tokens).router())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(bound.otlp_grpc),
-            until(stopped.clone()),
-        );
+    tasks.spawn(nodes.clone().watch(shutdown.clone().cancelled_owned()));
+    let http = axum::serve(bound.http, app(state.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let otlp_http = axum::serve(bound.otlp_http, otlp_app(&state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let grpc = otlp.serve_grpc(bound.otlp_grpc, shutdown.clone().cancelled_owned());
     let (http, otlp_http, grpc) =
         tokio::join!(async { http.await }, async { otlp_http.await }, grpc);
-    http.context("the HTTP API server failed")?;
-    otlp_http.context("the OTLP/HTTP server failed")?;
-    grpc.context("the OTLP/gRPC server failed")?;
+    // A server that failed on its own stops the rest.
+    shutdown.cancel();
     tracing::info!("listeners closed; writing what was acknowledged");
-    let _ = watcher.await;
-    // Last, so that the file holds the last heartbeat of every node.
+    tasks.close();
+    tasks.wait().await;
+    // Last, so that the database holds the last heartbeat of every node.
     let saved = tokio::task::spawn_blocking(move || nodes.save()).await;
     if let Ok(Err(error)) = saved {
         tracing::error!(error = %error, "node registry not saved at shutdown");
     }
     store.shutdown().await;
+    http.context("the HTTP API server failed")?;
+    otlp_http.context("the OTLP/HTTP server failed")?;
+    grpc?;
     tracing::info!("gantry plane stopped");
-    match failure.lock().expect("failure lock poisoned").take() {
+    match failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
         Some(error) => Err(error),
         None => Ok(()),
-    }
-}
-
-/// Waits for SIGTERM or Ctrl-C.
-pub async fn termination() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install the SIGTERM handler");
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received; draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; draining"),
     }
 }

@@ -1,110 +1,285 @@
-//! Gantry's own metrics, rendered in the Prometheus text format at `/metrics`: counters and latency histograms
-//! keyed by name and labels.
+//! The plane's own metrics, exposed at `/metrics` in the OpenMetrics text format through `prometheus-client`
+//! (`gantry_support::metrics`): ingest counters by signal, protocol, outcome and service, query and commit latency
+//! histograms, and the store's figures as gauges read at scrape time.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::collections::HashSet;
 use std::sync::Mutex;
 
-/// Upper bounds (seconds) of every latency histogram.
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
+use gantry_proto::Signal;
+use gantry_store::StoreStats;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-type Key = (&'static str, String);
+/// Distinct services counted by name in `gantry_ingest_records_total`; the rest are counted as `_other`, so that a
+/// sender inventing service names cannot grow the exposition without bound.
+pub const MAX_SERVICES: usize = 10_000;
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// Labels of `gantry_ingest_batches_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchLabels {
+    /// `logs`, `traces` or `metrics`.
+    pub signal: &'static str,
+    /// `http` or `grpc`.
+    pub protocol: &'static str,
+    /// `stored`, `duplicate`, or why the batch was refused (`overloaded`, `unauthorized`, ...).
+    pub outcome: &'static str,
 }
 
-/// The plane's own counters and histograms.
+/// Labels of a counter per signal.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabels {
+    /// `logs`, `traces` or `metrics`.
+    pub signal: &'static str,
+}
+
+/// Labels of `gantry_ingest_rejected_records_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectedLabels {
+    /// `logs`, `traces` or `metrics`.
+    pub signal: &'static str,
+    /// `timestamp` or `invalid_value`.
+    pub reason: &'static str,
+}
+
+/// Labels of `gantry_ingest_records_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// `logs`, `traces` or `metrics`.
+    pub signal: &'static str,
+    /// The resource's `service.name` as sent (escaped in the exposition), or `_other` past [`MAX_SERVICES`].
+    pub service: String,
+}
+
+/// Labels of `gantry_query_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The API endpoint (`logs`, `traces`, ...).
+    pub endpoint: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Store figures, set at each scrape.
 #[derive(Default)]
+struct StoreGauges {
+    wal_bytes: Gauge,
+    queue_depth: Gauge,
+    index_bytes: Gauge,
+    partitions: Gauge,
+    indexed_records: Gauge,
+    expired_records: Gauge,
+    wal_truncated_bytes: Gauge,
+    corrupt_checkpoints: Gauge,
+    ready: Gauge,
+}
+
+/// The plane's own counters, histograms and gauges.
 pub struct SelfMetrics {
-    counters: Mutex<BTreeMap<Key, u64>>,
-    histograms: Mutex<BTreeMap<Key, Histogram>>,
+    registry: Registry,
+    batches: Family<BatchLabels, Counter>,
+    bytes: Family<SignalLabels, Counter>,
+    rejected: Family<RejectedLabels, Counter>,
+    records: Family<ServiceLabels, Counter>,
+    services: Mutex<HashSet<String>>,
+    commit: Histogram,
+    queries: HistogramFamily<EndpointLabels>,
+    store: StoreGauges,
 }
 
-fn labels(pairs: &[(&str, &str)]) -> String {
-    let mut text = String::new();
-    for (i, (key, value)) in pairs.iter().enumerate() {
-        if i > 0 {
-            text.push(',');
-        }
-        let escaped = value
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = write!(text, "{key}=\"{escaped}\"");
+impl Default for SelfMetrics {
+    fn default() -> Self {
+        Self::new()
     }
-    text
+}
+
+impl std::fmt::Debug for SelfMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SelfMetrics").finish_non_exhaustive()
+    }
 }
 
 impl SelfMetrics {
-    /// Adds to a counter.
-    pub fn add(&self, name: &'static str, pairs: &[(&str, &str)], value: u64) {
-        *self
-            .counters
-            .lock()
-            .expect("metrics lock poisoned")
-            .entry((name, labels(pairs)))
-            .or_default() += value;
+    /// Every metric registered, at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let batches = Family::<BatchLabels, Counter>::default();
+        let bytes = Family::<SignalLabels, Counter>::default();
+        let rejected = Family::<RejectedLabels, Counter>::default();
+        let records = Family::<ServiceLabels, Counter>::default();
+        let commit = gantry_support::metrics::latency_histogram();
+        let queries: HistogramFamily<EndpointLabels> =
+            Family::new_with_constructor(gantry_support::metrics::latency_histogram);
+        registry.register(
+            "gantry_ingest_batches",
+            "OTLP export requests by signal, protocol and outcome (stored, duplicate, or why refused)",
+            batches.clone(),
+        );
+        registry.register(
+            "gantry_ingest_bytes",
+            "Protobuf bytes of stored batches, by signal",
+            bytes.clone(),
+        );
+        registry.register(
+            "gantry_ingest_rejected_records",
+            "Items (log records, spans, data points) rejected one by one, by signal and reason",
+            rejected.clone(),
+        );
+        registry.register(
+            "gantry_ingest_records",
+            "Items stored, by signal and service.name",
+            records.clone(),
+        );
+        registry.register(
+            "gantry_ingest_commit_seconds",
+            "Time from handing a batch to the store to its fsync in the write-ahead log",
+            commit.clone(),
+        );
+        registry.register(
+            "gantry_query_seconds",
+            "Query latency by API endpoint",
+            queries.clone(),
+        );
+        let store = StoreGauges::default();
+        for (name, help, gauge) in [
+            (
+                "gantry_wal_bytes",
+                "Bytes of write-ahead log on disk",
+                &store.wal_bytes,
+            ),
+            (
+                "gantry_write_queue_depth",
+                "Batches waiting for the write-ahead log",
+                &store.queue_depth,
+            ),
+            (
+                "gantry_index_bytes",
+                "Bytes of indexes on disk",
+                &store.index_bytes,
+            ),
+            (
+                "gantry_partitions",
+                "Time partitions of all signals",
+                &store.partitions,
+            ),
+            (
+                "gantry_indexed_records",
+                "Records indexed since start",
+                &store.indexed_records,
+            ),
+            (
+                "gantry_expired_records",
+                "Records outside the accepted time window when indexed (expired while queued)",
+                &store.expired_records,
+            ),
+            (
+                "gantry_wal_truncated_bytes",
+                "Torn or corrupt bytes cut off the write-ahead log at start",
+                &store.wal_truncated_bytes,
+            ),
+            (
+                "gantry_corrupt_checkpoints",
+                "Checkpoints found unreadable at start (the write-ahead log was replayed from its oldest segment)",
+                &store.corrupt_checkpoints,
+            ),
+            (
+                "gantry_ready",
+                "1 once the store has replayed its write-ahead log",
+                &store.ready,
+            ),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
+        Self {
+            registry,
+            batches,
+            bytes,
+            rejected,
+            records,
+            services: Mutex::new(HashSet::new()),
+            commit,
+            queries,
+            store,
+        }
     }
 
-    /// Records one observation (seconds) in a histogram.
-    pub fn observe(&self, name: &'static str, pairs: &[(&str, &str)], seconds: f64) {
-        let mut histograms = self.histograms.lock().expect("metrics lock poisoned");
-        let histogram = histograms.entry((name, labels(pairs))).or_default();
-        for (bound, count) in BUCKETS.iter().zip(histogram.counts.iter_mut()) {
-            if seconds <= *bound {
-                *count += 1;
-            }
-        }
-        histogram.count += 1;
-        histogram.sum += seconds;
+    /// Counts one export request with its outcome.
+    pub fn batch(&self, signal: Signal, protocol: &'static str, outcome: &'static str) {
+        self.batches
+            .get_or_create(&BatchLabels {
+                signal: signal.as_str(),
+                protocol,
+                outcome,
+            })
+            .inc();
     }
 
-    /// The Prometheus text exposition, with `gauges` (name, help, value) appended.
-    pub fn render(&self, gauges: &[(&str, &str, f64)]) -> String {
-        let mut out = String::new();
-        let mut last = "";
-        for ((name, labels), value) in self.counters.lock().expect("metrics lock poisoned").iter() {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name} counter");
-                last = name;
-            }
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    /// Counts a stored batch's bytes and the time its commit took.
+    pub fn stored(&self, signal: Signal, bytes: u64, commit_seconds: f64) {
+        self.bytes
+            .get_or_create(&SignalLabels {
+                signal: signal.as_str(),
+            })
+            .inc_by(bytes);
+        self.commit.observe(commit_seconds);
+    }
+
+    /// Counts items rejected one by one.
+    pub fn rejected(&self, signal: Signal, reason: &'static str, items: u64) {
+        if items > 0 {
+            self.rejected
+                .get_or_create(&RejectedLabels {
+                    signal: signal.as_str(),
+                    reason,
+                })
+                .inc_by(items);
         }
-        for ((name, labels), histogram) in self
-            .histograms
-            .lock()
-            .expect("metrics lock poisoned")
-            .iter()
-        {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name} histogram");
-                last = name;
+    }
+
+    /// Counts items stored for a service.
+    pub fn records(&self, signal: Signal, service: &str, items: u64) {
+        let service = {
+            let mut known = self.services.lock().unwrap_or_else(|p| p.into_inner());
+            if known.contains(service) || known.len() < MAX_SERVICES {
+                known.insert(service.to_owned());
+                service.to_owned()
+            } else {
+                "_other".to_owned()
             }
-            let sep = if labels.is_empty() { "" } else { "," };
-            for (bound, count) in BUCKETS.iter().zip(histogram.counts) {
-                let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-                histogram.count
-            );
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", histogram.sum);
-            let _ = writeln!(out, "{name}_count{{{labels}}} {}", histogram.count);
-        }
-        for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        }
-        out
+        };
+        self.records
+            .get_or_create(&ServiceLabels {
+                signal: signal.as_str(),
+                service,
+            })
+            .inc_by(items);
+    }
+
+    /// Records a query's latency.
+    pub fn query(&self, endpoint: &'static str, seconds: f64) {
+        self.queries
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(seconds);
+    }
+
+    /// The exposition, with the store's figures as of now.
+    pub fn render(&self, stats: &StoreStats, ready: bool) -> String {
+        let set = |gauge: &Gauge, value: u64| {
+            gauge.set(value.min(i64::MAX as u64) as i64);
+        };
+        set(&self.store.wal_bytes, stats.wal_bytes);
+        set(&self.store.queue_depth, stats.queue_depth);
+        set(&self.store.index_bytes, stats.index_bytes);
+        set(&self.store.partitions, stats.partitions);
+        set(&self.store.indexed_records, stats.indexed_records);
+        set(&self.store.expired_records, stats.expired_records);
+        set(&self.store.wal_truncated_bytes, stats.wal_truncated_bytes);
+        set(&self.store.corrupt_checkpoints, stats.corrupt_checkpoints);
+        set(&self.store.ready, u64::from(ready));
+        gantry_support::metrics::encode(&self.registry)
     }
 }
 
@@ -114,20 +289,42 @@ mod tests {
 
     #[test]
     fn renders_counters_histograms_and_gauges() {
-        let metrics = SelfMetrics::default();
-        metrics.add("gantry_x_total", &[("signal", "logs")], 2);
-        metrics.add("gantry_x_total", &[("signal", "logs")], 3);
-        metrics.observe("gantry_y_seconds", &[], 0.003);
-        let text = metrics.render(&[("gantry_z", "a gauge", 7.0)]);
-        assert!(text.contains("gantry_x_total{signal=\"logs\"} 5"), "{text}");
-        assert!(
-            text.contains("gantry_y_seconds_bucket{le=\"0.005\"} 1"),
-            "{text}"
+        let metrics = SelfMetrics::new();
+        metrics.batch(Signal::Logs, "http", "stored");
+        metrics.batch(Signal::Logs, "http", "stored");
+        metrics.stored(Signal::Logs, 100, 0.003);
+        metrics.records(Signal::Traces, "pay\"ments\n", 3);
+        metrics.query("logs", 0.02);
+        let text = metrics.render(
+            &StoreStats {
+                wal_bytes: 7,
+                ..StoreStats::default()
+            },
+            true,
         );
-        assert!(
-            text.contains("gantry_y_seconds_bucket{le=\"0.0025\"} 0"),
-            "{text}"
-        );
-        assert!(text.contains("gantry_z 7"), "{text}");
+        for line in [
+            r#"gantry_ingest_batches_total{signal="logs",protocol="http",outcome="stored"} 2"#,
+            r#"gantry_ingest_bytes_total{signal="logs"} 100"#,
+            r#"gantry_ingest_records_total{signal="traces",service="pay\"ments\n"} 3"#,
+            r#"gantry_ingest_commit_seconds_bucket{le="0.005"} 1"#,
+            r#"gantry_query_seconds_count{endpoint="logs"} 1"#,
+            "gantry_wal_bytes 7",
+            "gantry_ready 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn services_beyond_the_cap_are_counted_as_other() {
+        let metrics = SelfMetrics::new();
+        for i in 0..MAX_SERVICES + 5 {
+            metrics.records(Signal::Logs, &format!("s{i}"), 1);
+        }
+        let text = metrics.render(&StoreStats::default(), true);
+        assert!(text.contains(r#"gantry_ingest_records_total{signal="logs",service="_other"} 5"#));
     }
 }

@@ -1,1 +1,1 @@
-//! End-to-end tests for Gantry live in `tests/tests/`; this crate has no library code.
+//! End-to-end tests for Gantry live in `tests/e2e/` (one test binary, `e2e`); this crate has no library code.

@@ -308,7 +308,7 @@ impl Buffer {
 /// Writes `DATA_DIR/shipped-seq` atomically (temp file, fsync, rename).
 fn write_cursor(path: &Path, seq: u64) -> std::io::Result<()> {
     // The rename must survive a power loss too, or the cursor could go back behind what the plane dedups.
-    crate::write_atomic(path, format!("{seq}\n").as_bytes())
+    gantry_support::fs::write_atomic(path, format!("{seq}\n").as_bytes())
 }
 
 /// Starts the writer thread: it serves [`AppendRequest`]s until every sender is dropped.

@@ -1,53 +1,31 @@
 //! The layout of one buffered batch: a small header the agent keeps for itself, then the OTLP payload that is shipped as is.
 
-/// Format version of [`BufferRecord`]: 2 adds the signal byte; version 1 records (logs only) are still read.
-const VERSION: u8 = 2;
+/// Format version of [`BufferRecord`]: 2 added the signal byte, 3 writes it as `gantry_proto::Signal::to_byte`.
+/// Records of versions 1 (logs only) and 2 are still read, so a buffer written by an older agent ships after an
+/// upgrade.
+const VERSION: u8 = 3;
 /// version u8 + signal u8 + appended_unix_nanos u64 + records u32 + source_state_len u32.
 const HEADER_LEN: usize = 1 + 1 + 8 + 4 + 4;
 /// The header of a version 1 record: no signal byte.
 const V1_HEADER_LEN: usize = 1 + 8 + 4 + 4;
 
-/// Which OTLP export request a record's payload is, and so where the shipper sends it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Signal {
-    /// `ExportLogsServiceRequest`, to `/v1/logs`.
-    Logs,
-    /// `ExportMetricsServiceRequest`, to `/v1/metrics`.
-    Metrics,
-    /// `ExportTraceServiceRequest`, to `/v1/traces`.
-    Traces,
-}
+pub use gantry_proto::Signal;
 
-impl Signal {
-    /// Every signal.
-    pub const ALL: [Signal; 3] = [Signal::Logs, Signal::Metrics, Signal::Traces];
-
-    /// The OTLP/HTTP path segment: `logs`, `metrics`, `traces`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Signal::Logs => "logs",
-            Signal::Metrics => "metrics",
-            Signal::Traces => "traces",
-        }
-    }
-
-    fn to_byte(self) -> u8 {
-        match self {
-            Signal::Logs => 0,
-            Signal::Metrics => 1,
-            Signal::Traces => 2,
-        }
-    }
-
-    fn from_byte(byte: u8) -> Option<Signal> {
-        Signal::ALL.into_iter().find(|s| s.to_byte() == byte)
+/// The signal byte of a version 2 record, written before the signal was defined once in `gantry-proto` (0 logs,
+/// 1 metrics, 2 traces; version 3 uses [`Signal::to_byte`]).
+fn v2_signal(byte: u8) -> Option<Signal> {
+    match byte {
+        0 => Some(Signal::Logs),
+        1 => Some(Signal::Metrics),
+        2 => Some(Signal::Traces),
+        _ => None,
     }
 }
 
 /// One batch as stored in the disk buffer (one WAL record).
 ///
 /// ```text
-/// u8 version (2) | u8 signal | u64 LE appended_unix_nanos | u32 LE records | u32 LE state_len | state | payload
+/// u8 version (3) | u8 signal | u64 LE appended_unix_nanos | u32 LE records | u32 LE state_len | state | payload
 /// ```
 ///
 /// `state` is what the producing source needs to resume after a crash (the file source stores the
@@ -120,12 +98,20 @@ impl BufferHeader {
     pub fn parse(bytes: &[u8]) -> Result<BufferHeader, MalformedRecord> {
         let (signal, header, fields) = match bytes.first() {
             Some(1) => (Signal::Logs, V1_HEADER_LEN, 1),
-            Some(&VERSION) => {
+            Some(&version) if version == 2 || version == VERSION => {
                 let byte = *bytes
                     .get(1)
                     .ok_or(MalformedRecord("shorter than its header"))?;
-                let signal = Signal::from_byte(byte).ok_or(MalformedRecord("unknown signal"))?;
-                (signal, HEADER_LEN, 2)
+                let signal = if version == 2 {
+                    v2_signal(byte)
+                } else {
+                    Signal::from_byte(byte)
+                };
+                (
+                    signal.ok_or(MalformedRecord("unknown signal"))?,
+                    HEADER_LEN,
+                    2,
+                )
             }
             Some(_) => return Err(MalformedRecord("unknown version")),
             None => return Err(MalformedRecord("empty")),
@@ -196,6 +182,13 @@ mod tests {
         v1.extend_from_slice(&[9, 9]);
         let old = BufferRecord::decode(&v1).unwrap();
         assert_eq!(old.signal, Signal::Logs);
+        // A version 2 record keeps its own signal bytes: 1 was metrics then.
+        let mut v2 = record.encode();
+        v2[0] = 2;
+        v2[1] = 1;
+        assert_eq!(BufferRecord::decode(&v2).unwrap().signal, Signal::Metrics);
+        v2[1] = 2;
+        assert_eq!(BufferRecord::decode(&v2).unwrap().signal, Signal::Traces);
         assert_eq!(
             (
                 old.records,

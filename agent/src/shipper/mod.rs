@@ -6,6 +6,7 @@
 
 mod backoff;
 
+use gantry_support::CancellationToken;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,7 +18,6 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
-use tokio::sync::watch;
 
 pub use backoff::Backoff;
 
@@ -137,7 +137,7 @@ pub async fn run(
     client: reqwest::Client,
     config: ShipperConfig,
     telemetry: Arc<Telemetry>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut appended = buffer.subscribe();
     let mut cursor = buffer.shipped();
@@ -152,12 +152,12 @@ pub async fn run(
                 telemetry
                     .oldest_unshipped_unix_nanos
                     .store(0, Ordering::Relaxed);
-                if *stop.borrow() {
+                if stop.is_cancelled() {
                     return;
                 }
                 tokio::select! {
                     _ = appended.changed() => {}
-                    _ = stop.changed() => {}
+                    () = stop.cancelled() => {}
                 }
                 continue;
             }
@@ -550,7 +550,7 @@ mod damaged_buffer_tests {
                 axum::routing::post(
                     |axum::extract::State(seen): axum::extract::State<Arc<Mutex<Vec<u8>>>>,
                      body: axum::body::Bytes| async move {
-                        let plain = gantry_proto::otlp::gunzip(&body, 1 << 20).unwrap();
+                        let plain = gantry_otlp::encoding::gunzip(&body, 1 << 20).unwrap();
                         seen.lock().unwrap().push(plain[0]);
                         ""
                     },
@@ -560,7 +560,7 @@ mod damaged_buffer_tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let plane = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
-        let (_stop, stopped) = watch::channel(false);
+        let stopped = CancellationToken::new();
         let shipper = tokio::spawn(run(
             buffer.clone(),
             http_client().unwrap(),

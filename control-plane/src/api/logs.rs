@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::time::parse_range;
 use super::{ApiError, AppState, Caller, Params, ReadAccess, parse_query};
-use crate::store::{Cursor, LogSearch};
+use gantry_store::{Cursor, LogSearch};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
@@ -77,7 +77,7 @@ pub async fn search(
             .map(decode_cursor)
             .transpose()?,
     };
-    let page = state.ingest.store.search_logs(search).await?;
+    let page = state.store.search_logs(search).await?;
     let took_ms = state.query_done("logs", started);
     Ok(Json(LogsResponse {
         hits: page.hits,
@@ -110,11 +110,7 @@ pub async fn histogram(
     }
     let range = parse_range(params.from.as_deref(), params.to.as_deref())?;
     let query = parse_query(params.q.as_deref())?;
-    let counts = state
-        .ingest
-        .store
-        .log_histogram(query, range, buckets)
-        .await?;
+    let counts = state.store.log_histogram(query, range, buckets).await?;
     let took_ms = state.query_done("histogram", started);
     Ok(Json(HistogramResponse {
         buckets: counts,

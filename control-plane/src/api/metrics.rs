@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::time::parse_range;
 use super::{ApiError, AppState, Caller, Params, ReadAccess, parse_query};
-use crate::store::{Aggregation, MetricQuery};
+use gantry_store::{Aggregation, MetricQuery};
 
 /// Most points per series.
 const MAX_STEPS: i64 = 11_000;
@@ -110,7 +110,7 @@ pub async fn query(
         step,
         range,
     };
-    let series = state.ingest.store.metrics(query).await?;
+    let series = state.store.metrics(query).await?;
     let took_ms = state.query_done("metrics", started);
     Ok(Json(MetricsResponse {
         name,

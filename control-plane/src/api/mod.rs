@@ -22,31 +22,35 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use gantry_proto::{Access, ErrorBody, TokenInfo};
 
-use crate::auth::{TokenError, TokenStore};
-use crate::ingest::Ingest;
+use gantry_otlp::Receiver;
+use gantry_store::{Store, StoreError};
+
+use crate::auth::{AuthError, authorize};
+use crate::ingest::PlaneIntake;
 use crate::nodes::NodeRegistry;
-use crate::store::StoreError;
+use crate::state::tokens::{TokenError, TokenStore};
+use crate::telemetry::SelfMetrics;
 
 /// Everything handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    /// OTLP ingest (and the store behind it).
-    pub ingest: Ingest,
+    /// The telemetry store.
+    pub store: Arc<dyn Store>,
     /// API tokens.
-    pub tokens: Arc<TokenStore>,
+    pub tokens: TokenStore,
     /// The nodes that heartbeat.
     pub nodes: Arc<NodeRegistry>,
+    /// The plane's own metrics.
+    pub metrics: Arc<SelfMetrics>,
+    /// The OTLP receiver whose HTTP routes the API port serves too.
+    pub otlp: Receiver<PlaneIntake>,
 }
 
 impl AppState {
     /// Records a query's latency in `gantry_query_seconds` and returns it in milliseconds.
     pub fn query_done(&self, endpoint: &'static str, started: std::time::Instant) -> u64 {
         let took = started.elapsed();
-        self.ingest.metrics.observe(
-            "gantry_query_seconds",
-            &[("endpoint", endpoint)],
-            took.as_secs_f64(),
-        );
+        self.metrics.query(endpoint, took.as_secs_f64());
         took.as_millis() as u64
     }
 }
@@ -68,22 +72,14 @@ pub fn app(state: AppState) -> Router {
         .route(gantry_proto::HEARTBEAT_PATH, post(nodes::heartbeat))
         .route("/api/v1/nodes", get(nodes::list))
         .route("/api/v1/nodes/{agent_id}", get(nodes::by_id))
-        .merge(otlp_routes())
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(state.otlp.http_router())
 }
 
 /// The OTLP/HTTP paths alone, for the standard OTLP port.
-pub fn otlp_app(state: AppState) -> Router {
-    otlp_routes().fallback(not_found).with_state(state)
-}
-
-fn otlp_routes() -> Router<AppState> {
-    use crate::ingest::http;
-    Router::new()
-        .route("/v1/logs", post(http::logs))
-        .route("/v1/traces", post(http::traces))
-        .route("/v1/metrics", post(http::metrics))
+pub fn otlp_app(state: &AppState) -> Router {
+    state.otlp.http_router().fallback(not_found)
 }
 
 async fn not_found() -> ApiError {
@@ -104,17 +100,9 @@ pub enum ApiError {
         /// Where, in characters.
         position: usize,
     },
-    /// No valid token.
-    #[error(
-        "missing or invalid token: send `Authorization: Bearer gty_...` (create one with `gantry token create`)"
-    )]
-    Unauthorized,
-    /// The token's role may not do this.
-    #[error("a `{role}` token may not do this: use a token with a role that allows it")]
-    Forbidden {
-        /// The caller's role.
-        role: gantry_proto::Role,
-    },
+    /// No valid token, or a role that may not do this (401 or 403).
+    #[error(transparent)]
+    Auth(AuthError),
     /// Nothing there.
     #[error("{0}")]
     NotFound(String),
@@ -157,9 +145,23 @@ impl From<TokenError> for ApiError {
             TokenError::NameTaken(_) => ApiError::Conflict(error.to_string()),
             TokenError::BadName => ApiError::BadRequest(error.to_string()),
             TokenError::NotFound(_) => ApiError::NotFound(error.to_string()),
-            TokenError::Io { .. } | TokenError::Corrupt { .. } => {
-                ApiError::Internal(error.to_string())
-            }
+            // The database is busy or failing: a retry can succeed.
+            TokenError::State(_) => ApiError::Unavailable {
+                message: error.to_string(),
+                retry_after: Duration::from_secs(1),
+            },
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Unavailable(message) => ApiError::Unavailable {
+                message,
+                retry_after: Duration::from_secs(1),
+            },
+            other => ApiError::Auth(other),
         }
     }
 }
@@ -177,8 +179,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::BadRequest(_) | ApiError::BadQuery { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Auth(AuthError::Forbidden { .. }) => StatusCode::FORBIDDEN,
+            ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -195,7 +197,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
-        if let ApiError::Unauthorized = self {
+        if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -237,27 +239,6 @@ pub struct Caller<R: Requirement> {
     /// Who called.
     pub token: TokenInfo,
     _requirement: PhantomData<R>,
-}
-
-/// Checks a bearer token against the registry and a required access.
-pub fn authorize(
-    tokens: &TokenStore,
-    authorization: Option<&str>,
-    access: Access,
-) -> Result<TokenInfo, ApiError> {
-    let secret = authorization
-        .and_then(|value| {
-            value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .ok_or(ApiError::Unauthorized)?;
-    let token = tokens.authenticate(secret).ok_or(ApiError::Unauthorized)?;
-    if !token.role.allows(access) {
-        return Err(ApiError::Forbidden { role: token.role });
-    }
-    Ok(token)
 }
 
 impl<R: Requirement> FromRequestParts<AppState> for Caller<R> {

@@ -1,7 +1,7 @@
 //! Time parameters of the API: RFC 3339 instants, relative times (`-15m`, `-2h`, `-7d`, `now`) and Unix milliseconds.
 
 use super::ApiError;
-use crate::store::TimeRange;
+use gantry_store::TimeRange;
 
 /// 2200-01-01T00:00:00Z.
 const LATEST_NS: i64 = 7_258_118_400 * 1_000_000_000;

@@ -1,8 +1,6 @@
 //! Token administration: create (the secret is in this one answer), list, revoke. Admin only.
 //!
-//! The token file is written with an fsync under a lock, so each change runs on a blocking thread.
-
-use std::sync::Arc;
+//! Each change is a committed (fsynced) write to the state database, so it runs on a blocking thread.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -10,10 +8,10 @@ use axum::http::StatusCode;
 use gantry_proto::{CreateTokenRequest, CreatedToken, TokenInfo};
 
 use super::{AdminAccess, ApiError, AppState, Caller, JsonBody};
-use crate::auth::{TokenError, TokenStore};
+use crate::state::tokens::{TokenError, TokenStore};
 
 async fn blocking<T: Send + 'static>(
-    tokens: &Arc<TokenStore>,
+    tokens: &TokenStore,
     work: impl FnOnce(&TokenStore) -> Result<T, TokenError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let tokens = tokens.clone();

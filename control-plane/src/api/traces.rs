@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::time::parse_range;
 use super::{ApiError, AppState, Caller, Params, ReadAccess, parse_query};
-use crate::store::TraceSearch;
+use gantry_store::TraceSearch;
 
 /// `GET /api/v1/traces/{trace_id}`.
 pub async fn by_id(
@@ -24,7 +24,7 @@ pub async fn by_id(
             "`{trace_id}` is not a trace id: expected 32 hex digits"
         )));
     }
-    let spans = state.ingest.store.trace(&trace_id).await?;
+    let spans = state.store.trace(&trace_id).await?;
     state.query_done("trace", started);
     if spans.is_empty() {
         return Err(ApiError::NotFound(format!("no spans of trace {trace_id}")));
@@ -76,7 +76,7 @@ pub async fn search(
         range: parse_range(params.from.as_deref(), params.to.as_deref())?,
         limit,
     };
-    let traces = state.ingest.store.search_traces(search).await?;
+    let traces = state.store.search_traces(search).await?;
     let took_ms = state.query_done("traces", started);
     Ok(Json(TracesResponse { traces, took_ms }))
 }
@@ -96,7 +96,7 @@ pub async fn services(
 ) -> Result<Json<ServicesResponse>, ApiError> {
     let started = Instant::now();
     let range = parse_range(params.from.as_deref(), params.to.as_deref())?;
-    let services = state.ingest.store.services(range).await?;
+    let services = state.store.services(range).await?;
     let took_ms = state.query_done("services", started);
     Ok(Json(ServicesResponse { services, took_ms }))
 }

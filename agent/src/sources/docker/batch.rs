@@ -6,6 +6,7 @@
 //! is appended if the buffer takes it at once and dropped otherwise: its lines are after the checkpoint, so the
 //! next start reads them again.
 
+use gantry_support::CancellationToken;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +16,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::checkpoint::Positions;
@@ -144,15 +145,15 @@ pub struct Batcher {
 
 impl Batcher {
     /// Batches `lines` until `stop` turns true or every sender is gone, then offers the last batch once.
-    pub async fn run(self, mut lines: mpsc::Receiver<LogLine>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, mut lines: mpsc::Receiver<LogLine>, stop: CancellationToken) {
         let mut batch = Batch::default();
         loop {
             let deadline = batch.deadline;
             tokio::select! {
                 biased;
-                () = stopped(&mut stop) => break,
+                () = stop.cancelled() => break,
                 () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    if let Flushed::Stopping = self.flush(std::mem::take(&mut batch), &mut stop).await {
+                    if let Flushed::Stopping = self.flush(std::mem::take(&mut batch), &stop).await {
                         return;
                     }
                 }
@@ -160,7 +161,7 @@ impl Batcher {
                     Some(line) => {
                         batch.push(line, self.timeout);
                         if batch.is_full(self.max_lines)
-                            && let Flushed::Stopping = self.flush(std::mem::take(&mut batch), &mut stop).await
+                            && let Flushed::Stopping = self.flush(std::mem::take(&mut batch), &stop).await
                         {
                             return;
                         }
@@ -175,7 +176,7 @@ impl Batcher {
     }
 
     /// Appends `batch`, waiting (paused) while the buffer is full; gives up when the agent stops.
-    async fn flush(&self, batch: Batch, stop: &mut watch::Receiver<bool>) -> Flushed {
+    async fn flush(&self, batch: Batch, stop: &CancellationToken) -> Flushed {
         let (payload, records, positions) = batch.encode();
         let mut paused = false;
         let flushed = loop {
@@ -207,7 +208,7 @@ impl Batcher {
                         }
                     }
                     tokio::select! {
-                        () = stopped(stop) => {
+                        () = stop.cancelled() => {
                             tracing::debug!(records, "stopping with the buffer full: the batch is read again on the next start");
                             break Flushed::Stopping;
                         }
@@ -257,11 +258,6 @@ impl Batcher {
             tracing::warn!(error = %error, "writing the docker checkpoints failed; lines may be read twice after a restart");
         }
     }
-}
-
-/// Resolves once `stop` is true (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 #[cfg(test)]

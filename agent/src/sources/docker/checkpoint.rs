@@ -156,7 +156,7 @@ impl Positions {
         let bytes = serde_json::to_vec_pretty(&self.snapshot()).map_err(std::io::Error::other)?;
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            let result = crate::write_atomic(&path, &bytes);
+            let result = gantry_support::fs::write_atomic(&path, &bytes);
             drop(writing);
             result
         })

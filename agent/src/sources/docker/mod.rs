@@ -28,6 +28,7 @@ pub mod container;
 pub mod logs;
 pub mod stats;
 
+use gantry_support::CancellationToken;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,14 +40,14 @@ use bollard::Docker;
 use bollard::models::{ContainerSummaryStateEnum, EventMessage};
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_stream::StreamExt;
 
 use crate::sources::Sink;
 use crate::telemetry::{Telemetry, now_unix_nanos};
-use batch::{Batcher, stopped};
+use batch::Batcher;
 use checkpoint::Positions;
 use container::Container;
 use logs::LogLine;
@@ -81,7 +82,7 @@ pub async fn run(
     sink: Sink,
     telemetry: Arc<Telemetry>,
     reachable: Arc<AtomicBool>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let positions = Arc::new(Positions::load(&config.data_dir).await);
     let (lines, lines_rx) = mpsc::channel(LINE_QUEUE);
@@ -105,17 +106,17 @@ pub async fn run(
     };
     // Whether the daemon's absence was reported (a lost session reports its own).
     let mut reported = false;
-    while !*stop.borrow() {
+    while !stop.is_cancelled() {
         let connected = tokio::select! {
             biased;
-            () = stopped(&mut stop) => break,
+            () = stop.cancelled() => break,
             connected = connect() => connected,
         };
         match connected {
             Ok(docker) => {
                 reachable.store(true, Ordering::Relaxed);
                 tracing::info!("connected to the docker daemon; following its containers");
-                let end = session.run(&docker, &mut stop).await;
+                let end = session.run(&docker, &stop).await;
                 reachable.store(false, Ordering::Relaxed);
                 match end {
                     SessionEnd::Stopped => break,
@@ -142,7 +143,7 @@ pub async fn run(
             }
         }
         tokio::select! {
-            () = stopped(&mut stop) => break,
+            () = stop.cancelled() => break,
             () = tokio::time::sleep(RETRY_INTERVAL) => {}
         }
     }
@@ -200,13 +201,13 @@ struct Tracked {
 
 impl Session {
     /// Follows the daemon's containers until the agent stops or the daemon goes away, then stops the followers.
-    async fn run(&mut self, docker: &Docker, stop: &mut watch::Receiver<bool>) -> SessionEnd {
+    async fn run(&mut self, docker: &Docker, stop: &CancellationToken) -> SessionEnd {
         let mut tracked = Tracked::default();
         let mut metrics: Option<JoinHandle<()>> = None;
         // Every await of a session can be given up: what it changes is in memory, or written by its own task.
         let end = tokio::select! {
             biased;
-            () = stopped(stop) => SessionEnd::Stopped,
+            () = stop.cancelled() => SessionEnd::Stopped,
             end = self.follow_containers(docker, &mut tracked, &mut metrics) => end,
         };
         for follower in tracked.followers.values() {

@@ -111,7 +111,7 @@ impl Checkpoints {
 
     /// Writes the file atomically and durably (temp file, fsync, rename, fsync of the directory).
     pub fn store(&self, path: &Path) -> std::io::Result<()> {
-        crate::write_atomic(
+        gantry_support::fs::write_atomic(
             path,
             &serde_json::to_vec(self).map_err(std::io::Error::other)?,
         )

@@ -20,11 +20,12 @@ pub mod glob;
 pub mod lines;
 pub mod parse;
 
+use gantry_support::CancellationToken;
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -201,22 +202,22 @@ impl FileSource {
         })
     }
 
-    /// Starts the source on its own thread; it returns once `stop` is set and what was read is
+    /// Starts the source on its own thread; it returns once `stop` is cancelled and what was read is
     /// in the buffer (or the buffer is full, in which case the checkpoint stays behind).
     pub fn spawn(
         self,
-        stop: Arc<AtomicBool>,
+        stop: CancellationToken,
     ) -> std::io::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
         std::thread::Builder::new()
             .name("file-source".into())
             .spawn(move || self.run(&stop))
     }
 
-    fn run(mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+    fn run(mut self, stop: &CancellationToken) -> anyhow::Result<()> {
         self.scan_orphans();
         let mut last_scan: Option<Instant> = None;
         let mut buf = vec![0u8; CHUNK];
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.is_cancelled() {
             let now = Instant::now();
             if last_scan.is_none_or(|t| now.duration_since(t) >= SCAN_INTERVAL) {
                 self.scan(now);
@@ -516,7 +517,7 @@ impl FileSource {
     /// Appends the batch to the buffer and checkpoints. Waits (paused) while the buffer is full;
     /// returns `Ok(false)` if `stop` is set meanwhile (the batch is dropped from memory, its
     /// bytes are read again on the next start since the checkpoint did not move).
-    fn commit(&mut self, stop: &AtomicBool) -> anyhow::Result<bool> {
+    fn commit(&mut self, stop: &CancellationToken) -> anyhow::Result<bool> {
         let batch = std::mem::take(&mut self.batch);
         let positions = SourceState {
             file: self.tailers.iter().map(Tailer::position).collect(),
@@ -569,7 +570,7 @@ impl FileSource {
                             .sources_paused
                             .fetch_add(1, Ordering::Relaxed);
                     }
-                    if stop.load(Ordering::Relaxed) {
+                    if stop.is_cancelled() {
                         break None;
                     }
                     std::thread::sleep(POLL_INTERVAL);
@@ -588,7 +589,7 @@ impl FileSource {
                             .sources_paused
                             .fetch_add(1, Ordering::Relaxed);
                     }
-                    if stop.load(Ordering::Relaxed) {
+                    if stop.is_cancelled() {
                         break None;
                     }
                     std::thread::sleep(FAILED_APPEND_RETRY);

@@ -49,7 +49,11 @@ impl Harness {
         source.scan(self.now);
         source.read_pass(&mut buf, self.now);
         if source.batch.records > 0 {
-            assert!(source.commit(&AtomicBool::new(false)).unwrap());
+            assert!(
+                source
+                    .commit(&gantry_support::CancellationToken::new())
+                    .unwrap()
+            );
         }
     }
 

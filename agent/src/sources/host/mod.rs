@@ -14,6 +14,7 @@
 pub mod procfs;
 pub mod request;
 
+use gantry_support::CancellationToken;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message;
-use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use crate::buffer::{AppendOutcome, Signal};
@@ -42,7 +42,7 @@ pub async fn run(
     resource: Vec<KeyValue>,
     interval: Duration,
     telemetry: Arc<Telemetry>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -52,14 +52,14 @@ pub async fn run(
     loop {
         tokio::select! {
             biased;
-            () = stopped(&mut stop) => break,
+            () = stop.cancelled() => break,
             _ = ticks.tick() => {}
         }
         let reading = tokio::task::spawn_blocking(|| Snapshot::read(Path::new("/proc")));
         // A hung `statvfs` (a dead network mount) must not hold up the shutdown.
         let snapshot = tokio::select! {
             biased;
-            () = stopped(&mut stop) => break,
+            () = stop.cancelled() => break,
             joined = reading => match joined {
                 Ok(snapshot) => snapshot,
                 Err(error) => {
@@ -107,11 +107,6 @@ pub async fn run(
         }
     }
     tracing::debug!("host metrics source stopped");
-}
-
-/// Resolves once `stop` is true, or its sender is gone.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Everything one collection read from the machine. What could not be read is `None` or empty.
@@ -363,7 +358,8 @@ mod tests {
             AppendOutcome::Failed("disk gone".into()),
             AppendOutcome::Appended(2),
         ]);
-        let (stop, stopped) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         let source = tokio::spawn(run(
             sink,
             vec![kv("host.name", "here")],
@@ -375,7 +371,7 @@ mod tests {
             .await
             .expect("five collections")
             .unwrap();
-        stop.send(true).unwrap();
+        stop.cancel();
         tokio::time::timeout(Duration::from_secs(10), source)
             .await
             .expect("the source stops when told")
@@ -422,7 +418,7 @@ mod tests {
         let telemetry = Arc::new(Telemetry::new(&[]));
         // The writer answers once, then goes away: the source ends by itself.
         let (sink, writer) = fake_writer(vec![AppendOutcome::Appended(1)]);
-        let (_stop, stopped) = watch::channel(false);
+        let stopped = CancellationToken::new();
         let source = tokio::spawn(run(
             sink,
             Vec::new(),
@@ -438,7 +434,8 @@ mod tests {
 
         // Told to stop before its first tick: it returns without collecting.
         let (sink, writer) = fake_writer(vec![AppendOutcome::Appended(1)]);
-        let (_stop, stopped) = watch::channel(true);
+        let stopped = CancellationToken::new();
+        stopped.cancel();
         tokio::time::timeout(
             Duration::from_secs(10),
             run(

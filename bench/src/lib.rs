@@ -1,0 +1,10 @@
+//! Gantry's benchmarks and the realistic telemetry generator they (and the demo) send.
+//!
+//! - [`ingest`]: `gantry bench ingest`, OTLP/HTTP ingest to searchable against the raw tantivy rate of the same
+//!   documents in the same run;
+//! - [`generate`]: seeded generators of logs and traces shaped like a platform's (services, routes, errors).
+
+pub mod generate;
+pub mod ingest;
+
+pub use ingest::{IngestBench, run_ingest};

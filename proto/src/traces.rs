@@ -1,0 +1,115 @@
+//! Spans and the trace API's bodies (`GET /api/v1/traces`, `GET /api/v1/traces/{trace_id}`), and the RED rows of
+//! `GET /api/v1/services` that are computed from spans.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Attributes;
+
+/// One span as stored and returned by the trace API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SpanRecord {
+    /// Trace id, lowercase hex.
+    pub trace_id: String,
+    /// Span id, lowercase hex.
+    pub span_id: String,
+    /// Parent span id, lowercase hex; empty for a root span.
+    #[serde(default)]
+    pub parent_span_id: String,
+    /// Operation name.
+    pub name: String,
+    /// `service.name` of the resource.
+    pub service: String,
+    /// `service.version` of the resource, empty when absent.
+    #[serde(default)]
+    pub version: String,
+    /// `server`, `client`, `internal`, `producer`, `consumer` or `unspecified`.
+    pub kind: String,
+    /// Start, nanoseconds since the Unix epoch.
+    pub start_unix_nano: i64,
+    /// End, nanoseconds since the Unix epoch.
+    pub end_unix_nano: i64,
+    /// Duration in milliseconds (fractional).
+    pub duration_ms: f64,
+    /// `ok`, `error` or `unset`.
+    pub status: String,
+    /// Status message, when the span has one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status_message: String,
+    /// Span attributes.
+    #[serde(default)]
+    pub attributes: Attributes,
+    /// Resource attributes.
+    #[serde(default)]
+    pub resource: Attributes,
+}
+
+/// The answer of `GET /api/v1/traces/{trace_id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TraceResponse {
+    /// The trace id asked for.
+    pub trace_id: String,
+    /// Every span of the trace, by start time.
+    pub spans: Vec<SpanRecord>,
+}
+
+/// One trace in `GET /api/v1/traces`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TraceSummary {
+    /// Trace id, lowercase hex.
+    pub trace_id: String,
+    /// Service of the root span (or of the earliest span when the root is missing).
+    pub root_service: String,
+    /// Operation of the root span.
+    pub root_name: String,
+    /// Start of the trace, nanoseconds since the Unix epoch.
+    pub start_unix_nano: i64,
+    /// From the first start to the last end, in milliseconds.
+    pub duration_ms: f64,
+    /// Number of spans stored for the trace.
+    pub span_count: u64,
+    /// Whether any span has an error status.
+    pub error: bool,
+}
+
+/// The answer of `GET /api/v1/traces`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TracesResponse {
+    /// Matching traces, newest first.
+    pub traces: Vec<TraceSummary>,
+    /// Time spent answering, in milliseconds.
+    pub took_ms: u64,
+}
+
+/// One row of `GET /api/v1/services`: RED figures from server and consumer spans.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceRow {
+    /// `service.name`.
+    pub service: String,
+    /// `service.version` (empty when the spans carry none).
+    pub version: String,
+    /// Requests in the range.
+    pub requests: u64,
+    /// Requests whose span has an error status.
+    pub errors: u64,
+    /// Requests per second over the range.
+    pub request_rate: f64,
+    /// `errors / requests`.
+    pub error_ratio: f64,
+    /// Median latency, milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile latency, milliseconds.
+    pub p95_ms: f64,
+    /// 99th percentile latency, milliseconds.
+    pub p99_ms: f64,
+    /// Last span seen, RFC 3339.
+    pub last_seen: String,
+}
+
+/// The answer of `GET /api/v1/services`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServicesResponse {
+    /// One row per service and version.
+    pub services: Vec<ServiceRow>,
+    /// Time spent answering, in milliseconds.
+    pub took_ms: u64,
+}

@@ -1,0 +1,560 @@
+//! Reads: log search with cursors, the log histogram, traces by id, trace search and RED figures per service.
+//!
+//! Every function here is synchronous and runs on a blocking thread; partitions are searched newest first, and a
+//! partition is skipped when it cannot overlap the range.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound as StdBound;
+
+use gantry_proto::{HistogramBucket, LogRecord, ServiceRow, SpanRecord, TraceSummary};
+use gantry_query::Query;
+use serde::de::DeserializeOwned;
+use tantivy::collector::{Collector, SegmentCollector, TopDocs};
+use tantivy::query::{BooleanQuery, Occur, Query as TantivyQuery, RangeQuery, TermQuery};
+use tantivy::schema::{IndexRecordOption, Value};
+use tantivy::{
+    DocAddress, DocId, Order, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyDocument, Term,
+};
+
+use super::compile::Compiler;
+use super::partitions::{Catalog, Partition};
+use gantry_proto::Signal;
+
+use super::schema::{Fields, StoredLog};
+use crate::model::rfc3339;
+use crate::{Cursor, LogPage, LogSearch, StoreError, TimeRange, TraceSearch};
+
+/// Collects matching doc ids per segment, for reading fast fields afterwards.
+pub struct DocIds;
+
+/// The per-segment half of [`DocIds`].
+pub struct SegmentDocIds {
+    segment: SegmentOrdinal,
+    docs: Vec<DocId>,
+}
+
+impl Collector for DocIds {
+    type Fruit = Vec<(SegmentOrdinal, Vec<DocId>)>;
+    type Child = SegmentDocIds;
+
+    fn for_segment(
+        &self,
+        segment: SegmentOrdinal,
+        _: &SegmentReader,
+    ) -> tantivy::Result<SegmentDocIds> {
+        Ok(SegmentDocIds {
+            segment,
+            docs: Vec::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(
+        &self,
+        fruits: Vec<Vec<(SegmentOrdinal, Vec<DocId>)>>,
+    ) -> tantivy::Result<Self::Fruit> {
+        Ok(fruits.into_iter().flatten().collect())
+    }
+}
+
+impl SegmentCollector for SegmentDocIds {
+    type Fruit = Vec<(SegmentOrdinal, Vec<DocId>)>;
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        self.docs.push(doc);
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        vec![(self.segment, self.docs)]
+    }
+}
+
+/// Counts matching documents per time bucket straight from the `ts` column.
+struct TsHistogram {
+    from_ns: i64,
+    width: i64,
+    buckets: usize,
+}
+
+struct SegmentTsHistogram {
+    ts: tantivy::columnar::Column<i64>,
+    from_ns: i64,
+    width: i64,
+    counts: Vec<u64>,
+}
+
+impl Collector for TsHistogram {
+    type Fruit = Vec<u64>;
+    type Child = SegmentTsHistogram;
+
+    fn for_segment(
+        &self,
+        _: SegmentOrdinal,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<SegmentTsHistogram> {
+        Ok(SegmentTsHistogram {
+            ts: segment.fast_fields().i64("ts")?,
+            from_ns: self.from_ns,
+            width: self.width,
+            counts: vec![0; self.buckets],
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<u64>>) -> tantivy::Result<Vec<u64>> {
+        let mut total = vec![0; self.buckets];
+        for fruit in fruits {
+            for (sum, count) in total.iter_mut().zip(fruit) {
+                *sum += count;
+            }
+        }
+        Ok(total)
+    }
+}
+
+impl SegmentCollector for SegmentTsHistogram {
+    type Fruit = Vec<u64>;
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        if let Some(ts) = self.ts.first(doc) {
+            let last = self.counts.len() as i64 - 1;
+            self.counts[((ts - self.from_ns) / self.width).clamp(0, last) as usize] += 1;
+        }
+    }
+
+    fn harvest(self) -> Vec<u64> {
+        self.counts
+    }
+}
+
+/// The query of a partition: the user's query, within a time range.
+pub fn within(
+    signal: Signal,
+    fields: &Fields,
+    searcher: &Searcher,
+    query: &Query,
+    lower: StdBound<i64>,
+    upper: StdBound<i64>,
+    extra: Vec<Box<dyn TantivyQuery>>,
+) -> Result<Box<dyn TantivyQuery>, StoreError> {
+    let mut clauses = vec![(
+        Occur::Must,
+        Compiler::new(signal, fields, searcher).compile(query)?,
+    )];
+    let ts = |value: i64| Term::from_field_i64(fields.ts, value);
+    clauses.push((
+        Occur::Must,
+        Box::new(RangeQuery::new(lower.map(ts), upper.map(ts))),
+    ));
+    clauses.extend(extra.into_iter().map(|query| (Occur::Must, query)));
+    Ok(Box::new(BooleanQuery::new(clauses)))
+}
+
+/// Reads the row stored in a document.
+pub fn stored<T: DeserializeOwned>(
+    searcher: &Searcher,
+    fields: &Fields,
+    address: DocAddress,
+) -> Result<T, StoreError> {
+    let doc: TantivyDocument = searcher.doc(address)?;
+    let bytes = doc
+        .get_first(fields.doc)
+        .and_then(|value| value.as_bytes())
+        .ok_or_else(|| StoreError::Internal("a document lacks its stored row".to_owned()))?;
+    serde_json::from_slice(bytes)
+        .map_err(|error| StoreError::Internal(format!("a stored row is corrupt: {error}")))
+}
+
+/// A page of logs, newest first, resuming after a cursor.
+pub fn search_logs(catalog: &Catalog, search: &LogSearch) -> Result<LogPage, StoreError> {
+    let fields = catalog.fields(Signal::Logs);
+    let (upper, mut skip) = match search.cursor {
+        Some(cursor) => (StdBound::Included(cursor.ts_ns), cursor.seen_at_ts as usize),
+        None => (StdBound::Excluded(search.range.to_ns), 0),
+    };
+    let range = TimeRange {
+        from_ns: search.range.from_ns,
+        to_ns: search
+            .cursor
+            .map_or(search.range.to_ns, |c| c.ts_ns.saturating_add(1)),
+    };
+    let mut hits: Vec<LogRecord> = Vec::new();
+    for partition in catalog.overlapping(Signal::Logs, &range) {
+        let searcher = partition.reader.searcher();
+        let query = within(
+            Signal::Logs,
+            fields,
+            &searcher,
+            &search.query,
+            StdBound::Included(search.range.from_ns),
+            upper,
+            vec![],
+        )?;
+        let wanted = search.limit + 1 - hits.len() + skip;
+        let top: Vec<(Option<i64>, DocAddress)> = searcher.search(
+            &query,
+            &TopDocs::with_limit(wanted).order_by_fast_field("ts", Order::Desc),
+        )?;
+        for (ts, address) in top {
+            if skip > 0 && ts == search.cursor.map(|c| c.ts_ns) {
+                skip -= 1;
+                continue;
+            }
+            hits.push(stored::<StoredLog>(&searcher, fields, address)?.into());
+        }
+        skip = 0;
+        if hits.len() > search.limit {
+            break;
+        }
+    }
+    let next = if hits.len() > search.limit {
+        hits.truncate(search.limit);
+        let last = hits
+            .last()
+            .expect("limit is at least 1")
+            .timestamp_unix_nano;
+        let mut seen = hits
+            .iter()
+            .filter(|hit| hit.timestamp_unix_nano == last)
+            .count() as u32;
+        if let Some(cursor) = search.cursor
+            && cursor.ts_ns == last
+        {
+            seen += cursor.seen_at_ts;
+        }
+        Some(Cursor {
+            ts_ns: last,
+            seen_at_ts: seen,
+        })
+    } else {
+        None
+    };
+    Ok(LogPage { hits, next })
+}
+
+/// Matching log counts per time bucket.
+pub fn log_histogram(
+    catalog: &Catalog,
+    query: &Query,
+    range: TimeRange,
+    buckets: usize,
+) -> Result<Vec<HistogramBucket>, StoreError> {
+    let fields = catalog.fields(Signal::Logs);
+    let width = ((range.to_ns - range.from_ns) / buckets as i64).max(1);
+    let mut counts = vec![0u64; buckets];
+    for partition in catalog.overlapping(Signal::Logs, &range) {
+        let searcher = partition.reader.searcher();
+        let compiled = within(
+            Signal::Logs,
+            fields,
+            &searcher,
+            query,
+            StdBound::Included(range.from_ns),
+            StdBound::Excluded(range.to_ns),
+            vec![],
+        )?;
+        let partial = searcher.search(
+            &compiled,
+            &TsHistogram {
+                from_ns: range.from_ns,
+                width,
+                buckets,
+            },
+        )?;
+        for (total, count) in counts.iter_mut().zip(partial) {
+            *total += count;
+        }
+    }
+    Ok(counts
+        .into_iter()
+        .enumerate()
+        .map(|(i, count)| HistogramBucket {
+            start_unix_ms: (range.from_ns + i as i64 * width) / 1_000_000,
+            count,
+        })
+        .collect())
+}
+
+fn spans_of(
+    partition: &Partition,
+    fields: &Fields,
+    trace_id: &str,
+) -> Result<Vec<SpanRecord>, StoreError> {
+    let searcher = partition.reader.searcher();
+    let query = TermQuery::new(
+        Term::from_field_text(fields.trace_id.expect("spans schema"), trace_id),
+        IndexRecordOption::Basic,
+    );
+    let mut spans = Vec::new();
+    for (segment, docs) in searcher.search(&query, &DocIds)? {
+        for doc in docs {
+            spans.push(stored(&searcher, fields, DocAddress::new(segment, doc))?);
+        }
+    }
+    Ok(spans)
+}
+
+/// Every span of a trace, in start order, whatever partition it is in.
+pub fn trace(catalog: &Catalog, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
+    let fields = catalog.fields(Signal::Traces);
+    let everything = TimeRange {
+        from_ns: i64::MIN,
+        to_ns: i64::MAX,
+    };
+    let mut spans = Vec::new();
+    for partition in catalog.overlapping(Signal::Traces, &everything) {
+        spans.extend(spans_of(&partition, fields, trace_id)?);
+    }
+    spans.sort_by(|a: &SpanRecord, b| {
+        a.start_unix_nano
+            .cmp(&b.start_unix_nano)
+            .then(a.span_id.cmp(&b.span_id))
+    });
+    Ok(spans)
+}
+
+/// A trace's summary from its spans.
+pub fn summarize(trace_id: &str, spans: &[SpanRecord]) -> Option<TraceSummary> {
+    let ids: HashSet<&str> = spans.iter().map(|span| span.span_id.as_str()).collect();
+    let root = spans
+        .iter()
+        .find(|span| span.parent_span_id.is_empty())
+        .or_else(|| {
+            spans
+                .iter()
+                .find(|span| !ids.contains(span.parent_span_id.as_str()))
+        })
+        .or(spans.first())?;
+    let start = spans.iter().map(|span| span.start_unix_nano).min()?;
+    let end = spans.iter().map(|span| span.end_unix_nano).max()?;
+    Some(TraceSummary {
+        trace_id: trace_id.to_owned(),
+        root_service: root.service.clone(),
+        root_name: root.name.clone(),
+        start_unix_nano: start,
+        duration_ms: (end - start) as f64 / 1e6,
+        span_count: spans.len() as u64,
+        error: spans.iter().any(|span| span.status == "error"),
+    })
+}
+
+/// Traces with a span matching the search, newest first.
+pub fn search_traces(
+    catalog: &Catalog,
+    search: &TraceSearch,
+) -> Result<Vec<TraceSummary>, StoreError> {
+    let fields = catalog.fields(Signal::Traces);
+    let mut ids: Vec<String> = Vec::new();
+    for partition in catalog.overlapping(Signal::Traces, &search.range) {
+        let searcher = partition.reader.searcher();
+        let mut extra: Vec<Box<dyn TantivyQuery>> = Vec::new();
+        let exact = |field: tantivy::schema::Field, value: &str| -> Box<dyn TantivyQuery> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(field, value),
+                IndexRecordOption::Basic,
+            ))
+        };
+        if let Some(service) = &search.service {
+            extra.push(exact(fields.service, service));
+        }
+        if let Some(operation) = &search.operation {
+            extra.push(exact(fields.name.expect("spans schema"), operation));
+        }
+        if let Some(ms) = search.min_duration_ms {
+            let ns = (ms * 1e6).max(0.0) as u64;
+            let field = fields.duration.expect("spans schema");
+            extra.push(Box::new(RangeQuery::new(
+                StdBound::Included(Term::from_field_u64(field, ns)),
+                StdBound::Unbounded,
+            )));
+        }
+        if search.errors_only {
+            let field = fields.status.expect("spans schema");
+            extra.push(Box::new(TermQuery::new(
+                Term::from_field_u64(field, 2),
+                IndexRecordOption::Basic,
+            )));
+        }
+        let query = within(
+            Signal::Traces,
+            fields,
+            &searcher,
+            &search.query,
+            StdBound::Included(search.range.from_ns),
+            StdBound::Excluded(search.range.to_ns),
+            extra,
+        )?;
+        // Newest matching spans first; several may share a trace, so look further than the limit.
+        let top: Vec<(Option<i64>, DocAddress)> = searcher.search(
+            &query,
+            &TopDocs::with_limit(search.limit * 20).order_by_fast_field("ts", Order::Desc),
+        )?;
+        let column = |segment: SegmentOrdinal| {
+            searcher
+                .segment_reader(segment)
+                .fast_fields()
+                .str("trace_id")
+        };
+        let mut columns = HashMap::new();
+        for (_, address) in top {
+            let column = match columns.entry(address.segment_ord) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    entry.insert(column(address.segment_ord)?)
+                }
+            };
+            let Some(column) = column else {
+                continue;
+            };
+            let mut id = String::new();
+            if let Some(ord) = column.term_ords(address.doc_id).next() {
+                column.ord_to_str(ord, &mut id)?;
+            }
+            if !id.is_empty() && !ids.contains(&id) {
+                ids.push(id);
+                if ids.len() == search.limit {
+                    break;
+                }
+            }
+        }
+        if ids.len() == search.limit {
+            break;
+        }
+    }
+    let mut summaries = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(summary) = summarize(&id, &trace(catalog, &id)?) {
+            summaries.push(summary);
+        }
+    }
+    Ok(summaries)
+}
+
+#[derive(Default)]
+struct Red {
+    durations_ns: Vec<u64>,
+    errors: u64,
+    last_seen: i64,
+}
+
+/// RED figures per service and version, from server and consumer spans.
+pub fn services(catalog: &Catalog, range: TimeRange) -> Result<Vec<ServiceRow>, StoreError> {
+    let fields = catalog.fields(Signal::Traces);
+    let kind = fields.kind.expect("spans schema");
+    let mut groups: BTreeMap<(String, String), Red> = BTreeMap::new();
+    for partition in catalog.overlapping(Signal::Traces, &range) {
+        let searcher = partition.reader.searcher();
+        let kinds: Vec<Box<dyn TantivyQuery>> = vec![Box::new(BooleanQuery::new(
+            [2u64, 5]
+                .into_iter()
+                .map(|n| {
+                    let query: Box<dyn TantivyQuery> = Box::new(TermQuery::new(
+                        Term::from_field_u64(kind, n),
+                        IndexRecordOption::Basic,
+                    ));
+                    (Occur::Should, query)
+                })
+                .collect(),
+        ))];
+        let query = within(
+            Signal::Traces,
+            fields,
+            &searcher,
+            &Query::All,
+            StdBound::Included(range.from_ns),
+            StdBound::Excluded(range.to_ns),
+            kinds,
+        )?;
+        for (segment, docs) in searcher.search(&query, &DocIds)? {
+            let fast = searcher.segment_reader(segment).fast_fields();
+            let (Some(service), Some(version)) = (fast.str("service")?, fast.str("version")?)
+            else {
+                continue;
+            };
+            let duration = fast.u64("duration")?;
+            let status = fast.u64("status")?;
+            let ts = fast.i64("ts")?;
+            let mut names: HashMap<(u64, u64), (String, String)> = HashMap::new();
+            for doc in docs {
+                let service_ord = service.term_ords(doc).next().unwrap_or(u64::MAX);
+                let version_ord = version.term_ords(doc).next().unwrap_or(u64::MAX);
+                let key = match names.get(&(service_ord, version_ord)) {
+                    Some(key) => key.clone(),
+                    None => {
+                        let (mut s, mut v) = (String::new(), String::new());
+                        if service_ord != u64::MAX {
+                            service.ord_to_str(service_ord, &mut s)?;
+                        }
+                        if version_ord != u64::MAX {
+                            version.ord_to_str(version_ord, &mut v)?;
+                        }
+                        names.insert((service_ord, version_ord), (s.clone(), v.clone()));
+                        (s, v)
+                    }
+                };
+                let red = groups.entry(key).or_default();
+                red.durations_ns.push(duration.first(doc).unwrap_or(0));
+                red.errors += u64::from(status.first(doc) == Some(2));
+                red.last_seen = red.last_seen.max(ts.first(doc).unwrap_or(0));
+            }
+        }
+    }
+    // A range reaching into the future only counts up to now for the request rate.
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let seconds = ((range.to_ns.min(now_ns) - range.from_ns) as f64 / 1e9).max(1e-3);
+    Ok(groups
+        .into_iter()
+        .map(|((service, version), mut red)| {
+            red.durations_ns.sort_unstable();
+            let requests = red.durations_ns.len() as u64;
+            let quantile = |q: f64| percentile(&red.durations_ns, q) / 1e6;
+            ServiceRow {
+                service,
+                version,
+                requests,
+                errors: red.errors,
+                request_rate: requests as f64 / seconds,
+                error_ratio: red.errors as f64 / requests.max(1) as f64,
+                p50_ms: quantile(0.5),
+                p95_ms: quantile(0.95),
+                p99_ms: quantile(0.99),
+                last_seen: rfc3339(red.last_seen),
+            }
+        })
+        .collect())
+}
+
+/// Nearest-rank percentile of sorted values (0 when empty).
+pub fn percentile(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let values: Vec<u64> = (1..=100).collect();
+        for (q, expected) in [
+            (0.5, 50.0),
+            (0.95, 95.0),
+            (0.99, 99.0),
+            (1.0, 100.0),
+            (0.0, 1.0),
+        ] {
+            assert_eq!(percentile(&values, q), expected, "q={q}");
+        }
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+}

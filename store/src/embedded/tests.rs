@@ -1,0 +1,245 @@
+//! Tests of the embedded store through its `Store` trait: durability across a clean restart, retention by age and
+//! by disk budget dropping whole partitions.
+
+use std::time::{Duration, Instant};
+
+use gantry_proto::ExportRequest;
+use gantry_query::Query;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+use super::EmbeddedStore;
+use crate::{Batch, LogSearch, Store, StoreConfig, TimeRange};
+
+const HOUR_NS: i64 = 3600 * 1_000_000_000;
+
+fn config(retention_hours: u64, max_disk_bytes: u64) -> StoreConfig {
+    StoreConfig {
+        retention: Duration::from_secs(retention_hours * 3600),
+        max_disk_bytes,
+        partition: Duration::from_secs(3600),
+        commit_interval: Duration::from_millis(50),
+        ..StoreConfig::default_embedded()
+    }
+}
+
+async fn start(dir: &std::path::Path, config: StoreConfig) -> std::sync::Arc<EmbeddedStore> {
+    let (store, replayed) = EmbeddedStore::start(dir, config);
+    replayed
+        .await
+        .expect("the opener answers")
+        .expect("the store starts");
+    store
+}
+
+fn text(value: &str) -> Option<AnyValue> {
+    Some(AnyValue {
+        value: Some(any_value::Value::StringValue(value.to_owned())),
+    })
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: text(value),
+        ..KeyValue::default()
+    }
+}
+
+/// A logs request of service `checkout` with one record per timestamp, each with the body `at-<i>`.
+fn logs_at(times: &[i64]) -> ExportLogsServiceRequest {
+    let log_records = times
+        .iter()
+        .enumerate()
+        .map(|(i, ts)| LogRecord {
+            time_unix_nano: *ts as u64,
+            severity_number: 9,
+            body: text(&format!("at-{i}")),
+            attributes: vec![kv("order_id", &i.to_string())],
+            ..LogRecord::default()
+        })
+        .collect();
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", "checkout")],
+                ..Resource::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records,
+                ..ScopeLogs::default()
+            }],
+            ..ResourceLogs::default()
+        }],
+    }
+}
+
+/// `n` log records at `ts_ns`, as a request (a fixture for the other modules' tests).
+pub(crate) fn sample_logs(n: usize, ts_ns: i64) -> ExportRequest {
+    ExportRequest::Logs(logs_at(&vec![ts_ns; n]))
+}
+
+async fn bodies(store: &EmbeddedStore) -> Vec<String> {
+    let page = store
+        .search_logs(LogSearch {
+            query: Query::All,
+            range: TimeRange {
+                from_ns: 0,
+                to_ns: i64::MAX,
+            },
+            limit: 100,
+            cursor: None,
+        })
+        .await
+        .expect("search");
+    let mut bodies: Vec<String> = page.hits.into_iter().map(|hit| hit.body).collect();
+    bodies.sort();
+    bodies
+}
+
+async fn wait_for(store: &EmbeddedStore, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = bodies(store).await;
+        if found == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {expected:?}, found {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn write(store: &EmbeddedStore, request: ExportLogsServiceRequest) {
+    store
+        .write(Batch {
+            id: None,
+            request: ExportRequest::Logs(request),
+            encoded: None,
+        })
+        .await
+        .expect("write");
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_a_clean_restart_and_old_partitions_age_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ns();
+    let store = start(dir.path(), config(3, 0)).await;
+    write(&store, logs_at(&[now - 150 * HOUR_NS / 60, now])).await;
+    wait_for(&store, &["at-0", "at-1"]).await;
+    store.shutdown().await;
+    drop(store);
+
+    // Same retention: everything is still there.
+    let store = start(dir.path(), config(3, 0)).await;
+    wait_for(&store, &["at-0", "at-1"]).await;
+    store.shutdown().await;
+    drop(store);
+
+    // Retention of one hour: the partition of the record from 2.5 hours ago is dropped whole.
+    let store = start(dir.path(), config(1, 0)).await;
+    wait_for(&store, &["at-1"]).await;
+    let partitions = std::fs::read_dir(dir.path().join("index/logs"))
+        .unwrap()
+        .count();
+    assert_eq!(partitions, 1, "only the current partition is left on disk");
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_budget_drops_the_oldest_partitions_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ns();
+    let store = start(dir.path(), config(6, 0)).await;
+    write(
+        &store,
+        logs_at(&[now - 150 * HOUR_NS / 60, now - 90 * HOUR_NS / 60, now]),
+    )
+    .await;
+    wait_for(&store, &["at-0", "at-1", "at-2"]).await;
+    store.shutdown().await;
+    drop(store);
+
+    // A budget no partition fits: all but the newest go, oldest first.
+    let store = start(dir.path(), config(6, 1)).await;
+    wait_for(&store, &["at-2"]).await;
+    store.shutdown().await;
+}
+
+/// Every item the write-ahead log holds, over all its records.
+fn wal_items(dir: &std::path::Path) -> u64 {
+    let (mut wal, _) =
+        gantry_wal::Wal::open(&dir.join("wal"), gantry_wal::WalOptions::default()).unwrap();
+    wal.read_from(1)
+        .unwrap()
+        .map(|record| {
+            let (_, bytes) = record.unwrap();
+            super::payload::decode(&bytes).unwrap().request.items()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_items_never_reach_the_write_ahead_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ns();
+    let store = start(dir.path(), config(1, 0)).await;
+    let written = store
+        .write(Batch {
+            id: None,
+            request: ExportRequest::Logs(logs_at(&[
+                now - 3 * HOUR_NS,
+                now,
+                now + 3 * 24 * HOUR_NS,
+            ])),
+            encoded: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(written.rejected.timestamp, 2);
+    let all_old = store
+        .write(Batch {
+            id: None,
+            request: ExportRequest::Logs(logs_at(&[now - 5 * HOUR_NS])),
+            encoded: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all_old.rejected.total(), 1);
+    wait_for(&store, &["at-1"]).await;
+    store.shutdown().await;
+    drop(store);
+    assert_eq!(
+        wal_items(dir.path()),
+        1,
+        "only the accepted record is logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_checkpoint_is_counted_and_the_log_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ns();
+    let store = start(dir.path(), config(6, 0)).await;
+    write(&store, logs_at(&[now - HOUR_NS, now])).await;
+    wait_for(&store, &["at-0", "at-1"]).await;
+    store.shutdown().await;
+    drop(store);
+
+    std::fs::write(dir.path().join("checkpoint.json"), b"{\"seq\": 1").unwrap();
+    let store = start(dir.path(), config(6, 0)).await;
+    assert_eq!(store.stats().corrupt_checkpoints, 1);
+    wait_for(&store, &["at-0", "at-1"]).await;
+    write(&store, logs_at(&[now])).await;
+    wait_for(&store, &["at-0", "at-0", "at-1"]).await;
+    store.shutdown().await;
+}

@@ -1,0 +1,189 @@
+//! The rules that reject an item (a log record, a span, a data point) one by one before it is stored: a timestamp
+//! outside the store's window, or a value no store can keep. Rejected items are removed from the request, so they
+//! never reach the write-ahead log, and are reported to the sender as an OTLP partial success with the real reason.
+
+use gantry_proto::ExportRequest;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+
+use super::{log_time, number, rfc3339};
+
+/// Items newer than this far in the future are rejected (clock skew beyond reason), ns.
+const MAX_FUTURE_NS: i64 = 24 * 3600 * 1_000_000_000;
+
+/// Exponential histogram scales accepted: beyond these the bucket bounds overflow or lose all precision.
+pub(crate) const EXPONENTIAL_SCALES: std::ops::RangeInclusive<i32> = -10..=20;
+
+/// The window of timestamps a store accepts: `[now - retention, now + 1 day]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acceptance {
+    /// Oldest accepted timestamp, ns since the epoch.
+    pub oldest_ns: i64,
+    /// Newest accepted timestamp, ns since the epoch.
+    pub newest_ns: i64,
+}
+
+impl Acceptance {
+    /// The window for `now_ns` and a retention.
+    pub fn new(now_ns: i64, retention: std::time::Duration) -> Self {
+        Self {
+            oldest_ns: now_ns - retention.as_nanos() as i64,
+            newest_ns: now_ns + MAX_FUTURE_NS,
+        }
+    }
+
+    /// Whether `ts_ns` is inside the window.
+    pub fn accepts(&self, ts_ns: i64) -> bool {
+        (self.oldest_ns..=self.newest_ns).contains(&ts_ns)
+    }
+}
+
+/// Items rejected one by one, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rejections {
+    /// Timestamp outside the window.
+    pub timestamp: u64,
+    /// A value that cannot be stored: NaN or an infinity, non-finite histogram bounds, an exponential histogram
+    /// scale outside -10..=20.
+    pub invalid_value: u64,
+    /// The window applied (for the message).
+    pub window: Option<Acceptance>,
+}
+
+impl Rejections {
+    /// Every item rejected.
+    pub fn total(&self) -> u64 {
+        self.timestamp + self.invalid_value
+    }
+
+    /// `(reason, count)` for each reason with a count, as used in the `reason` label of counters.
+    pub fn by_reason(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("timestamp", self.timestamp),
+            ("invalid_value", self.invalid_value),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+    }
+
+    /// The message of an OTLP partial success: how many items of which kind, why, and what to do.
+    pub fn message(&self, items: &str) -> String {
+        let mut parts = Vec::new();
+        if self.timestamp > 0 {
+            let window = match self.window {
+                Some(w) => format!(" ({} to {})", rfc3339(w.oldest_ns), rfc3339(w.newest_ns)),
+                None => String::new(),
+            };
+            parts.push(format!(
+                "{} with a timestamp outside the accepted window{window}: check the sender's clock or the plane's retention",
+                self.timestamp
+            ));
+        }
+        if self.invalid_value > 0 {
+            parts.push(format!(
+                "{} with a value that cannot be stored (NaN or infinite, or an exponential histogram scale outside -10..20)",
+                self.invalid_value
+            ));
+        }
+        format!("{} {items} rejected: {}", self.total(), parts.join("; "))
+    }
+}
+
+/// Removes from `request` the items a store rejects and counts them by reason. Log records without any time count
+/// as arriving at `now_ns`.
+pub fn screen(request: &mut ExportRequest, window: &Acceptance, now_ns: i64) -> Rejections {
+    let mut rejections = Rejections {
+        window: Some(*window),
+        ..Rejections::default()
+    };
+    let mut keep = |ts: i64, valid: bool| {
+        if !valid {
+            rejections.invalid_value += 1;
+            false
+        } else if !window.accepts(ts) {
+            rejections.timestamp += 1;
+            false
+        } else {
+            true
+        }
+    };
+    match request {
+        ExportRequest::Logs(request) => {
+            for scope in request
+                .resource_logs
+                .iter_mut()
+                .flat_map(|r| &mut r.scope_logs)
+            {
+                scope.log_records.retain(|log| {
+                    keep(
+                        log_time(log.time_unix_nano, log.observed_time_unix_nano, now_ns),
+                        true,
+                    )
+                });
+            }
+        }
+        ExportRequest::Traces(request) => {
+            for scope in request
+                .resource_spans
+                .iter_mut()
+                .flat_map(|r| &mut r.scope_spans)
+            {
+                scope
+                    .spans
+                    .retain(|span| keep(span.start_time_unix_nano as i64, true));
+            }
+        }
+        ExportRequest::Metrics(request) => {
+            let finite_sum = |sum: Option<f64>| sum.is_none_or(f64::is_finite);
+            for metric in request
+                .resource_metrics
+                .iter_mut()
+                .flat_map(|r| &mut r.scope_metrics)
+                .flat_map(|s| &mut s.metrics)
+            {
+                match &mut metric.data {
+                    Some(Data::Gauge(g)) => g
+                        .data_points
+                        .retain(|p| keep(p.time_unix_nano as i64, number(&p.value).is_finite())),
+                    Some(Data::Sum(s)) => s
+                        .data_points
+                        .retain(|p| keep(p.time_unix_nano as i64, number(&p.value).is_finite())),
+                    Some(Data::Histogram(h)) => h.data_points.retain(|p| {
+                        let valid =
+                            finite_sum(p.sum) && p.explicit_bounds.iter().all(|b| b.is_finite());
+                        keep(p.time_unix_nano as i64, valid)
+                    }),
+                    Some(Data::ExponentialHistogram(h)) => h.data_points.retain(|p| {
+                        let valid = finite_sum(p.sum) && EXPONENTIAL_SCALES.contains(&p.scale);
+                        keep(p.time_unix_nano as i64, valid)
+                    }),
+                    Some(Data::Summary(s)) => s
+                        .data_points
+                        .retain(|p| keep(p.time_unix_nano as i64, p.sum.is_finite())),
+                    None => {}
+                }
+            }
+        }
+    }
+    rejections
+}
+
+/// Gives log records that carry neither a time nor an observed time the time of their arrival, in the request
+/// itself, so that the WAL keeps it and a replay indexes them at the same time. Returns whether anything changed.
+pub fn stamp_missing_times(request: &mut ExportRequest, now_ns: i64) -> bool {
+    let ExportRequest::Logs(request) = request else {
+        return false;
+    };
+    let mut changed = false;
+    for log in request
+        .resource_logs
+        .iter_mut()
+        .flat_map(|r| &mut r.scope_logs)
+        .flat_map(|s| &mut s.log_records)
+    {
+        if log.time_unix_nano == 0 && log.observed_time_unix_nano == 0 {
+            log.observed_time_unix_nano = now_ns as u64;
+            changed = true;
+        }
+    }
+    changed
+}

@@ -1,0 +1,259 @@
+//! The agent's file source end to end: lines tailed through rotations and multi-line records reach the real plane
+//! in order, and an outage with an agent crash loses and repeats nothing.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+
+use super::{DELIVERY_TIMEOUT, append, log_dir, numbered, parse_hits, wait_for_at_least};
+use crate::harness::api::wait_until;
+use crate::harness::process::{Agent, free_port, fresh_plane, start_with_tokens};
+use crate::harness::unique;
+
+/// Every tag has seqs 0..expected[tag] exactly once, and its timestamps increase with seq.
+fn check_complete_in_order(
+    hits: &[(String, u32, i64, String)],
+    expected: &[(&str, u32)],
+) -> Result<()> {
+    for (tag, n) in expected {
+        let mut rows: Vec<(u32, i64)> = hits
+            .iter()
+            .filter(|h| h.0 == *tag)
+            .map(|h| (h.1, h.2))
+            .collect();
+        rows.sort();
+        let seqs: Vec<u32> = rows.iter().map(|r| r.0).collect();
+        ensure!(
+            seqs == (0..*n).collect::<Vec<_>>(),
+            "file {tag}: expected seqs 0..{n} once each, got {} rows: {seqs:?}",
+            seqs.len()
+        );
+        for pair in rows.windows(2) {
+            ensure!(
+                pair[0].1 <= pair[1].1,
+                "file {tag}: line {} has a later timestamp than line {} (read out of order)",
+                pair[0].0,
+                pair[1].0
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Lines appended to files arrive through a rename rotation, a copy-truncate rotation and a
+/// multi-line stack trace, each once and in order per file; SIGTERM exits 0.
+#[tokio::test]
+async fn file_lines_arrive_through_rotations_in_order() -> Result<()> {
+    let (tmp, plane, ingest, viewer) = fresh_plane().await?;
+    let (logs, glob) = log_dir(tmp.path())?;
+    let run = unique("agentrun");
+    let (a, b, c) = (logs.join("a.log"), logs.join("b.log"), logs.join("c.log"));
+    append(&a, &numbered(&run, "a", 0..100))?;
+    append(&b, &numbered(&run, "b", 0..50))?;
+    let mut agent = Agent::start(
+        &tmp.path().join("agent"),
+        &plane.endpoints.http_url(),
+        &ingest,
+        &[glob],
+    )
+    .await?;
+    wait_for_at_least(&plane, &viewer, &run, 150).await?;
+
+    // Rename rotation: the tail of the old file, then the new file from 0.
+    append(&a, &numbered(&run, "a", 100..150))?;
+    std::fs::rename(&a, logs.join("a.log.1"))?;
+    append(&a, &numbered(&run, "a", 150..200))?;
+    // A new file picked up while running, with a multi-line stack trace.
+    append(
+        &c,
+        &format!(
+            "{run} c 00000 Exception in thread main java.lang.IllegalStateException: boom\n\
+             \tat com.example.Foo.bar(Foo.java:10)\n\
+             \tat com.example.Main.main(Main.java:3)\n\
+             Caused by: java.io.IOException: disk\n\
+             \t... 2 more\n\
+             {run} c 00001 after the trace\n"
+        ),
+    )?;
+    // Copy-truncate, once the agent has read the file (lines written between the copy and the
+    // truncation are lost by design of copy-truncate, so none are).
+    wait_for_at_least(&plane, &viewer, &run, 200).await?;
+    std::fs::copy(&b, logs.join("b.log.1"))?;
+    OpenOptions::new().write(true).open(&b)?.set_len(0)?;
+    append(&b, &numbered(&run, "b", 50..60))?;
+
+    let hits = wait_for_at_least(&plane, &viewer, &run, 262).await?;
+    let parsed = parse_hits(&run, &hits);
+    check_complete_in_order(&parsed, &[("a", 200), ("b", 60), ("c", 2)])?;
+    ensure!(
+        hits.len() == 262,
+        "expected 262 records, got {}",
+        hits.len()
+    );
+    let trace = parsed
+        .iter()
+        .find(|h| h.0 == "c" && h.1 == 0)
+        .context("trace record")?;
+    ensure!(
+        trace
+            .3
+            .contains("\n\tat com.example.Foo.bar(Foo.java:10)\n")
+            && trace
+                .3
+                .ends_with("Caused by: java.io.IOException: disk\n\t... 2 more"),
+        "the stack trace must be one record: {:?}",
+        trace.3
+    );
+    let any = hits
+        .iter()
+        .find(|h| h["body"].as_str().is_some_and(|b| b.ends_with(" a 00199")))
+        .context("a 00199")?;
+    ensure!(
+        any["resource"]["service.name"] == "a"
+            && any["resource"]["log.file.path"] == a.to_string_lossy().as_ref()
+            && !any["resource"]["host.name"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty(),
+        "resource attributes: {any}"
+    );
+
+    let metrics = agent.metrics().await?;
+    let lines_read = metrics
+        .iter()
+        .find(|(k, _)| k.starts_with("gantry_agent_lines_read_total{"))
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0);
+    ensure!(
+        lines_read >= 266.0,
+        "lines read: {lines_read} in {metrics:?}"
+    );
+    let status = agent.terminate().await?;
+    ensure!(
+        status.success(),
+        "agent exit status after SIGTERM: {status}"
+    );
+    Ok(())
+}
+
+/// The plane goes away for a minute while lines keep coming, the agent is SIGKILLed and restarted during the
+/// outage, the plane comes back on the same data dir and address: every line arrives once.
+#[tokio::test]
+async fn outage_and_agent_crash_lose_and_repeat_nothing() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let (mut plane, [ingest, viewer]) = start_with_tokens(
+        &tmp.path().join("plane"),
+        &["--http-addr", &addr],
+        &[],
+        ["ingest", "viewer"],
+    )
+    .await?;
+    let (logs, glob) = log_dir(tmp.path())?;
+    let run = unique("outage");
+    let file = logs.join("svc.log");
+    append(&file, &numbered(&run, "s", 0..100))?;
+    let mut agent = Agent::start(
+        &tmp.path().join("agent"),
+        &format!("http://{addr}"),
+        &ingest,
+        &[glob],
+    )
+    .await?;
+    wait_for_at_least(&plane, &viewer, &run, 100).await?;
+
+    // The outage: a minute without the plane while a line arrives every 100 ms; the agent is SIGKILLed 20 s in
+    // and restarted 5 s later.
+    plane.terminate().await?;
+    let outage_started = Instant::now();
+    let writer = {
+        let (file, run) = (file.clone(), run.clone());
+        tokio::spawn(async move {
+            for i in 100..700 {
+                append(&file, &numbered(&run, "s", i..i + 1))?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let appends_before = agent
+        .metrics()
+        .await?
+        .get("gantry_agent_buffer_appends_total")
+        .copied()
+        .unwrap_or(0.0);
+    wait_until(
+        DELIVERY_TIMEOUT,
+        "the agent to buffer lines during the outage",
+        || async {
+            let m = agent.metrics().await?;
+            Ok((m
+                .get("gantry_agent_buffer_appends_total")
+                .copied()
+                .unwrap_or(0.0)
+                > appends_before)
+                .then_some(()))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(outage_started.elapsed())).await;
+    agent.kill9()?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    agent.spawn().await?;
+    writer.await??;
+    append(&file, &numbered(&run, "s", 700..800))?;
+    eprintln!(
+        "outage test: the plane was down for {:?}",
+        outage_started.elapsed()
+    );
+    plane.restart().await?;
+    ensure!(
+        plane.endpoints.http == addr,
+        "the plane moved to {}",
+        plane.endpoints.http
+    );
+
+    wait_for_at_least(&plane, &viewer, &run, 800).await?;
+    // Duplicates could still be on their way: count only once the agent has nothing left unshipped.
+    wait_until(
+        DELIVERY_TIMEOUT,
+        "the agent to have shipped everything",
+        || async {
+            let m = agent.metrics().await?;
+            Ok(
+                (m.get("gantry_agent_buffer_unshipped_batches").copied() == Some(0.0))
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    let hits = wait_for_at_least(&plane, &viewer, &run, 800).await?;
+    let parsed = parse_hits(&run, &hits);
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for h in &parsed {
+        *counts.entry(h.1).or_default() += 1;
+    }
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    eprintln!(
+        "outage test: {} records, {duplicates} duplicates",
+        parsed.len()
+    );
+    let missing: Vec<u32> = (0..800).filter(|i| !counts.contains_key(i)).collect();
+    ensure!(missing.is_empty(), "missing lines: {missing:?}");
+    ensure!(
+        duplicates == 0,
+        "{duplicates} duplicate records: {counts:?}"
+    );
+    let metrics = agent.metrics().await?;
+    ensure!(
+        metrics
+            .get("gantry_agent_sent_batches_total")
+            .copied()
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics:?}"
+    );
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! Gantry's end-to-end tests, one binary: each test starts the real `gantry` plane (and `gantry-agent`) in its
+//! own temp dir and talks to it with real clients (reqwest, tonic, the OpenTelemetry Python SDK, Docker).
+//!
+//! One module per area; [`harness`] is what they share. Run one area with `cargo test -p gantry-tests --test e2e
+//! protocol::`, one test with its name.
+
+mod agent;
+mod auth;
+mod config;
+mod harness;
+mod kill;
+mod nodes;
+mod protocol;
+mod query;
+mod sdk;
