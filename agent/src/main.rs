@@ -26,14 +26,8 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let shutdown = gantry_support::CancellationToken::new();
     let result = runtime.block_on(async {
-        let on_signal = shutdown.clone();
-        tokio::spawn(async move {
-            gantry_support::shutdown::termination().await;
-            on_signal.cancel();
-        });
-        gantry_agent::run(config, shutdown).await
+        gantry_agent::run(config, gantry_support::shutdown::cancel_on_termination()).await
     });
     // A blocking read stuck on a dead network mount (host metrics) must not keep the process from exiting.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));

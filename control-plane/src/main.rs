@@ -62,13 +62,8 @@ fn main() -> anyhow::Result<()> {
             gantry_support::logging::init(cli::LOG_FILTER);
             let config = RawConfig::layered(args.config.as_deref(), &args.settings)?.validate()?;
             cli::runtime()?.block_on(async {
-                let shutdown = gantry_support::CancellationToken::new();
+                let shutdown = gantry_support::shutdown::cancel_on_termination();
                 let bound = gantry_plane::server::bind_all(&config).await?;
-                let on_signal = shutdown.clone();
-                tokio::spawn(async move {
-                    gantry_support::shutdown::termination().await;
-                    on_signal.cancel();
-                });
                 gantry_plane::server::serve(config, bound, shutdown).await
             })
         }

@@ -66,18 +66,20 @@ async fn receive<I: Intake>(
 ) -> Response {
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let content_type = text(header::CONTENT_TYPE).unwrap_or("");
+    let limit = receiver.config.max_body_bytes;
     let Some(encoding) = Encoding::from_content_type(content_type) else {
         let media = content_type.split(';').next().unwrap_or("").trim();
         let refusal = Refusal::UnsupportedContentType(format!(
             "unsupported content type `{media}`: send application/x-protobuf or application/json"
         ));
+        discard(body, limit);
         // No encoding to answer in: JSON, which every client can read.
         return failure(
             Encoding::Json,
             receiver.refuse(signal, Protocol::Http, refusal),
         );
     };
-    let result = async {
+    let admitted = (|| {
         receiver.intake.authorize(text(header::AUTHORIZATION))?;
         let gzip = match text(header::CONTENT_ENCODING).map(str::trim) {
             None | Some("") => false,
@@ -89,19 +91,27 @@ async fn receive<I: Intake>(
                 )));
             }
         };
-        let limit = receiver.config.max_body_bytes;
-        let too_large = || {
-            Refusal::TooLarge(format!(
-                "the request body is larger than {limit} bytes: send smaller batches"
-            ))
-        };
+        // Held until the intake answered: bodies, decoded batches and batches waiting to be made durable are
+        // bounded together.
+        Ok((gzip, receiver.admit()?))
+    })();
+    let (gzip, _permit) = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            discard(body, limit);
+            return failure(encoding, receiver.refuse(signal, Protocol::Http, refusal));
+        }
+    };
+    let too_large = || {
+        Refusal::TooLarge(format!(
+            "the request body is larger than {limit} bytes: send smaller batches"
+        ))
+    };
+    let result = async {
         let declared = text(header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|length| length > limit as u64) {
             return Err(too_large());
         }
-        // Held until the intake answered: bodies, decoded batches and batches waiting to be made durable are
-        // bounded together.
-        let _permit = receiver.admit()?;
         let raw: Bytes = axum::body::to_bytes(body, limit)
             .await
             .map_err(|_| too_large())?;
@@ -135,6 +145,36 @@ async fn receive<I: Intake>(
         Ok(accepted) => success(signal, encoding, accepted),
         Err(refusal) => failure(encoding, receiver.refuse(signal, Protocol::Http, refusal)),
     }
+}
+
+/// How long a refused request's body may take to arrive before its connection is dropped.
+const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads and drops the body of a request refused before its body was read, so that the client, still sending,
+/// receives the answer instead of a broken pipe (a server that closes with unread bytes resets the connection, and
+/// the reset destroys the answer in the client's receive buffer). Nothing is kept: memory stays flat whatever the
+/// body's size; at most `limit` bytes or [`DISCARD_TIMEOUT`] are spent on it, then the connection is dropped.
+fn discard(body: Body, limit: usize) {
+    use tokio_stream::StreamExt;
+    tokio::spawn(async move {
+        let mut chunks = body.into_data_stream();
+        let mut read = 0usize;
+        let drained = tokio::time::timeout(DISCARD_TIMEOUT, async {
+            while let Some(Ok(chunk)) = chunks.next().await {
+                read += chunk.len();
+                if read > limit {
+                    break;
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::debug!(
+                read,
+                "a refused request's body was still arriving after 30 s; dropping it"
+            );
+        }
+    });
 }
 
 /// The HTTP status of a refusal.

@@ -12,3 +12,14 @@ pub async fn termination() {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; draining"),
     }
 }
+
+/// A token cancelled on the first SIGTERM or SIGINT. Call it inside a tokio runtime: it spawns the task that waits.
+pub fn cancel_on_termination() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        termination().await;
+        cancel.cancel();
+    });
+    token
+}

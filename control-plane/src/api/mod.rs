@@ -285,3 +285,6 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
 pub fn parse_query(q: Option<&str>) -> Result<gantry_query::Query, ApiError> {
     Ok(gantry_query::parse(q.unwrap_or(""))?)
 }
+
+#[cfg(test)]
+mod tests;

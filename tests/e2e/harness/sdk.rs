@@ -74,7 +74,7 @@ pub fn python_or_skip(test: &str) -> Result<Option<PathBuf>> {
 
 fn sdk_importable(python: &Path) -> bool {
     Command::new(python)
-        .args(["-c", "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, opentelemetry.exporter.otlp.proto.grpc"])
+        .args(["-c", "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, opentelemetry.exporter.otlp.proto.grpc, prometheus_client"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -145,4 +145,45 @@ pub async fn send_sdk(
         "send_sdk.py should print a 32-hex-digit trace id, printed {stdout:?}"
     );
     Ok(trace_id.to_owned())
+}
+
+/// One sample of an exposition, as `prometheus_client`'s parser read it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Sample {
+    /// The sample's name (`gantry_ingest_records_total`).
+    pub name: String,
+    /// Its labels, unescaped.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its value.
+    pub value: f64,
+}
+
+/// Parses an exposition with the reference parser of `prometheus_client` (`openmetrics` or `text`, the Prometheus
+/// 0.0.4 text format) and returns its samples; a parse error is an error with the parser's message.
+pub async fn parse_metrics(python: &Path, format: &str, exposition: &str) -> Result<Vec<Sample>> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(python)
+        .arg(repo_root().join("tests/python/parse_metrics.py"))
+        .arg(format)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting parse_metrics.py")?;
+    let mut stdin = child.stdin.take().context("parse_metrics.py stdin")?;
+    stdin.write_all(exposition.as_bytes()).await?;
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .context("parse_metrics.py did not finish within 60 s")??;
+    ensure!(
+        out.status.success(),
+        "the {format} parser refused the exposition: {}\n{exposition}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)?
+        .lines()
+        .map(|line| serde_json::from_str(line).context("a sample line"))
+        .collect()
 }

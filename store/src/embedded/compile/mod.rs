@@ -394,3 +394,6 @@ fn regex_escape(text: &str) -> String {
     }
     escaped
 }
+
+#[cfg(test)]
+mod tests;
