@@ -82,8 +82,11 @@ fn heartbeat() -> serde_json::Value {
     })
 }
 
+/// A request body: content type and bytes.
+type RequestBody = Option<(&'static str, Vec<u8>)>;
+
 /// Every route, with a body where it takes one, and who may use it.
-fn routes() -> Vec<(Method, String, Option<(&'static str, Vec<u8>)>, Who)> {
+fn routes() -> Vec<(Method, String, RequestBody, Who)> {
     let json =
         |value: serde_json::Value| Some(("application/json", value.to_string().into_bytes()));
     let otlp = |signal| {
