@@ -319,7 +319,7 @@ fn contribute(series: &Series, query: &MetricQuery, step: i64, accumulators: &mu
 }
 
 /// Linear interpolation inside the bucket that holds the quantile.
-fn histogram_quantile(bounds: &[f64], counts: &[u64], q: f64) -> Option<f64> {
+pub(crate) fn histogram_quantile(bounds: &[f64], counts: &[u64], q: f64) -> Option<f64> {
     if counts.len() != bounds.len() + 1 {
         return None;
     }

@@ -36,6 +36,8 @@ use tokio::sync::oneshot;
 use self::dedup::SeenIds;
 use self::indexer::Indexer;
 pub use self::indexer::merge_policy;
+#[cfg(test)]
+pub(crate) use self::metrics::histogram_quantile;
 use self::partitions::{Catalog, dir_size};
 pub use self::partitions::{dir_size as disk_bytes, index_settings};
 use self::wal_thread::{Pending, WriteStats};

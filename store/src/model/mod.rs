@@ -101,7 +101,10 @@ pub fn convert(request: &ExportRequest, window: &Acceptance, now_ns: i64) -> Row
                         rows.rejected += 1;
                         continue;
                     }
-                    let severity_number = log.severity_number.clamp(0, 24) as u8;
+                    let severity_number = match log.severity_number.clamp(0, 24) as u8 {
+                        0 => severity_from_text(&log.severity_text),
+                        number => number,
+                    };
                     rows.logs.push(LogRecord {
                         timestamp: rfc3339(ts),
                         timestamp_unix_nano: ts,
@@ -254,12 +257,7 @@ pub fn convert(request: &ExportRequest, window: &Acceptance, now_ns: i64) -> Row
                                     );
                                     continue;
                                 }
-                                let data = exponential_to_explicit(
-                                    p.scale,
-                                    p.zero_count,
-                                    p.positive.as_ref(),
-                                    p.count,
-                                );
+                                let data = exponential_to_explicit(p);
                                 let sum = p.sum.unwrap_or(0.0);
                                 push(
                                     MetricKind::Histogram,
@@ -292,33 +290,81 @@ pub fn convert(request: &ExportRequest, window: &Acceptance, now_ns: i64) -> Row
     rows
 }
 
-/// Positive buckets of an exponential histogram as explicit upper bounds (negative values fold into the first bucket).
-fn exponential_to_explicit(
-    scale: i32,
-    zero_count: u64,
-    positive: Option<
-        &opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets,
-    >,
-    count: u64,
+/// The bound between buckets `index - 1` and `index` of an exponential histogram of `scale`: `base^index` with
+/// `base = 2^(2^-scale)`, computed as `2^(index * 2^-scale)` so that large indexes lose no precision to repeated
+/// multiplication (OTel metrics data model, "ExponentialHistogram": bucket `index` covers `(base^index,
+/// base^(index+1)]`).
+fn exponential_bound(index: i64, scale: i32) -> f64 {
+    (index as f64 * (-f64::from(scale)).exp2()).exp2()
+}
+
+/// An exponential histogram point as explicit buckets, per the OTel data model: positive bucket `i` covers
+/// `(base^(offset+i), base^(offset+i+1)]`, negative bucket `i` covers `[-base^(offset+i+1), -base^(offset+i))`, and
+/// the zero bucket `[-zero_threshold, zero_threshold]`. The intervals are laid out in ascending order; gaps between
+/// them become empty buckets, and the first bucket (`(-inf, lowest bound]`) is empty, so a quantile interpolates
+/// inside the interval that holds it. A count beyond the buckets listed is put in the zero bucket.
+pub fn exponential_to_explicit(
+    point: &opentelemetry_proto::tonic::metrics::v1::ExponentialHistogramDataPoint,
 ) -> HistogramData {
-    let base = 2f64.powf(2f64.powi(-scale));
-    let mut bounds = vec![0.0];
-    let mut counts = vec![zero_count];
-    if let Some(positive) = positive {
-        for (i, n) in positive.bucket_counts.iter().enumerate() {
-            let exponent = positive
-                .offset
-                .saturating_add(i32::try_from(i).unwrap_or(i32::MAX))
-                .saturating_add(1);
-            bounds.push(base.powi(exponent));
-            counts.push(*n);
+    let scale = point.scale;
+    let threshold = point.zero_threshold.abs();
+    let listed = |buckets: Option<
+        &opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets,
+    >| {
+        buckets.map_or(0u64, |b| {
+            b.bucket_counts
+                .iter()
+                .fold(0u64, |t, n| t.saturating_add(*n))
+        })
+    };
+    let zero_count = point.zero_count.saturating_add(
+        point.count.saturating_sub(
+            point
+                .zero_count
+                .saturating_add(listed(point.positive.as_ref()))
+                .saturating_add(listed(point.negative.as_ref())),
+        ),
+    );
+    // (lower, upper, count) in ascending order.
+    let mut intervals: Vec<(f64, f64, u64)> = Vec::new();
+    if let Some(negative) = &point.negative {
+        for (i, n) in negative.bucket_counts.iter().enumerate().rev() {
+            let index = i64::from(negative.offset) + i as i64;
+            intervals.push((
+                -exponential_bound(index + 1, scale),
+                -exponential_bound(index, scale),
+                *n,
+            ));
         }
     }
-    let listed = counts
-        .iter()
-        .fold(0u64, |total, n| total.saturating_add(*n));
-    counts[0] = counts[0].saturating_add(count.saturating_sub(listed));
+    intervals.push((-threshold, threshold, zero_count));
+    if let Some(positive) = &point.positive {
+        for (i, n) in positive.bucket_counts.iter().enumerate() {
+            let index = i64::from(positive.offset) + i as i64;
+            intervals.push((
+                exponential_bound(index, scale),
+                exponential_bound(index + 1, scale),
+                *n,
+            ));
+        }
+    }
+    let mut bounds: Vec<f64> = Vec::new();
+    let mut counts: Vec<u64> = Vec::new();
+    for (lower, upper, n) in intervals {
+        if n == 0 {
+            continue;
+        }
+        // Each interval is one explicit bucket (lower, upper]; an empty bucket fills the gap before it (and the
+        // first bucket, (-inf, lower], stays empty). The zero bucket of threshold 0 is a bucket of width 0.
+        if bounds.last() != Some(&lower) {
+            bounds.push(lower);
+            counts.push(0);
+        }
+        bounds.push(upper);
+        counts.push(n);
+    }
     counts.push(0);
+    let count = point.count.max(counts.iter().sum());
     HistogramData {
         bounds,
         counts,
@@ -423,20 +469,46 @@ pub fn severity_name(number: u8) -> &'static str {
     }
 }
 
+/// The severity number of a severity text, for records sent with a text and no number (many shippers send only
+/// the text): case-insensitive, with the usual aliases (`information`, `notice`, `warning`, `err`, `critical`,
+/// `crit`, `emergency`, `alert`, ...) and the numbered forms of the OTel data model (`WARN2` is 14: "SeverityNumber"
+/// gives each level four numbers, `INFO` to `INFO4`). 0 (unspecified) when the text names no level.
+pub fn severity_from_text(text: &str) -> u8 {
+    let text = text.trim();
+    let digits = text.len() - text.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (name, step) = text.split_at(text.len() - digits);
+    let step = match step {
+        "" => 1,
+        step => match step.parse::<u8>() {
+            Ok(step @ 1..=4) => step,
+            _ => return 0,
+        },
+    };
+    match severity_base(name) {
+        Some(base) => base + step - 1,
+        None => 0,
+    }
+}
+
+/// The first severity number of a level name (`warn` is 13), case-insensitive.
+fn severity_base(name: &str) -> Option<u8> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "trace" | "finest" => 1,
+        "debug" | "fine" => 5,
+        "info" | "information" | "informational" | "notice" => 9,
+        "warn" | "warning" => 13,
+        "error" | "err" | "severe" => 17,
+        "fatal" | "critical" | "crit" | "emergency" | "emerg" | "alert" | "panic" => 21,
+        _ => return None,
+    })
+}
+
 /// The range of severity numbers a level name or number stands for (`warn` is 13-16).
 pub fn severity_range(text: &str) -> Option<(u8, u8)> {
     if let Ok(number) = text.parse::<u8>() {
         return (number <= 24).then_some((number, number));
     }
-    let base = match text.to_ascii_lowercase().as_str() {
-        "trace" => 1,
-        "debug" => 5,
-        "info" | "information" => 9,
-        "warn" | "warning" => 13,
-        "error" | "err" => 17,
-        "fatal" | "critical" | "crit" => 21,
-        _ => return None,
-    };
+    let base = severity_base(text)?;
     Some((base, base + 3))
 }
 
@@ -498,15 +570,109 @@ mod tests {
         assert_eq!(severity_name(17), "ERROR");
     }
 
+    use opentelemetry_proto::tonic::metrics::v1::ExponentialHistogramDataPoint;
+    use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets;
+
+    fn exponential(
+        scale: i32,
+        zero: u64,
+        positive: Option<(i32, Vec<u64>)>,
+        negative: Option<(i32, Vec<u64>)>,
+    ) -> ExponentialHistogramDataPoint {
+        let buckets = |b: Option<(i32, Vec<u64>)>| {
+            b.map(|(offset, bucket_counts)| Buckets {
+                offset,
+                bucket_counts,
+            })
+        };
+        let count = zero
+            + positive.as_ref().map_or(0, |p| p.1.iter().sum::<u64>())
+            + negative.as_ref().map_or(0, |n| n.1.iter().sum::<u64>());
+        ExponentialHistogramDataPoint {
+            scale,
+            zero_count: zero,
+            count,
+            positive: buckets(positive),
+            negative: buckets(negative),
+            ..ExponentialHistogramDataPoint::default()
+        }
+    }
+
+    /// The `q` quantile of an exponential point, through the explicit conversion and the store's interpolation.
+    fn quantile(point: &ExponentialHistogramDataPoint, q: f64) -> f64 {
+        let data = exponential_to_explicit(point);
+        crate::embedded::histogram_quantile(&data.bounds, &data.counts, q).unwrap()
+    }
+
+    #[test]
+    fn exponential_quantiles_match_hand_computed_values() {
+        let close = |got: f64, want: f64, what: &str| {
+            assert!(
+                (got - want).abs() <= want.abs() * 1e-6 + 1e-12,
+                "{what}: {got} instead of {want}"
+            );
+        };
+        // scale 3: base 2^(1/8); bucket 8 covers (2, 2^(9/8)], p50 halfway through it.
+        let p = exponential(3, 0, Some((8, vec![10])), None);
+        close(
+            quantile(&p, 0.5),
+            2.0 + (2f64.powf(9.0 / 8.0) - 2.0) / 2.0,
+            "scale 3",
+        );
+        // scale 0: base 2; buckets 0 and 1 cover (1, 2] and (2, 4].
+        let p = exponential(0, 0, Some((0, vec![4, 4])), None);
+        close(quantile(&p, 0.25), 1.5, "scale 0, p25");
+        close(quantile(&p, 0.75), 3.0, "scale 0, p75");
+        // scale -1: base 4; bucket 1 covers (4, 16]: its p50 is 10.
+        let p = exponential(-1, 0, Some((1, vec![10])), None);
+        close(quantile(&p, 0.5), 10.0, "scale -1");
+        // scale -2: base 16; bucket 0 covers (1, 16].
+        let p = exponential(-2, 0, Some((0, vec![2])), None);
+        close(quantile(&p, 0.5), 8.5, "scale -2");
+        // scale 20: a value near 1000 stays near 1000 (the old conversion halved it).
+        let index = (1000f64.log2() * 2f64.powi(20)).floor() as i32;
+        let p = exponential(20, 0, Some((index, vec![5])), None);
+        close(quantile(&p, 0.5), 1000.0, "scale 20");
+        // Negative buckets and the zero bucket: -4..-2 (bucket 1 at scale 0), zeros, then (2, 4].
+        let p = exponential(0, 2, Some((1, vec![4])), Some((1, vec![4])));
+        close(quantile(&p, 0.2), -3.0, "negative p20");
+        close(quantile(&p, 0.5), 0.0, "zero bucket");
+        close(quantile(&p, 0.8), 3.0, "positive p80");
+    }
+
     #[test]
     fn exponential_buckets_become_explicit() {
-        let positive =
-            opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets {
-                offset: 0,
-                bucket_counts: vec![1, 2],
-            };
-        let data = exponential_to_explicit(0, 1, Some(&positive), 4);
-        assert_eq!(data.bounds, vec![0.0, 2.0, 4.0]);
-        assert_eq!(data.counts, vec![1, 1, 2, 0]);
+        let data = exponential_to_explicit(&exponential(0, 1, Some((0, vec![1, 2])), None));
+        assert_eq!(data.bounds, vec![0.0, 0.0, 1.0, 2.0, 4.0]);
+        assert_eq!(data.counts, vec![0, 1, 0, 1, 2, 0]);
+        assert_eq!(data.count, 4);
+    }
+
+    #[test]
+    fn severities_are_derived_from_text_when_the_number_is_unset() {
+        let check = |text: &str, expected: u8| {
+            assert_eq!(severity_from_text(text), expected, "{text:?}");
+        };
+        check("error", 17);
+        check("ERROR", 17);
+        check("Err", 17);
+        check("warning", 13);
+        check("WARN2", 14);
+        check("info4", 12);
+        check("INFO", 9);
+        check("information", 9);
+        check("notice", 9);
+        check("debug", 5);
+        check("trace3", 3);
+        check("fatal", 21);
+        check("CRITICAL", 21);
+        check("crit", 21);
+        check("emergency", 21);
+        check("alert", 21);
+        check(" warn ", 13);
+        check("warn5", 0);
+        check("verbose", 0);
+        check("", 0);
+        check("42", 0);
     }
 }

@@ -5,7 +5,7 @@
 use gantry_proto::ExportRequest;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 
-use super::{log_time, number, rfc3339};
+use super::{exponential_to_explicit, log_time, number, rfc3339};
 
 /// Items newer than this far in the future are rejected (clock skew beyond reason), ns.
 const MAX_FUTURE_NS: i64 = 24 * 3600 * 1_000_000_000;
@@ -84,7 +84,7 @@ impl Rejections {
                 self.invalid_value
             ));
         }
-        format!("{} {items} rejected: {}", self.total(), parts.join("; "))
+        format!("{items} rejected: {}", parts.join("; "))
     }
 }
 
@@ -153,7 +153,12 @@ pub fn screen(request: &mut ExportRequest, window: &Acceptance, now_ns: i64) -> 
                         keep(p.time_unix_nano as i64, valid)
                     }),
                     Some(Data::ExponentialHistogram(h)) => h.data_points.retain(|p| {
-                        let valid = finite_sum(p.sum) && EXPONENTIAL_SCALES.contains(&p.scale);
+                        let valid = finite_sum(p.sum)
+                            && EXPONENTIAL_SCALES.contains(&p.scale)
+                            && exponential_to_explicit(p)
+                                .bounds
+                                .iter()
+                                .all(|b| b.is_finite());
                         keep(p.time_unix_nano as i64, valid)
                     }),
                     Some(Data::Summary(s)) => s
