@@ -48,6 +48,8 @@ use telemetry::Telemetry;
 pub const AGENT_ID_FILE: &str = "agent-id";
 /// Name of the file the agent writes its bound HTTP address to.
 pub const ENDPOINTS_FILE: &str = "agent-endpoints.json";
+/// Connections open at once over the agent's listeners (its HTTP endpoint and local OTLP receivers).
+pub const MAX_CONNECTIONS: usize = 1024;
 
 /// A listener bound before its component starts (so its address is known at once), and the address a restarted
 /// component binds again.
@@ -199,27 +201,25 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             }
         });
     }
+    // One connection cap for the agent's listeners (they are local, but a misbehaving app must not take the
+    // agent down).
+    let limits = gantry_net::Limits::new(MAX_CONNECTIONS);
     let otlp = receiver::receiver(sink.clone(), telemetry.clone(), host_resource.clone());
     if let Some(bound) = otlp_http {
-        let otlp = otlp.clone();
+        let (otlp, limits) = (otlp.clone(), limits.clone());
         sources.spawn("otlp_http", move |stop| {
-            let (otlp, bound) = (otlp.clone(), bound.clone());
+            let (otlp, bound, limits) = (otlp.clone(), bound.clone(), limits.clone());
             async move {
-                axum::serve(bound.take().await?, otlp.http_router())
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-                    .context("the OTLP/HTTP receiver failed")
+                let listener = bound.take().await?;
+                gantry_net::serve(listener, otlp.http_router(), limits, stop, "OTLP/HTTP").await
             }
         });
     }
     if let Some(bound) = otlp_grpc {
-        let otlp = otlp.clone();
+        let (otlp, limits) = (otlp.clone(), limits.clone());
         sources.spawn("otlp_grpc", move |stop| {
-            let (otlp, bound) = (otlp.clone(), bound.clone());
-            async move {
-                otlp.serve_grpc(bound.take().await?, stop.cancelled_owned())
-                    .await
-            }
+            let (otlp, bound, limits) = (otlp.clone(), bound.clone(), limits.clone());
+            async move { otlp.serve_grpc(bound.take().await?, limits, stop).await }
         });
     }
     drop(otlp);
@@ -309,13 +309,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             agent_id: agent_id.clone().into(),
         });
         endpoint.spawn("http", move |stop| {
-            let (app, http) = (app.clone(), http.clone());
-            async move {
-                axum::serve(http.take().await?, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-                    .context("the agent's HTTP endpoint failed")
-            }
+            let (app, http, limits) = (app.clone(), http.clone(), limits.clone());
+            async move { gantry_net::serve(http.take().await?, app, limits, stop, "agent HTTP").await }
         });
     }
 

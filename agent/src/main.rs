@@ -21,6 +21,7 @@ struct Cli {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     gantry_support::logging::init("info");
+    gantry_support::process::raise_open_files_limit();
     let config = RawConfig::layered(cli.config.as_deref(), cli.flags)?.validate()?;
     tracing::debug!(?config, "configuration");
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -163,13 +163,14 @@ pub async fn run(
                 .await
                 .map_err(|error| error.to_string())?;
             let status = response.status();
+            let body = crate::shipper::read_capped(response, crate::shipper::MAX_RESPONSE_BYTES)
+                .await
+                .map_err(|error| error.to_string())?;
             if status.is_success() {
-                response
-                    .json::<HeartbeatAck>()
-                    .await
+                serde_json::from_slice::<HeartbeatAck>(&body)
                     .map_err(|error| format!("unreadable answer: {error}"))
             } else {
-                let text = response.text().await.unwrap_or_default();
+                let text = String::from_utf8_lossy(&body);
                 Err(format!(
                     "HTTP {status}: {}",
                     text.chars().take(300).collect::<String>()

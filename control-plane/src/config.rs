@@ -60,6 +60,16 @@ pub struct RawConfig {
         value_name = "N"
     )]
     pub node_down_after_missed_heartbeats: Option<u32>,
+    /// Connections open at once over all listeners; further ones are closed at once. Also capped to the open-files
+    /// limit less 256 [default: 4096].
+    #[arg(long, env = "GANTRY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Time an HTTP/1.1 client has to send a request's line and headers, ms [default: 10000].
+    #[arg(long, env = "GANTRY_HEADER_READ_TIMEOUT_MS", value_name = "MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// A connection with nothing read or written for this long is closed, ms [default: 300000].
+    #[arg(long, env = "GANTRY_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// The validated configuration the plane runs with.
@@ -79,6 +89,12 @@ pub struct PlaneConfig {
     pub max_body_bytes: usize,
     /// Heartbeats a node may miss in a row before it is down.
     pub node_down_after_missed_heartbeats: u32,
+    /// Connections open at once over all listeners.
+    pub max_connections: usize,
+    /// Time an HTTP/1.1 client has to send a request's line and headers.
+    pub header_read_timeout: Duration,
+    /// A connection with nothing read or written for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl RawConfig {
@@ -171,8 +187,48 @@ impl RawConfig {
                     });
                 }
             },
+            max_connections: match self.max_connections.unwrap_or(4096) {
+                n @ 16..=1_000_000 => n,
+                _ => {
+                    return Err(ConfigError::value(
+                        "max_connections",
+                        "must be between 16 and 1000000",
+                    ));
+                }
+            },
+            header_read_timeout: Duration::from_millis(
+                match self.header_read_timeout_ms.unwrap_or(10_000) {
+                    ms @ 100..=600_000 => ms,
+                    _ => {
+                        return Err(ConfigError::value(
+                            "header_read_timeout_ms",
+                            "must be between 100 and 600000 (10 minutes)",
+                        ));
+                    }
+                },
+            ),
+            idle_timeout: Duration::from_millis(match self.idle_timeout_ms.unwrap_or(300_000) {
+                ms @ 1_000..=86_400_000 => ms,
+                _ => {
+                    return Err(ConfigError::value(
+                        "idle_timeout_ms",
+                        "must be between 1000 and 86400000 (a day)",
+                    ));
+                }
+            }),
             store,
         })
+    }
+}
+
+impl PlaneConfig {
+    /// The limits of the plane's listeners (one connection cap shared by the three).
+    pub fn listener_limits(&self) -> gantry_net::Limits {
+        gantry_net::Limits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            ..gantry_net::Limits::new(self.max_connections)
+        }
     }
 }
 

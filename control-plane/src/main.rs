@@ -60,6 +60,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Plane(args) => {
             gantry_support::logging::init(cli::LOG_FILTER);
+            let open_files = gantry_support::process::raise_open_files_limit();
+            tracing::debug!(open_files, "open-files limit");
             let config = RawConfig::layered(args.config.as_deref(), &args.settings)?.validate()?;
             cli::runtime()?.block_on(async {
                 let shutdown = gantry_support::shutdown::cancel_on_termination();
@@ -73,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         } => gantry_bench::run_ingest(options),
         Command::Demo(args) => {
             gantry_support::logging::init(cli::LOG_FILTER);
+            gantry_support::process::raise_open_files_limit();
             cli::demo::run(args)
         }
     }

@@ -142,13 +142,29 @@ pub async fn serve(
         });
     }
     tasks.spawn(nodes.clone().watch(shutdown.clone().cancelled_owned()));
-    let http = axum::serve(bound.http, app(state.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let otlp_http = axum::serve(bound.otlp_http, otlp_app(&state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let grpc = otlp.serve_grpc(bound.otlp_grpc, shutdown.clone().cancelled_owned());
-    let (http, otlp_http, grpc) =
-        tokio::join!(async { http.await }, async { otlp_http.await }, grpc);
+    let limits = config.listener_limits();
+    tracing::info!(
+        max_connections = limits.connections.max(),
+        header_read_timeout_ms = limits.header_read_timeout.as_millis() as u64,
+        idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
+        "listener limits"
+    );
+    let http = gantry_net::serve(
+        bound.http,
+        app(state.clone()),
+        limits.clone(),
+        shutdown.clone(),
+        "HTTP API",
+    );
+    let otlp_http = gantry_net::serve(
+        bound.otlp_http,
+        otlp_app(&state),
+        limits.clone(),
+        shutdown.clone(),
+        "OTLP/HTTP",
+    );
+    let grpc = otlp.serve_grpc(bound.otlp_grpc, limits, shutdown.clone());
+    let (http, otlp_http, grpc) = tokio::join!(http, otlp_http, grpc);
     // A server that failed on its own stops the rest.
     shutdown.cancel();
     tracing::info!("listeners closed; writing what was acknowledged");

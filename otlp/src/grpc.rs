@@ -1,8 +1,6 @@
 //! OTLP/gRPC: the three collector services (`LogsService`, `TraceService`, `MetricsService`), gzip accepted, with
 //! the same admission, durability and refusals as OTLP/HTTP mapped to gRPC codes.
 
-use std::future::Future;
-
 use anyhow::Context;
 use gantry_proto::{BATCH_ID_HEADER, ExportRequest};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
@@ -64,7 +62,8 @@ impl<I: Intake> Receiver<I> {
         )
     }
 
-    /// Serves OTLP/gRPC on `listener` until `shutdown` resolves, then lets requests in flight finish.
+    /// Serves OTLP/gRPC on `listener` until `shutdown` is cancelled, then lets requests in flight finish, with the
+    /// process's connection limits (`gantry_net`).
     ///
     /// Tonic reads and decodes a message before a service sees it, so the admission check alone would come too late
     /// for memory: a global concurrency limit of `max_in_flight` in front of the services makes further requests
@@ -75,19 +74,17 @@ impl<I: Intake> Receiver<I> {
     pub async fn serve_grpc(
         &self,
         listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send,
+        limits: gantry_net::Limits,
+        shutdown: gantry_support::CancellationToken,
     ) -> anyhow::Result<()> {
-        let in_flight = self.config.max_in_flight;
-        tonic::transport::Server::builder()
-            .concurrency_limit_per_connection(in_flight)
-            .max_concurrent_streams(in_flight as u32)
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(in_flight))
+        let router = self
+            .grpc_routes()
+            .into_axum_router()
             .layer(tower::util::MapResponseLayer::new(standard_codes))
-            .add_routes(self.grpc_routes())
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown,
-            )
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                self.config.max_in_flight,
+            ));
+        gantry_net::serve(listener, router, limits, shutdown, "OTLP/gRPC")
             .await
             .context("the OTLP/gRPC server failed")
     }

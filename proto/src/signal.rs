@@ -150,6 +150,173 @@ impl ExportRequest {
     }
 }
 
+impl ExportRequest {
+    /// Splits the request into two with about half of its items each (the first gets the smaller half), keeping
+    /// every item's resource and scope; `None` when it holds fewer than two items. A sender uses it when a request
+    /// was refused as too large (HTTP 413).
+    pub fn split(self) -> Option<(ExportRequest, ExportRequest)> {
+        let items = self.items();
+        if items < 2 {
+            return None;
+        }
+        let half = (items / 2) as usize;
+        Some(match self {
+            ExportRequest::Logs(r) => {
+                let (a, b) = split_nested(
+                    r.resource_logs,
+                    half,
+                    |rl| &mut rl.scope_logs,
+                    |sl| &mut sl.log_records,
+                );
+                (
+                    ExportRequest::Logs(ExportLogsServiceRequest { resource_logs: a }),
+                    ExportRequest::Logs(ExportLogsServiceRequest { resource_logs: b }),
+                )
+            }
+            ExportRequest::Traces(r) => {
+                let (a, b) = split_nested(
+                    r.resource_spans,
+                    half,
+                    |rs| &mut rs.scope_spans,
+                    |ss| &mut ss.spans,
+                );
+                (
+                    ExportRequest::Traces(ExportTraceServiceRequest { resource_spans: a }),
+                    ExportRequest::Traces(ExportTraceServiceRequest { resource_spans: b }),
+                )
+            }
+            ExportRequest::Metrics(r) => {
+                // Metrics split between metrics of a scope; data points of one metric stay together unless a
+                // single metric holds the cut, which then splits its data points.
+                let mut metrics = r;
+                for rm in &mut metrics.resource_metrics {
+                    for sm in &mut rm.scope_metrics {
+                        sm.metrics = sm
+                            .metrics
+                            .drain(..)
+                            .flat_map(split_points_of_big_metric)
+                            .collect();
+                    }
+                }
+                let (a, b) = split_metric_list(metrics.resource_metrics, half);
+                (
+                    ExportRequest::Metrics(ExportMetricsServiceRequest {
+                        resource_metrics: a,
+                    }),
+                    ExportRequest::Metrics(ExportMetricsServiceRequest {
+                        resource_metrics: b,
+                    }),
+                )
+            }
+        })
+    }
+}
+
+/// Splits resources → scopes → items so that the first part holds `take` items.
+fn split_nested<R: Clone, S: Clone, I>(
+    resources: Vec<R>,
+    mut take: usize,
+    scopes: impl Fn(&mut R) -> &mut Vec<S>,
+    items: impl Fn(&mut S) -> &mut Vec<I>,
+) -> (Vec<R>, Vec<R>) {
+    let mut first = Vec::new();
+    let mut second = Vec::new();
+    for mut resource in resources {
+        let count: usize = scopes(&mut resource)
+            .iter_mut()
+            .map(|s| items(s).len())
+            .sum();
+        if take == 0 {
+            second.push(resource);
+            continue;
+        }
+        if count <= take {
+            take -= count;
+            first.push(resource);
+            continue;
+        }
+        let all_scopes = std::mem::take(scopes(&mut resource));
+        let mut head = resource.clone();
+        let mut tail = resource;
+        for mut scope in all_scopes {
+            let n = items(&mut scope).len();
+            if take == 0 {
+                scopes(&mut tail).push(scope);
+            } else if n <= take {
+                take -= n;
+                scopes(&mut head).push(scope);
+            } else {
+                let rest = items(&mut scope).split_off(take);
+                take = 0;
+                let mut later = scope.clone();
+                *items(&mut later) = rest;
+                scopes(&mut head).push(scope);
+                scopes(&mut tail).push(later);
+            }
+        }
+        first.push(head);
+        second.push(tail);
+    }
+    (first, second)
+}
+
+/// A metric with more than one data point becomes one metric per data point, so that a cut can fall between them.
+fn split_points_of_big_metric(
+    metric: opentelemetry_proto::tonic::metrics::v1::Metric,
+) -> Vec<opentelemetry_proto::tonic::metrics::v1::Metric> {
+    use opentelemetry_proto::tonic::metrics::v1::Metric;
+    macro_rules! one_per_point {
+        ($variant:ident, $data:expr) => {{
+            let mut data = $data;
+            let points = std::mem::take(&mut data.data_points);
+            points
+                .into_iter()
+                .map(|point| {
+                    let mut single = data.clone();
+                    single.data_points = vec![point];
+                    Metric {
+                        data: Some(Data::$variant(single)),
+                        ..metric_shell(&metric)
+                    }
+                })
+                .collect()
+        }};
+    }
+    fn metric_shell(metric: &Metric) -> Metric {
+        Metric {
+            data: None,
+            ..metric.clone()
+        }
+    }
+    if data_points(metric.data.as_ref()) < 2 {
+        return vec![metric];
+    }
+    match metric.data.clone() {
+        Some(Data::Gauge(g)) => one_per_point!(Gauge, g),
+        Some(Data::Sum(s)) => one_per_point!(Sum, s),
+        Some(Data::Histogram(h)) => one_per_point!(Histogram, h),
+        Some(Data::ExponentialHistogram(h)) => one_per_point!(ExponentialHistogram, h),
+        Some(Data::Summary(s)) => one_per_point!(Summary, s),
+        None => vec![metric],
+    }
+}
+
+/// Splits metrics (each holding one data point after [`split_points_of_big_metric`], or several) at `take` points.
+fn split_metric_list(
+    resources: Vec<opentelemetry_proto::tonic::metrics::v1::ResourceMetrics>,
+    take: usize,
+) -> (
+    Vec<opentelemetry_proto::tonic::metrics::v1::ResourceMetrics>,
+    Vec<opentelemetry_proto::tonic::metrics::v1::ResourceMetrics>,
+) {
+    split_nested(
+        resources,
+        take,
+        |rm| &mut rm.scope_metrics,
+        |sm| &mut sm.metrics,
+    )
+}
+
 /// Data points of one metric, whatever its type.
 pub fn data_points(data: Option<&Data>) -> u64 {
     match data {
@@ -176,6 +343,71 @@ mod tests {
         assert_eq!(Signal::Traces.to_byte(), 1);
         assert_eq!(Signal::Metrics.to_byte(), 2);
         assert_eq!(Signal::from_byte(3), None);
+    }
+
+    #[test]
+    fn splitting_keeps_every_item_once_with_its_resource() {
+        use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+        let resource = |n: usize| ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: (0..n)
+                    .map(|i| LogRecord {
+                        time_unix_nano: i as u64,
+                        ..LogRecord::default()
+                    })
+                    .collect(),
+                ..ScopeLogs::default()
+            }],
+            schema_url: format!("r{n}"),
+            ..ResourceLogs::default()
+        };
+        for sizes in [vec![2], vec![1, 1], vec![3, 4], vec![5], vec![1, 6, 1]] {
+            let request = ExportRequest::Logs(ExportLogsServiceRequest {
+                resource_logs: sizes.iter().map(|n| resource(*n)).collect(),
+            });
+            let total = request.items();
+            let (a, b) = request.clone().split().expect("splits");
+            assert_eq!(a.items() + b.items(), total, "{sizes:?}");
+            assert_eq!(a.items(), total / 2, "{sizes:?}");
+            let (ExportRequest::Logs(a), ExportRequest::Logs(b)) = (a, b) else {
+                unreachable!()
+            };
+            for part in a.resource_logs.iter().chain(&b.resource_logs) {
+                let n: usize = part.scope_logs.iter().map(|s| s.log_records.len()).sum();
+                assert!(n <= part.schema_url[1..].parse::<usize>().unwrap());
+            }
+        }
+        assert!(
+            ExportRequest::Logs(ExportLogsServiceRequest {
+                resource_logs: vec![resource(1)]
+            })
+            .split()
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn a_metric_with_many_points_splits_between_them() {
+        use opentelemetry_proto::tonic::metrics::v1::{
+            Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+        };
+        let request = ExportRequest::Metrics(ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "m".into(),
+                        data: Some(Data::Gauge(Gauge {
+                            data_points: vec![NumberDataPoint::default(); 5],
+                        })),
+                        ..Metric::default()
+                    }],
+                    ..ScopeMetrics::default()
+                }],
+                ..ResourceMetrics::default()
+            }],
+        });
+        let (a, b) = request.split().expect("splits");
+        assert_eq!((a.items(), b.items()), (2, 3));
     }
 
     #[test]

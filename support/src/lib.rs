@@ -6,7 +6,8 @@
 //! - [`fs`]: durable small-file replacement ([`fs::write_atomic`]);
 //! - [`shutdown`]: the termination signal, and [`supervisor`]: components run under one cancellation token and task
 //!   tracker, restarted with backoff when they fail;
-//! - [`metrics`]: Prometheus/OpenMetrics exposition through `prometheus-client`.
+//! - [`metrics`]: Prometheus/OpenMetrics exposition through `prometheus-client`;
+//! - [`process`]: the open-files limit, raised at start.
 //!
 //! **Nothing here speaks HTTP or touches telemetry storage**: it sits below the plane, the agent and the store.
 #![warn(missing_docs)]
@@ -15,6 +16,7 @@ pub mod config;
 pub mod fs;
 pub mod logging;
 pub mod metrics;
+pub mod process;
 pub mod shutdown;
 pub mod supervisor;
 

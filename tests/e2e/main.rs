@@ -16,4 +16,5 @@ mod overload;
 mod protocol;
 mod query;
 mod sdk;
+mod slow_clients;
 mod state;

@@ -24,8 +24,12 @@ pub use backoff::Backoff;
 use crate::buffer::{Buffer, BufferHeader, Signal};
 use crate::telemetry::Telemetry;
 
-/// The longest `Retry-After` honoured; a larger value is capped to this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// The longest `Retry-After` honoured; a larger value is capped to this (and said so in the log), so that a plane
+/// answering `Retry-After: 999999999` cannot stall shipping.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// The most of a response body the shipper reads: a partial-success answer or an error message is a few hundred
+/// bytes, and a plane (or a proxy) answering with hundreds of MiB must not grow the agent's memory.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 10;
 /// Consecutive failures to read the record after the cursor before it is skipped as damaged.
 const SKIP_AFTER_READ_FAILURES: u32 = 5;
 /// Per-request deadline.
@@ -50,6 +54,8 @@ pub enum Attempt {
         /// Records the plane declined inside an accepted batch.
         rejected_records: u64,
     },
+    /// 413: the batch is larger than the plane takes; it is split in halves, each sent on its own.
+    TooLarge,
     /// A permanent refusal (4xx other than 408 and 429): the batch is skipped.
     Rejected {
         /// Metric label, such as `http_400`.
@@ -96,6 +102,7 @@ pub fn classify(signal: Signal, status: u16, retry_after: Option<&str>, body: &[
             reason: format!("http_{status}"),
             after: retry_after.and_then(parse_retry_after),
         },
+        413 => Attempt::TooLarge,
         400..=499 => Attempt::Rejected {
             reason: format!("http_{status}"),
         },
@@ -117,7 +124,33 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
             Duration::from_millis(ms.max(0) as u64)
         }
     };
+    if delay > MAX_RETRY_AFTER {
+        tracing::warn!(
+            retry_after_s = delay.as_secs(),
+            cap_s = MAX_RETRY_AFTER.as_secs(),
+            "the plane asked to wait longer than the cap; waiting the cap"
+        );
+    }
     Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// Reads at most `limit` bytes of a response body; the rest is not read (the connection is then closed).
+///
+/// # Errors
+/// The body could not be read.
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> reqwest::Result<bytes::Bytes> {
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if chunk.len() >= room {
+            break;
+        }
+    }
+    Ok(body.freeze())
 }
 
 /// Builds the HTTP client the shipper uses.
@@ -263,8 +296,17 @@ async fn next_record(
     next
 }
 
+/// One batch, or a part of one after a 413 split: its id, its uncompressed payload and its item count.
+struct Part {
+    batch_id: String,
+    payload: bytes::Bytes,
+    records: u64,
+}
+
 /// Sends one batch until it is delivered or rejected for good (true: the cursor may move past it), or until the
-/// batch cannot even be prepared (false: it stays in the buffer).
+/// batch cannot even be prepared (false: it stays in the buffer). A batch the plane finds too large (413) is split
+/// in halves, sent one after the other with the ids `<batch id>.1` and `<batch id>.2` (recursively), so that a
+/// resend after a crash is deduplicated part by part; a single item still too large is dropped and counted.
 async fn deliver(
     client: &reqwest::Client,
     config: &ShipperConfig,
@@ -273,21 +315,106 @@ async fn deliver(
     header: BufferHeader,
     record: Vec<u8>,
 ) -> bool {
-    let records = header.records as u64;
     let signal = header.signal;
-    let start = header.payload_start;
-    // Compressed straight from the bytes read back; the body is then shared by every attempt, not copied.
-    let body = match tokio::task::spawn_blocking(move || gzip(&record[start..])).await {
+    let mut record = record;
+    let payload = bytes::Bytes::from(record.split_off(header.payload_start));
+    let mut parts = vec![Part {
+        batch_id: format!("{}-{seq}", config.agent_id),
+        payload,
+        records: header.records as u64,
+    }];
+    while let Some(part) = parts.pop() {
+        match deliver_part(client, config, telemetry, signal, &part).await {
+            PartOutcome::Done => {}
+            PartOutcome::NotPrepared => return false,
+            PartOutcome::TooLarge => {
+                let Part {
+                    batch_id,
+                    payload,
+                    records,
+                } = part;
+                let split = tokio::task::spawn_blocking(move || {
+                    let request = gantry_proto::ExportRequest::decode(signal, &payload).ok()?;
+                    let (first, second) = request.split()?;
+                    Some([first, second].map(|half| {
+                        let records = half.items();
+                        (bytes::Bytes::from(half.encode_to_vec()), records)
+                    }))
+                })
+                .await
+                .ok()
+                .flatten();
+                match split {
+                    Some([(first, first_records), (second, second_records)]) => {
+                        tracing::warn!(
+                            batch_id,
+                            records,
+                            "the plane found the batch too large (413); sending it in two halves"
+                        );
+                        // Popped in order: the first half goes first.
+                        parts.push(Part {
+                            batch_id: format!("{batch_id}.2"),
+                            payload: second,
+                            records: second_records,
+                        });
+                        parts.push(Part {
+                            batch_id: format!("{batch_id}.1"),
+                            payload: first,
+                            records: first_records,
+                        });
+                    }
+                    None => {
+                        tracing::error!(
+                            batch_id,
+                            records,
+                            "the plane refused a batch of one item as too large (413); dropping it"
+                        );
+                        telemetry.rejected.add("http_413", 1);
+                        telemetry.dropped.add("rejected_http_413", records);
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
+/// How sending one part ended.
+enum PartOutcome {
+    /// Delivered, or refused for good (counted): the next part may go.
+    Done,
+    /// 413: split it.
+    TooLarge,
+    /// It could not be compressed: the batch stays in the buffer.
+    NotPrepared,
+}
+
+/// Sends one part until the plane answers for good.
+async fn deliver_part(
+    client: &reqwest::Client,
+    config: &ShipperConfig,
+    telemetry: &Telemetry,
+    signal: Signal,
+    part: &Part,
+) -> PartOutcome {
+    let Part {
+        batch_id,
+        payload,
+        records,
+    } = part;
+    let records = *records;
+    let raw = payload.clone();
+    // Compressed once; the body is then shared by every attempt, not copied.
+    let body = match tokio::task::spawn_blocking(move || gzip(&raw)).await {
         Ok(body) => bytes::Bytes::from(body),
         Err(error) => {
             tracing::error!(error = %error, "gzip task failed; the batch stays in the buffer");
-            return false;
+            return PartOutcome::NotPrepared;
         }
     };
-    let batch_id = format!("{}-{seq}", config.agent_id);
     let mut backoff = Backoff::default();
     loop {
-        let attempt = match send(client, config, signal, &batch_id, body.clone()).await {
+        let attempt = match send(client, config, signal, batch_id, body.clone()).await {
             Ok(attempt) => attempt,
             Err(error) => Attempt::Retry {
                 reason: error_reason(&error),
@@ -310,8 +437,9 @@ async fn deliver(
                     telemetry.dropped.add("partial_success", rejected_records);
                 }
                 tracing::debug!(batch_id, records, bytes = body.len(), "batch delivered");
-                return true;
+                return PartOutcome::Done;
             }
+            Attempt::TooLarge => return PartOutcome::TooLarge,
             Attempt::Rejected { reason } => {
                 tracing::error!(
                     batch_id,
@@ -323,7 +451,7 @@ async fn deliver(
                 telemetry
                     .dropped
                     .add(&format!("rejected_{reason}"), records);
-                return true;
+                return PartOutcome::Done;
             }
             Attempt::Retry { reason, after } => {
                 telemetry.retries.inc();
@@ -362,7 +490,7 @@ async fn send(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = response.bytes().await?;
+    let body = read_capped(response, MAX_RESPONSE_BYTES).await?;
     let attempt = classify(signal, status, retry_after.as_deref(), &body);
     if let Attempt::Rejected { reason } | Attempt::Retry { reason, .. } = &attempt
         && (400..500).contains(&status)
@@ -445,7 +573,8 @@ mod tests {
                 after: Some(MAX_RETRY_AFTER),
             },
         );
-        for status in [400, 405, 413, 422] {
+        check(413, None, Attempt::TooLarge);
+        for status in [400, 405, 422] {
             check(
                 status,
                 Some("1"),

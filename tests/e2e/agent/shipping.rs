@@ -246,3 +246,167 @@ async fn overload_is_waited_out_as_told_with_bounded_memory() -> Result<()> {
     server.abort();
     Ok(())
 }
+
+/// Records in a decoded request.
+fn records_in(request: &ExportLogsServiceRequest) -> usize {
+    request
+        .resource_logs
+        .iter()
+        .flat_map(|r| &r.scope_logs)
+        .map(|s| s.log_records.len())
+        .sum()
+}
+
+/// The bodies of a request's records.
+fn bodies_in(request: &ExportLogsServiceRequest) -> Vec<String> {
+    request
+        .resource_logs
+        .iter()
+        .flat_map(|r| &r.scope_logs)
+        .flat_map(|s| &s.log_records)
+        .filter_map(|r| match r.body.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The plane refuses any batch of more than 3 records with 413: the agent splits a batch in halves (ids `.1`, `.2`,
+/// recursively) until each part fits, and every line arrives exactly once.
+#[tokio::test]
+async fn a_batch_too_large_is_split_until_it_fits() -> Result<()> {
+    const MAX_RECORDS: usize = 3;
+    let seen: Seen = Arc::default();
+    let app = Router::new()
+        .route(
+            "/v1/logs",
+            post(
+                |State(seen): State<Seen>, headers: HeaderMap, body: Bytes| async move {
+                    let request = gunzip_request(&body);
+                    let status = if records_in(&request) > MAX_RECORDS {
+                        413
+                    } else {
+                        200
+                    };
+                    seen.lock()
+                        .expect("lock")
+                        .push((batch_id(&headers), status, request));
+                    fake_answer(status, 0)
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let (addr, server) = serve_fake_plane(app).await?;
+    let tmp = tempfile::tempdir()?;
+    let (logs, glob) = log_dir(tmp.path())?;
+    let lines = 20u32;
+    append(&logs.join("big.log"), &numbered("split", "s", 0..lines))?;
+    let _agent = Agent::start(
+        &tmp.path().join("agent"),
+        &format!("http://{addr}"),
+        "gty_fake",
+        &[glob],
+    )
+    .await?;
+    let delivered = wait_until(
+        DELIVERY_TIMEOUT,
+        "every line delivered in parts",
+        || async {
+            let seen = seen.lock().expect("lock");
+            let delivered: Vec<String> = seen
+                .iter()
+                .filter(|s| s.1 == 200)
+                .flat_map(|s| bodies_in(&s.2))
+                .collect();
+            Ok((delivered.len() >= lines as usize).then_some(delivered))
+        },
+    )
+    .await?;
+    let mut unique = delivered.clone();
+    unique.sort();
+    unique.dedup();
+    ensure!(
+        delivered.len() == lines as usize && unique.len() == lines as usize,
+        "{} records delivered, {} distinct, for {lines} lines",
+        delivered.len(),
+        unique.len()
+    );
+    let seen = seen.lock().expect("lock").clone();
+    ensure!(
+        seen.iter().any(|s| s.1 == 413),
+        "the first batch should have been refused as too large"
+    );
+    for (id, status, request) in &seen {
+        if *status == 200 {
+            ensure!(
+                id.contains('.'),
+                "a part carries its own id derived from the batch's: {id}"
+            );
+            ensure!(records_in(request) <= MAX_RECORDS);
+        }
+    }
+    server.abort();
+    Ok(())
+}
+
+/// The plane (or something pretending to be it) answers 200 with a 300 MiB body: the agent reads a few KiB of it,
+/// delivers its batches, and its memory stays flat.
+#[tokio::test]
+async fn a_huge_answer_does_not_grow_the_agent() -> Result<()> {
+    const ANSWER_BYTES: usize = 300 << 20;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let app = Router::new()
+        .route(
+            "/v1/logs",
+            post(
+                |State(delivered): State<Arc<AtomicU64>>, body: Bytes| async move {
+                    delivered
+                        .fetch_add(records_in(&gunzip_request(&body)) as u64, Ordering::Relaxed);
+                    // Streamed, so the fake plane itself does not hold 300 MiB.
+                    let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+                    let stream = tokio_stream::iter(
+                        (0..ANSWER_BYTES >> 20)
+                            .map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+                    );
+                    (
+                        StatusCode::OK,
+                        [("content-type", "application/x-protobuf")],
+                        axum::body::Body::from_stream(stream),
+                    )
+                },
+            ),
+        )
+        .with_state(delivered.clone());
+    let (addr, server) = serve_fake_plane(app).await?;
+    let tmp = tempfile::tempdir()?;
+    let (logs, glob) = log_dir(tmp.path())?;
+    let lines = 10u32;
+    append(&logs.join("a.log"), &numbered("huge", "h", 0..lines))?;
+    let agent = Agent::start(
+        &tmp.path().join("agent"),
+        &format!("http://{addr}"),
+        "gty_fake",
+        &[glob],
+    )
+    .await?;
+    wait_until(DELIVERY_TIMEOUT, "the batch delivered", || async {
+        Ok((delivered.load(Ordering::Relaxed) >= lines as u64).then_some(()))
+    })
+    .await?;
+    wait_until(
+        DELIVERY_TIMEOUT,
+        "the agent to count the batch as sent",
+        || async {
+            let m = agent.metrics().await?;
+            Ok((m.get("gantry_agent_sent_batches_total").copied() >= Some(1.0)).then_some(()))
+        },
+    )
+    .await?;
+    let peak_kib = agent.proc_status_kib("VmHWM")?;
+    ensure!(
+        peak_kib < 100 * 1024,
+        "the agent's peak RSS reached {peak_kib} KiB reading a {ANSWER_BYTES}-byte answer"
+    );
+    server.abort();
+    Ok(())
+}

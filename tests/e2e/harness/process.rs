@@ -130,7 +130,20 @@ pub fn free_port() -> Result<u16> {
 /// A `Command` for the gantry binary with every inherited `GANTRY_*` variable removed, so the
 /// developer's shell cannot change what a test sees.
 fn gantry_command() -> Result<Command> {
-    let mut cmd = Command::new(binary("GANTRY_BIN", "gantry", "gantry-plane")?);
+    gantry_command_limited(None)
+}
+
+/// Like [`gantry_command`], run under `prlimit` with a soft and hard open-files limit of `open_files` when given.
+fn gantry_command_limited(open_files: Option<u64>) -> Result<Command> {
+    let bin = binary("GANTRY_BIN", "gantry", "gantry-plane")?;
+    let mut cmd = match open_files {
+        Some(n) => {
+            let mut cmd = Command::new("prlimit");
+            cmd.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    };
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("GANTRY_") {
             cmd.env_remove(&key);
@@ -338,6 +351,8 @@ pub struct Plane {
     /// Where the current run's stderr goes.
     pub stderr_path: PathBuf,
     runs: usize,
+    /// Soft and hard open-files limit of the process, when a test sets one (through `prlimit`).
+    pub open_files: Option<u64>,
     pub endpoints: Endpoints,
     pub client: reqwest::Client,
 }
@@ -379,6 +394,7 @@ impl Plane {
             child: None,
             stderr_path: PathBuf::new(),
             runs: 0,
+            open_files: None,
             endpoints: Endpoints {
                 http: String::new(),
                 otlp_grpc: String::new(),
@@ -416,7 +432,7 @@ impl Plane {
         self.runs += 1;
         self.stderr_path = self.side_file(&format!("stderr.{}.log", self.runs));
         let stdout_path = self.side_file(&format!("stdout.{}.log", self.runs));
-        let mut cmd = gantry_command()?;
+        let mut cmd = gantry_command_limited(self.open_files)?;
         cmd.args(self.args())
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(File::create(&stdout_path)?)
