@@ -64,6 +64,9 @@ pub struct RawConfig {
     /// limit less 256 [default: 4096].
     #[arg(long, env = "GANTRY_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Nodes one token (other than an admin token) may register [default: 10000].
+    #[arg(long, env = "GANTRY_MAX_NODES_PER_TOKEN", value_name = "N")]
+    pub max_nodes_per_token: Option<usize>,
     /// Time an HTTP/1.1 client has to send a request's line and headers, ms [default: 10000].
     #[arg(long, env = "GANTRY_HEADER_READ_TIMEOUT_MS", value_name = "MS")]
     pub header_read_timeout_ms: Option<u64>,
@@ -91,6 +94,8 @@ pub struct PlaneConfig {
     pub node_down_after_missed_heartbeats: u32,
     /// Connections open at once over all listeners.
     pub max_connections: usize,
+    /// Nodes one non-admin token may register.
+    pub max_nodes_per_token: usize,
     /// Time an HTTP/1.1 client has to send a request's line and headers.
     pub header_read_timeout: Duration,
     /// A connection with nothing read or written for this long is closed.
@@ -193,6 +198,18 @@ impl RawConfig {
                     return Err(ConfigError::value(
                         "max_connections",
                         "must be between 16 and 1000000",
+                    ));
+                }
+            },
+            max_nodes_per_token: match self
+                .max_nodes_per_token
+                .unwrap_or(crate::nodes::DEFAULT_MAX_NODES_PER_TOKEN)
+            {
+                n @ 1..=crate::nodes::MAX_NODES => n,
+                _ => {
+                    return Err(ConfigError::value(
+                        "max_nodes_per_token",
+                        format!("must be between 1 and {}", crate::nodes::MAX_NODES),
                     ));
                 }
             },

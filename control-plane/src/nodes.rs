@@ -54,9 +54,42 @@ pub enum NodeError {
         "the plane already tracks {MAX_NODES} nodes, its limit: this node is not registered; stop the plane and delete the nodes that are gone from the `nodes` table of DATA_DIR/state.db"
     )]
     Full,
+    /// The sending token registered as many nodes as one token may.
+    #[error(
+        "this token already registered {limit} nodes, the most one token may (max_nodes_per_token): give other nodes their own token, or raise the limit"
+    )]
+    TokenFull {
+        /// The limit.
+        limit: usize,
+    },
+    /// The node heartbeats faster than its announced interval allows.
+    #[error(
+        "node `{agent_id}` heartbeats faster than once per {min_spacing_ms} ms (a quarter of its announced interval, at most 1 s, after a burst of 10): slow down"
+    )]
+    TooFrequent {
+        /// The agent id.
+        agent_id: String,
+        /// The shortest spacing accepted, ms.
+        min_spacing_ms: u64,
+    },
     /// Reading or writing the state database failed.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+}
+
+/// Default of the most nodes one (non-admin) token may register.
+pub const DEFAULT_MAX_NODES_PER_TOKEN: usize = 10_000;
+/// Most characters in a node's labels, keys and values together.
+pub const MAX_LABEL_CHARS_TOTAL: usize = 16 << 10;
+
+/// Heartbeats a node may send in a burst before the spacing below applies (a token bucket: one credit per
+/// heartbeat, refilled at one per spacing).
+pub const HEARTBEAT_BURST: f64 = 10.0;
+
+/// The spacing the bucket refills at, for a node announcing `interval_ms`: a quarter of the interval, at most 1 s
+/// and at least 25 ms, so that an agent's own retries never trip it and a flood is refused.
+pub fn min_heartbeat_spacing(interval_ms: u64) -> Duration {
+    Duration::from_millis((interval_ms / 4).clamp(25, 1000))
 }
 
 /// A node in memory.
@@ -74,6 +107,10 @@ struct Node {
     reported_down: bool,
     /// The token that registered the node; only it (or an admin token) may heartbeat for it while it exists.
     token_id: String,
+    /// Heartbeats the node may still send at once (a token bucket, see [`HEARTBEAT_BURST`]).
+    credit: f64,
+    /// When `credit` was last computed.
+    credit_at: Option<Instant>,
     /// Bumped by every change that must reach the database.
     changes: u64,
     /// The value of `changes` last written.
@@ -120,6 +157,8 @@ struct Nodes {
     by_id: HashMap<String, Node>,
     /// Nodes with changes not yet written.
     unsaved: usize,
+    /// Nodes registered per token id.
+    per_token: HashMap<String, usize>,
 }
 
 /// The answer to a heartbeat.
@@ -137,6 +176,8 @@ pub struct NodeRegistry {
     db: Arc<StateDb>,
     /// Heartbeats missed in a row before a node is down.
     missed: u32,
+    /// The most nodes a non-admin token may register.
+    max_per_token: usize,
     nodes: Mutex<Nodes>,
     /// Held while writing, so that saves are ordered and each writes a snapshot taken under it.
     writing: Mutex<()>,
@@ -157,6 +198,18 @@ impl NodeRegistry {
     /// # Errors
     /// The database failed.
     pub fn open(db: Arc<StateDb>, missed: u32) -> Result<Self, NodeError> {
+        Self::open_with(db, missed, DEFAULT_MAX_NODES_PER_TOKEN)
+    }
+
+    /// Like [`NodeRegistry::open`], with the most nodes one non-admin token may register.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn open_with(
+        db: Arc<StateDb>,
+        missed: u32,
+        max_per_token: usize,
+    ) -> Result<Self, NodeError> {
         let by_id = crate::state::nodes::load_all(&db)?
             .into_iter()
             .map(|stored| {
@@ -170,6 +223,8 @@ impl NodeRegistry {
                     heard: None,
                     reported_down: false,
                     token_id: stored.token_id,
+                    credit: HEARTBEAT_BURST,
+                    credit_at: None,
                     changes: 0,
                     saved: 0,
                 };
@@ -182,11 +237,17 @@ impl NodeRegistry {
                 "node registry loaded; nodes are down until they heartbeat"
             );
         }
+        let mut per_token: HashMap<String, usize> = HashMap::new();
+        for node in by_id.values() {
+            *per_token.entry(node.token_id.clone()).or_default() += 1;
+        }
         Ok(Self {
             db,
             missed: missed.max(1),
+            max_per_token: max_per_token.max(1),
             nodes: Mutex::new(Nodes {
                 by_id,
+                per_token,
                 ..Nodes::default()
             }),
             writing: Mutex::new(()),
@@ -215,14 +276,26 @@ impl NodeRegistry {
             shipping,
             interval_ms,
         } = heartbeat;
-        let mut nodes = self.lock();
+        let mut guard = self.lock();
+        let nodes = &mut *guard;
         let full = nodes.by_id.len() >= MAX_NODES;
+        let token_full = !sender.admin
+            && nodes.per_token.get(sender.token_id).copied().unwrap_or(0) >= self.max_per_token;
         let mut nodes_unsaved_delta = 0;
         let (registered, changed) = match nodes.by_id.entry(facts.agent_id.clone()) {
             std::collections::hash_map::Entry::Vacant(vacant) => {
                 if full {
                     return Err(NodeError::Full);
                 }
+                if token_full {
+                    return Err(NodeError::TokenFull {
+                        limit: self.max_per_token,
+                    });
+                }
+                *nodes
+                    .per_token
+                    .entry(sender.token_id.to_owned())
+                    .or_default() += 1;
                 tracing::info!(
                     agent_id = %facts.agent_id,
                     hostname = %facts.hostname,
@@ -239,6 +312,8 @@ impl NodeRegistry {
                     heard: Some(now),
                     reported_down: false,
                     token_id: sender.token_id.to_owned(),
+                    credit: HEARTBEAT_BURST - 1.0,
+                    credit_at: Some(now),
                     changes: 1,
                     saved: 0,
                 });
@@ -257,14 +332,43 @@ impl NodeRegistry {
                         });
                     }
                     if !sender.admin {
+                        if token_full {
+                            return Err(NodeError::TokenFull {
+                                limit: self.max_per_token,
+                            });
+                        }
                         tracing::info!(
                             agent_id = %facts.agent_id,
                             "node claimed by a new token (its previous token is gone)"
                         );
+                        if let Some(count) = nodes.per_token.get_mut(&node.token_id) {
+                            *count = count.saturating_sub(1);
+                        }
+                        *nodes
+                            .per_token
+                            .entry(sender.token_id.to_owned())
+                            .or_default() += 1;
                         node.token_id = sender.token_id.to_owned();
                         claimed = true;
                     }
                 }
+                // Rate: a bucket of HEARTBEAT_BURST credits refilled at one per spacing, so that an agent's own
+                // retries pass and a flood is refused.
+                let spacing = min_heartbeat_spacing(node.interval_ms.min(interval_ms));
+                let refill = node.credit_at.map_or(HEARTBEAT_BURST, |at| {
+                    now.saturating_duration_since(at).as_secs_f64() / spacing.as_secs_f64()
+                });
+                let credit = (node.credit + refill).min(HEARTBEAT_BURST);
+                if credit < 1.0 {
+                    node.credit = credit;
+                    node.credit_at = Some(now);
+                    return Err(NodeError::TooFrequent {
+                        agent_id: facts.agent_id,
+                        min_spacing_ms: spacing.as_millis() as u64,
+                    });
+                }
+                node.credit = credit - 1.0;
+                node.credit_at = Some(now);
                 match node.heard {
                     None => tracing::debug!(
                         agent_id = %facts.agent_id,
@@ -498,6 +602,19 @@ pub fn validate(heartbeat: &NodeHeartbeat) -> Result<(), NodeError> {
             ),
         );
     }
+    let label_chars: usize = facts
+        .labels
+        .iter()
+        .map(|(k, v)| k.chars().count() + v.chars().count())
+        .sum();
+    if label_chars > MAX_LABEL_CHARS_TOTAL {
+        return invalid(
+            "facts.labels",
+            format!(
+                "hold {label_chars} characters in all; at most {MAX_LABEL_CHARS_TOTAL} are accepted"
+            ),
+        );
+    }
     for (key, value) in &facts.labels {
         check_text(
             "facts.labels",
@@ -625,6 +742,15 @@ mod tests {
         crate::state::nodes::load_all(&StateDb::open(dir).unwrap()).unwrap()
     }
 
+    /// Heartbeats one second apart, as an agent sends them (the registry refuses a node beating faster).
+    fn clock() -> impl Fn(&NodeRegistry, NodeHeartbeat, &Sender<'_>) -> Result<Heard, NodeError> {
+        let now = std::cell::Cell::new(Instant::now());
+        move |nodes, heartbeat, sender| {
+            now.set(now.get() + Duration::from_secs(1));
+            nodes.heartbeat_at(heartbeat, sender, now.get(), Utc::now())
+        }
+    }
+
     fn ms(millis: u64) -> Duration {
         Duration::from_millis(millis)
     }
@@ -728,10 +854,9 @@ mod tests {
     #[test]
     fn saves_on_registration_and_fact_changes_only() {
         let dir = tempfile::tempdir().unwrap();
+        let beat = clock();
         let nodes = registry(dir.path(), 3);
-        let heard = nodes
-            .heartbeat(heartbeat("a1", "web-1", 1000), &sender())
-            .unwrap();
+        let heard = beat(&nodes, heartbeat("a1", "web-1", 1000), &sender()).unwrap();
         assert!(heard.unsaved);
         nodes.save_if_changed().unwrap();
         assert_eq!(stored(dir.path()).len(), 1);
@@ -739,20 +864,15 @@ mod tests {
         let mut busier = heartbeat("a1", "web-1", 1000);
         busier.shipping.sent_records = 99_999;
         assert!(
-            !nodes.heartbeat(busier, &sender()).unwrap().unsaved,
+            !beat(&nodes, busier, &sender()).unwrap().unsaved,
             "new shipping figures alone are not saved"
         );
 
         let mut relabelled = heartbeat("a1", "web-1", 1000);
         relabelled.facts.labels.insert("rack".into(), "r7".into());
-        assert!(
-            nodes
-                .heartbeat(relabelled.clone(), &sender())
-                .unwrap()
-                .unsaved
-        );
+        assert!(beat(&nodes, relabelled.clone(), &sender()).unwrap().unsaved);
         nodes.save_if_changed().unwrap();
-        assert!(!nodes.heartbeat(relabelled, &sender()).unwrap().unsaved);
+        assert!(!beat(&nodes, relabelled, &sender()).unwrap().unsaved);
         let saved = stored(dir.path());
         assert_eq!(saved[0].facts.labels["rack"], "r7");
         assert_eq!(
@@ -830,6 +950,68 @@ mod tests {
     }
 
     #[test]
+    fn heartbeats_past_a_burst_faster_than_a_quarter_interval_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = registry(dir.path(), 3);
+        let t0 = Instant::now();
+        let beat = |at: Instant| {
+            nodes.heartbeat_at(heartbeat("a1", "web-1", 1000), &sender(), at, Utc::now())
+        };
+        for i in 0..10 {
+            beat(t0 + ms(i)).unwrap_or_else(|e| panic!("heartbeat {i} of the burst: {e}"));
+        }
+        assert!(matches!(
+            beat(t0 + ms(20)),
+            Err(NodeError::TooFrequent {
+                min_spacing_ms: 250,
+                ..
+            })
+        ));
+        beat(t0 + ms(300)).unwrap();
+        assert!(
+            beat(t0 + ms(310)).is_err(),
+            "one credit came back, and was spent"
+        );
+        assert_eq!(min_heartbeat_spacing(100), ms(25));
+        assert_eq!(min_heartbeat_spacing(600_000), ms(1000));
+    }
+
+    #[test]
+    fn a_token_registers_at_most_its_share_of_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes =
+            NodeRegistry::open_with(Arc::new(StateDb::open(dir.path()).unwrap()), 3, 2).unwrap();
+        nodes
+            .heartbeat(heartbeat("a1", "h", 1000), &sender())
+            .unwrap();
+        nodes
+            .heartbeat(heartbeat("a2", "h", 1000), &sender())
+            .unwrap();
+        assert!(matches!(
+            nodes.heartbeat(heartbeat("a3", "h", 1000), &sender()),
+            Err(NodeError::TokenFull { limit: 2 })
+        ));
+        let admin = Sender {
+            token_id: "root",
+            admin: true,
+            token_exists: &always,
+        };
+        nodes.heartbeat(heartbeat("a3", "h", 1000), &admin).unwrap();
+        let other = Sender {
+            token_id: "t2",
+            admin: false,
+            token_exists: &always,
+        };
+        nodes.heartbeat(heartbeat("a4", "h", 1000), &other).unwrap();
+        let mut big = heartbeat("a5", "h", 1000);
+        for i in 0..20 {
+            big.facts.labels.insert(format!("k{i}"), "v".repeat(1000));
+        }
+        let error = nodes.heartbeat(big, &other).unwrap_err().to_string();
+        assert!(error.contains("facts.labels"), "{error}");
+    }
+
+    #[test]
     fn the_registry_is_capped() {
         let dir = tempfile::tempdir().unwrap();
         let nodes = registry(dir.path(), 3);
@@ -844,6 +1026,8 @@ mod tests {
                 heard: None,
                 reported_down: false,
                 token_id: "t1".to_owned(),
+                credit: HEARTBEAT_BURST,
+                credit_at: None,
                 changes: 0,
                 saved: 0,
             };
@@ -934,19 +1118,16 @@ mod tests {
     #[test]
     fn an_agent_id_belongs_to_the_token_that_registered_it() {
         let tmp = tempfile::tempdir().unwrap();
+        let beat = clock();
         let nodes = registry(tmp.path(), 3);
-        nodes
-            .heartbeat(heartbeat("a1", "web-1", 1000), &sender())
-            .unwrap();
+        beat(&nodes, heartbeat("a1", "web-1", 1000), &sender()).unwrap();
         let live = |id: &str| id == "t1";
         let other = Sender {
             token_id: "t2",
             admin: false,
             token_exists: &live,
         };
-        let error = nodes
-            .heartbeat(heartbeat("a1", "spoofed", 1000), &other)
-            .unwrap_err();
+        let error = beat(&nodes, heartbeat("a1", "spoofed", 1000), &other).unwrap_err();
         assert!(matches!(error, NodeError::Owned { .. }), "{error}");
         assert_eq!(nodes.get("a1").unwrap().facts.hostname, "web-1");
         // An admin token may heartbeat for any node, without taking it over.
@@ -955,10 +1136,8 @@ mod tests {
             admin: true,
             token_exists: &live,
         };
-        nodes
-            .heartbeat(heartbeat("a1", "web-1", 1000), &admin)
-            .unwrap();
-        assert!(nodes.heartbeat(heartbeat("a1", "x", 1000), &other).is_err());
+        beat(&nodes, heartbeat("a1", "web-1", 1000), &admin).unwrap();
+        assert!(beat(&nodes, heartbeat("a1", "x", 1000), &other).is_err());
         // Once t1 is revoked, the next token claims the node, and the claim is saved.
         let gone = |_: &str| false;
         let claimer = Sender {
@@ -966,9 +1145,7 @@ mod tests {
             admin: false,
             token_exists: &gone,
         };
-        let heard = nodes
-            .heartbeat(heartbeat("a1", "web-1", 1000), &claimer)
-            .unwrap();
+        let heard = beat(&nodes, heartbeat("a1", "web-1", 1000), &claimer).unwrap();
         assert!(heard.unsaved);
         nodes.save_if_changed().unwrap();
         let reopened = registry(tmp.path(), 3);
@@ -979,7 +1156,7 @@ mod tests {
             token_exists: &t2_only,
         };
         assert!(matches!(
-            reopened.heartbeat(heartbeat("a1", "web-1", 1000), &t1_again),
+            beat(&reopened, heartbeat("a1", "web-1", 1000), &t1_again),
             Err(NodeError::Owned { .. })
         ));
     }

@@ -87,8 +87,15 @@ pub async fn serve(
     );
     let tokens = TokenStore::new(db.clone());
     let nodes = {
-        let (db, missed) = (db.clone(), config.node_down_after_missed_heartbeats);
-        Arc::new(tokio::task::spawn_blocking(move || NodeRegistry::open(db, missed)).await??)
+        let (db, missed, per_token) = (
+            db.clone(),
+            config.node_down_after_missed_heartbeats,
+            config.max_nodes_per_token,
+        );
+        Arc::new(
+            tokio::task::spawn_blocking(move || NodeRegistry::open_with(db, missed, per_token))
+                .await??,
+        )
     };
     let (store, replayed) = EmbeddedStore::start(&config.data_dir, config.store.clone());
     let store: Arc<dyn Store> = store;

@@ -452,3 +452,116 @@ async fn an_agent_id_belongs_to_the_token_that_registered_it() -> Result<()> {
     ensure!(node["facts"]["hostname"] == "moved-host", "{node}");
     Ok(())
 }
+
+/// Writes follow what changed, and what one token may do is bounded: a token registers at most
+/// `max_nodes_per_token` nodes, a node beating faster than its interval allows gets 429 with `Retry-After`, labels
+/// are capped in size, and 50 label flips on a node grow the state database by little.
+#[tokio::test]
+async fn registrations_and_heartbeats_are_bounded() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("data");
+    let (plane, [ingest, admin]) = start_with_tokens(
+        &dir,
+        &["--max-nodes-per-token", "20"],
+        &ENV,
+        ["ingest", "admin"],
+    )
+    .await?;
+    // Fresh agent ids from one token: 20 register, the rest are refused with the setting named.
+    for i in 0..25 {
+        let (status, body) = send(
+            &plane,
+            &ingest,
+            &heartbeat(&format!("fresh-{i}"), "h", 5000),
+        )
+        .await?;
+        if i < 20 {
+            ensure!(status == 200, "node {i}: {status} {body}");
+        } else {
+            ensure!(
+                status == 400
+                    && body["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("max_nodes_per_token")),
+                "node {i} past the cap: {status} {body}"
+            );
+        }
+    }
+    // An admin token is not bound by it.
+    let (status, body) = send(&plane, &admin, &heartbeat("admin-node", "h", 5000)).await?;
+    ensure!(status == 200, "admin: {status} {body}");
+
+    // A flood of heartbeats for one node: past a burst, 429 with Retry-After.
+    let mut refused = 0;
+    for _ in 0..30 {
+        let response = plane
+            .client
+            .post(plane.url(Port::Http, HEARTBEAT))
+            .bearer_auth(&ingest)
+            .header("content-type", CT_JSON)
+            .body(heartbeat("fresh-0", "h", 5000).to_string())
+            .send()
+            .await?;
+        if response.status() == 429 {
+            ensure!(
+                response.headers().get("retry-after").is_some(),
+                "a 429 without Retry-After"
+            );
+            refused += 1;
+        }
+    }
+    ensure!(
+        refused > 0,
+        "30 heartbeats at once for one node were all accepted"
+    );
+
+    // Labels are capped in size.
+    let mut big = heartbeat("fresh-1", "h", 5000);
+    for i in 0..40 {
+        big["facts"]["labels"][format!("k{i}")] = json!("v".repeat(1000));
+    }
+    let (status, body) = send(&plane, &ingest, &big).await?;
+    ensure!(
+        status == 400
+            && body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("facts.labels")),
+        "oversized labels: {status} {body}"
+    );
+
+    // 50 label flips on one node (paced as an agent with a 100 ms interval may send them) write that node's row
+    // each time, not the registry: the database stays small.
+    let size = || -> Result<u64> {
+        let mut total = 0;
+        for name in ["state.db", "state.db-wal"] {
+            total += std::fs::metadata(dir.join(name))
+                .map(|m| m.len())
+                .unwrap_or(0);
+        }
+        Ok(total)
+    };
+    let before = size()?;
+    for flip in 0..50 {
+        // fresh-2 is one of the token's 20 nodes.
+        let mut body = heartbeat("fresh-2", "h", 100);
+        body["facts"]["labels"]["flip"] = json!(flip.to_string());
+        let mut answered = 0;
+        while answered != 200 {
+            let (status, reply) = send(&plane, &ingest, &body).await?;
+            ensure!(
+                status == 200 || status == 429,
+                "flip {flip}: {status} {reply}"
+            );
+            answered = status;
+            if status == 429 {
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            }
+        }
+    }
+    let grown = size()?.saturating_sub(before);
+    ensure!(
+        grown < 4 << 20,
+        "50 label flips grew the state database by {grown} bytes"
+    );
+    Ok(())
+}

@@ -109,6 +109,14 @@ pub enum ApiError {
     /// A conflict with existing state.
     #[error("{0}")]
     Conflict(String),
+    /// The caller sends too fast: slow down and retry after the time given.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What is going on.
+        message: String,
+        /// When to retry.
+        retry_after: Duration,
+    },
     /// Try again later.
     #[error("{message}")]
     Unavailable {
@@ -183,6 +191,7 @@ impl IntoResponse for ApiError {
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -202,7 +211,9 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let ApiError::Unavailable { retry_after, .. } = self {
+        if let ApiError::Unavailable { retry_after, .. }
+        | ApiError::TooManyRequests { retry_after, .. } = self
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, retry_after.as_secs().max(1).into());

@@ -12,7 +12,13 @@ impl From<NodeError> for ApiError {
     fn from(error: NodeError) -> Self {
         match error {
             // A full registry is not fixed by retrying: the operator has to act, so not a 429 or a 503.
-            NodeError::Invalid { .. } | NodeError::Full => ApiError::BadRequest(error.to_string()),
+            NodeError::Invalid { .. } | NodeError::Full | NodeError::TokenFull { .. } => {
+                ApiError::BadRequest(error.to_string())
+            }
+            NodeError::TooFrequent { .. } => ApiError::TooManyRequests {
+                message: error.to_string(),
+                retry_after: std::time::Duration::from_secs(1),
+            },
             // Another token's node: the caller is authenticated but may not act on it.
             NodeError::Owned { .. } => ApiError::Conflict(error.to_string()),
             NodeError::State(_) => ApiError::Unavailable {
