@@ -52,6 +52,11 @@ fn refusal(error: StoreError) -> Refusal {
             retry_after,
         },
         StoreError::Invalid(message) => Refusal::Invalid(message),
+        // A full disk lasts longer than a busy queue: ask for a longer wait.
+        StoreError::Unwritable(_) => Refusal::Unavailable {
+            message,
+            retry_after: Duration::from_secs(5),
+        },
         StoreError::NotReady | StoreError::ShuttingDown | StoreError::Internal(_) => {
             Refusal::Unavailable {
                 message,

@@ -74,6 +74,8 @@ struct StoreGauges {
     expired_records: Gauge,
     wal_truncated_bytes: Gauge,
     corrupt_checkpoints: Gauge,
+    wal_failures: Gauge,
+    wal_failing: Gauge,
     ready: Gauge,
 }
 
@@ -186,8 +188,18 @@ impl SelfMetrics {
                 &store.corrupt_checkpoints,
             ),
             (
+                "gantry_wal_write_failures",
+                "Groups of batches refused since start because the write-ahead log could not be written (full or failing disk)",
+                &store.wal_failures,
+            ),
+            (
+                "gantry_wal_failing",
+                "1 while the last write-ahead log write failed: ingest answers 503 until one succeeds",
+                &store.wal_failing,
+            ),
+            (
                 "gantry_ready",
-                "1 once the store has replayed its write-ahead log",
+                "1 once the store has replayed its write-ahead log and its writer and indexer run",
                 &store.ready,
             ),
         ] {
@@ -278,6 +290,8 @@ impl SelfMetrics {
         set(&self.store.expired_records, stats.expired_records);
         set(&self.store.wal_truncated_bytes, stats.wal_truncated_bytes);
         set(&self.store.corrupt_checkpoints, stats.corrupt_checkpoints);
+        set(&self.store.wal_failures, stats.wal_failures);
+        set(&self.store.wal_failing, u64::from(stats.wal_failing));
         set(&self.store.ready, u64::from(ready));
         gantry_support::metrics::encode(&self.registry)
     }

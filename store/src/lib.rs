@@ -161,6 +161,9 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the store is shutting down")]
     ShuttingDown,
+    /// The write-ahead log cannot be written (a full or failing disk): retry once there is room.
+    #[error("the write-ahead log cannot be written ({0}): the disk may be full; retry shortly")]
+    Unwritable(String),
     /// The request cannot be answered as asked (e.g. a query too broad).
     #[error("{0}")]
     Invalid(String),
@@ -194,6 +197,10 @@ pub struct StoreStats {
     pub wal_truncated_bytes: u64,
     /// Checkpoints found unreadable at start.
     pub corrupt_checkpoints: u64,
+    /// Groups of batches refused because the write-ahead log could not be written, since start.
+    pub wal_failures: u64,
+    /// Whether the last write-ahead log write failed (writes are refused until one succeeds).
+    pub wal_failing: bool,
 }
 
 /// Where telemetry is kept and queried. Implemented by the embedded store and (later) ClickHouse.
@@ -219,7 +226,7 @@ pub trait Store: Send + Sync + 'static {
     async fn metrics(&self, query: MetricQuery) -> Result<Vec<MetricSeries>, StoreError>;
     /// RED figures per service and version from server and consumer spans.
     async fn services(&self, range: TimeRange) -> Result<Vec<ServiceRow>, StoreError>;
-    /// Whether the store has finished starting (WAL replayed).
+    /// Whether the store has finished starting (WAL replayed) and its writer and indexer are running.
     fn is_ready(&self) -> bool;
     /// Current figures for `/metrics`.
     fn stats(&self) -> StoreStats;

@@ -8,6 +8,7 @@ mod agent;
 mod auth;
 mod config;
 mod derived;
+mod disk_full;
 mod harness;
 mod kill;
 mod metrics;

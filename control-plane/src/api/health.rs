@@ -19,7 +19,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
-            "replaying the write-ahead log\n",
+            "not ready: replaying the write-ahead log, or the store's writer stopped\n",
         )
     }
 }

@@ -138,6 +138,10 @@ impl From<StoreError> for ApiError {
                 message: error.to_string(),
                 retry_after,
             },
+            StoreError::Unwritable(_) => ApiError::Unavailable {
+                message: error.to_string(),
+                retry_after: Duration::from_secs(5),
+            },
             StoreError::NotReady | StoreError::ShuttingDown => ApiError::Unavailable {
                 message: error.to_string(),
                 retry_after: Duration::from_secs(1),

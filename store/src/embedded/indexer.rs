@@ -55,7 +55,7 @@ struct OpenWriter {
 /// Stops the process after an indexing or commit failure. Carrying on would let the checkpoint pass a batch that is
 /// not in the indexes (it would be cut from the WAL and lost); exiting keeps every acknowledged batch in the WAL,
 /// and the restart replays it from the last checkpoint.
-fn fail_stop(what: &str, seq: u64, error: &StoreError) -> ! {
+pub(crate) fn fail_stop(what: &str, seq: u64, error: &StoreError) -> ! {
     tracing::error!(
         error = %error,
         seq,

@@ -141,10 +141,15 @@ impl EmbeddedStore {
         let stats = self.stats.clone();
         let wal_thread = std::thread::Builder::new()
             .name("gantry-wal".to_owned())
-            .spawn(move || wal_thread::run(wal, incoming, to_indexer, seen, checkpoint, stats))?;
+            .spawn(fail_stop_on_panic(
+                "the write-ahead log thread",
+                move || wal_thread::run(wal, incoming, to_indexer, seen, checkpoint, stats),
+            ))?;
         let indexer_thread = std::thread::Builder::new()
             .name("gantry-indexer".to_owned())
-            .spawn(move || indexer.run(batches))?;
+            .spawn(fail_stop_on_panic("the indexer thread", move || {
+                indexer.run(batches)
+            }))?;
         self.threads
             .lock()
             .expect("threads lock poisoned")
@@ -260,7 +265,16 @@ impl Store for EmbeddedStore {
     }
 
     fn is_ready(&self) -> bool {
+        // The writer threads are the last two started; once running, a finished one means the store cannot write
+        // (it only happens at shutdown: a panic stops the process).
         self.ready.load(Ordering::Acquire)
+            && self
+                .threads
+                .lock()
+                .expect("threads lock poisoned")
+                .iter()
+                .skip(1)
+                .all(|thread| !thread.is_finished())
     }
 
     fn stats(&self) -> StoreStats {
@@ -277,6 +291,8 @@ impl Store for EmbeddedStore {
             expired_records: self.stats.expired.load(Ordering::Relaxed),
             wal_truncated_bytes: self.truncated_bytes.load(Ordering::Relaxed),
             corrupt_checkpoints: self.stats.corrupt_checkpoints.load(Ordering::Relaxed),
+            wal_failures: self.stats.wal_failures.load(Ordering::Relaxed),
+            wal_failing: self.stats.wal_failing.load(Ordering::Relaxed) == 1,
         }
     }
 
@@ -303,6 +319,19 @@ impl Store for EmbeddedStore {
             }
         })
         .await;
+    }
+}
+
+/// Wraps a writer thread's body: a panic in it stops the process (exit 70) like an indexing failure, rather than
+/// leave a process that answers but can never write again. A restart replays the write-ahead log.
+fn fail_stop_on_panic(
+    what: &'static str,
+    body: impl FnOnce() + Send + 'static,
+) -> impl FnOnce() + Send + 'static {
+    move || {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+            indexer::fail_stop(what, 0, &StoreError::Internal("panicked".to_owned()));
+        }
     }
 }
 

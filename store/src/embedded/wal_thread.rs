@@ -42,6 +42,10 @@ pub struct WriteStats {
     pub queued: AtomicU64,
     /// Checkpoints found unreadable at start (the WAL was then replayed from its oldest segment).
     pub corrupt_checkpoints: AtomicU64,
+    /// Groups of batches refused because the WAL could not be written (a full or failing disk).
+    pub wal_failures: AtomicU64,
+    /// 1 while the last WAL write failed (writes are refused with 503 until one succeeds), else 0.
+    pub wal_failing: AtomicU64,
 }
 
 /// What became of one batch of a group.
@@ -108,7 +112,18 @@ pub fn run(
             failure = Some(error.to_string());
         }
         if let Some(error) = failure {
-            tracing::error!(error = %error, "write-ahead log append failed; the batches are refused");
+            stats.wal_failures.fetch_add(1, Ordering::Relaxed);
+            if stats.wal_failing.swap(1, Ordering::Relaxed) == 0 {
+                tracing::error!(
+                    error = %error,
+                    "write-ahead log write failed (a full or failing disk?); refusing writes with 503 until one succeeds"
+                );
+            }
+            // The log's tail is unknown after a failed write: re-validate it in place, as a restart would, so that
+            // the next group can be written once there is room again. Nothing of this group was acknowledged.
+            if let Err(recovery) = wal.recover() {
+                tracing::error!(error = %recovery, "write-ahead log recovery failed; retrying with the next batch");
+            }
             // Nothing of this group is acknowledged, so no id of it may count as seen (a duplicate in the group may
             // be of a batch that failed with it): every sender retries.
             for (entry, pending) in written {
@@ -117,11 +132,14 @@ pub fn run(
                 {
                     seen.remove(key);
                 }
-                let _ = pending.reply.send(Err(StoreError::Internal(format!(
-                    "write-ahead log: {error}"
-                ))));
+                let _ = pending
+                    .reply
+                    .send(Err(StoreError::Unwritable(error.clone())));
             }
             continue;
+        }
+        if stats.wal_failing.swap(0, Ordering::Relaxed) == 1 {
+            tracing::info!("write-ahead log writable again; accepting writes");
         }
         for (entry, _) in &written {
             if let Entry::Appended { key: Some(key), .. } = entry {
