@@ -40,6 +40,7 @@ async fn ingest_status(plane: &Plane, token: &str) -> Result<u16> {
 #[tokio::test]
 async fn cli_tokens_work_at_once_and_state_survives_sigkill() -> Result<()> {
     let tmp = tempfile::tempdir()?;
+    // The data directory does not exist yet: the first step of the README creates it.
     let dir = tmp.path().join("data");
     let viewer = create_token(&dir, "viewer", "boot-viewer").await?;
     let mut plane = Plane::start(&dir).await?;

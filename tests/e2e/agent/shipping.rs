@@ -410,3 +410,48 @@ async fn a_huge_answer_does_not_grow_the_agent() -> Result<()> {
     server.abort();
     Ok(())
 }
+
+/// A `Retry-After` of 999 999 999 s does not stall shipping for days: the agent waits its 60 s cap and says so.
+#[tokio::test]
+async fn an_absurd_retry_after_is_capped_and_logged() -> Result<()> {
+    let seen: Seen = Arc::default();
+    let app = Router::new()
+        .route(
+            "/v1/logs",
+            post(
+                |State(seen): State<Seen>, headers: HeaderMap, body: Bytes| async move {
+                    seen.lock().expect("lock").push((
+                        batch_id(&headers),
+                        429,
+                        gunzip_request(&body),
+                    ));
+                    let mut answer = HeaderMap::new();
+                    answer.insert("retry-after", "999999999".parse().expect("a header value"));
+                    (StatusCode::TOO_MANY_REQUESTS, answer)
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let (addr, server) = serve_fake_plane(app).await?;
+    let tmp = tempfile::tempdir()?;
+    let (logs, glob) = log_dir(tmp.path())?;
+    append(&logs.join("a.log"), "one line\n")?;
+    let agent = Agent::start(
+        &tmp.path().join("agent"),
+        &format!("http://{addr}"),
+        "gty_fake",
+        &[glob],
+    )
+    .await?;
+    wait_until(DELIVERY_TIMEOUT, "the cap to be logged", || async {
+        let log = agent.stderr();
+        Ok((log.contains("waiting the cap") && log.contains("cap_s=60")).then_some(()))
+    })
+    .await?;
+    ensure!(
+        seen.lock().expect("lock").len() == 1,
+        "the agent retried before the capped wait"
+    );
+    server.abort();
+    Ok(())
+}
