@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use gantry_otlp::{Receiver, ReceiverConfig};
 use gantry_proto::Endpoints;
 use gantry_store::Store;
 use gantry_store::embedded::EmbeddedStore;
@@ -16,11 +15,9 @@ use tokio::net::TcpListener;
 
 use crate::api::{AppState, app, otlp_app};
 use crate::config::PlaneConfig;
-use crate::ingest::{MAX_IN_FLIGHT, PlaneIntake};
 use crate::nodes::NodeRegistry;
 use crate::state::StateDb;
 use crate::state::tokens::TokenStore;
-use crate::telemetry::SelfMetrics;
 
 /// A plane whose listeners are bound.
 pub struct Bound {
@@ -99,26 +96,8 @@ pub async fn serve(
     };
     let (store, replayed) = EmbeddedStore::start(&config.data_dir, config.store.clone());
     let store: Arc<dyn Store> = store;
-    let metrics = Arc::new(SelfMetrics::new());
-    let otlp = Receiver::new(
-        Arc::new(PlaneIntake {
-            store: store.clone(),
-            tokens: tokens.clone(),
-            metrics: metrics.clone(),
-        }),
-        ReceiverConfig {
-            max_in_flight: MAX_IN_FLIGHT,
-            max_body_bytes: config.max_body_bytes,
-            busy_retry_after: std::time::Duration::from_secs(1),
-        },
-    );
-    let state = AppState {
-        store: store.clone(),
-        tokens,
-        nodes: nodes.clone(),
-        metrics,
-        otlp: otlp.clone(),
-    };
+    let state = AppState::new(store.clone(), tokens, nodes.clone(), config.max_body_bytes);
+    let otlp = state.otlp.clone();
     tracing::info!(
         http = %bound.endpoints.http,
         otlp_grpc = %bound.endpoints.otlp_grpc,

@@ -47,6 +47,36 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The state of a plane over its store, tokens and nodes, with a fresh `SelfMetrics` and the OTLP receiver
+    /// (at most `max_body_bytes` per request) whose HTTP routes the API serves.
+    pub fn new(
+        store: Arc<dyn Store>,
+        tokens: TokenStore,
+        nodes: Arc<NodeRegistry>,
+        max_body_bytes: usize,
+    ) -> AppState {
+        let metrics = Arc::new(SelfMetrics::new());
+        let otlp = Receiver::new(
+            Arc::new(PlaneIntake {
+                store: store.clone(),
+                tokens: tokens.clone(),
+                metrics: metrics.clone(),
+            }),
+            gantry_otlp::ReceiverConfig {
+                max_in_flight: crate::ingest::MAX_IN_FLIGHT,
+                max_body_bytes,
+                busy_retry_after: Duration::from_secs(1),
+            },
+        );
+        AppState {
+            store,
+            tokens,
+            nodes,
+            metrics,
+            otlp,
+        }
+    }
+
     /// Records a query's latency in `gantry_query_seconds` and returns it in milliseconds.
     pub fn query_done(&self, endpoint: &'static str, started: std::time::Instant) -> u64 {
         let took = started.elapsed();

@@ -6,18 +6,15 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use gantry_otlp::{Receiver, ReceiverConfig};
 use gantry_proto::{ExportRequest, Role, Signal};
 use gantry_store::StoreConfig;
 use gantry_store::embedded::EmbeddedStore;
 use tower::ServiceExt;
 
 use super::{AppState, app};
-use crate::ingest::PlaneIntake;
 use crate::nodes::NodeRegistry;
 use crate::state::StateDb;
 use crate::state::tokens::TokenStore;
-use crate::telemetry::SelfMetrics;
 
 /// A plane's state over a fresh data directory, with its store ready.
 async fn state(dir: &std::path::Path) -> AppState {
@@ -26,26 +23,7 @@ async fn state(dir: &std::path::Path) -> AppState {
     let nodes = Arc::new(NodeRegistry::open(db, 3).unwrap());
     let (store, replayed) = EmbeddedStore::start(dir, StoreConfig::default_embedded());
     replayed.await.unwrap().unwrap();
-    let metrics = Arc::new(SelfMetrics::new());
-    let otlp = Receiver::new(
-        Arc::new(PlaneIntake {
-            store: store.clone(),
-            tokens: tokens.clone(),
-            metrics: metrics.clone(),
-        }),
-        ReceiverConfig {
-            max_in_flight: 4,
-            max_body_bytes: 1 << 20,
-            busy_retry_after: std::time::Duration::from_secs(1),
-        },
-    );
-    AppState {
-        store,
-        tokens,
-        nodes,
-        metrics,
-        otlp,
-    }
+    AppState::new(store, tokens, nodes, 1 << 20)
 }
 
 /// Who may use a route.

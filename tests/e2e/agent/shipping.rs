@@ -48,6 +48,27 @@ async fn serve_fake_plane(app: Router) -> Result<(SocketAddr, JoinHandle<std::io
     ))
 }
 
+/// An agent tailing one file, `file` in a fresh logs directory holding `text`, shipping to a fake plane serving
+/// `app`: (its temp dir, the agent, the fake plane's task).
+async fn agent_against(
+    app: Router,
+    file: &str,
+    text: &str,
+) -> Result<(tempfile::TempDir, Agent, JoinHandle<std::io::Result<()>>)> {
+    let (addr, server) = serve_fake_plane(app).await?;
+    let tmp = tempfile::tempdir()?;
+    let (logs, glob) = log_dir(tmp.path())?;
+    append(&logs.join(file), text)?;
+    let agent = Agent::start(
+        &tmp.path().join("agent"),
+        &format!("http://{addr}"),
+        "gty_fake",
+        &[glob],
+    )
+    .await?;
+    Ok((tmp, agent, server))
+}
+
 /// The `Gantry-Batch-Id` of a request to the fake plane (empty without one).
 fn batch_id(headers: &HeaderMap) -> String {
     headers
@@ -100,18 +121,7 @@ async fn too_many_requests_is_retried_with_the_same_batch_id() -> Result<()> {
             ),
         )
         .with_state(seen.clone());
-    let (addr, server) = serve_fake_plane(app).await?;
-
-    let tmp = tempfile::tempdir()?;
-    let (logs, glob) = log_dir(tmp.path())?;
-    append(&logs.join("x.log"), "only line of the 429 test\n")?;
-    let agent = Agent::start(
-        &tmp.path().join("agent"),
-        &format!("http://{addr}"),
-        "gty_fake",
-        &[glob],
-    )
-    .await?;
+    let (tmp, agent, server) = agent_against(app, "x.log", "only line of the 429 test\n").await?;
     wait_until(DELIVERY_TIMEOUT, "a 200 from the fake plane", || async {
         Ok(seen
             .lock()
@@ -183,22 +193,9 @@ async fn overload_is_waited_out_as_told_with_bounded_memory() -> Result<()> {
             ),
         )
         .with_state(attempts.clone());
-    let (addr, server) = serve_fake_plane(app).await?;
-
-    let tmp = tempfile::tempdir()?;
-    let (logs, glob) = log_dir(tmp.path())?;
     let lines = 50_000u32;
-    append(
-        &logs.join("backlog.log"),
-        &numbered("overload", "b", 0..lines),
-    )?;
-    let agent = Agent::start(
-        &tmp.path().join("agent"),
-        &format!("http://{addr}"),
-        "gty_fake",
-        &[glob],
-    )
-    .await?;
+    let (_tmp, agent, server) =
+        agent_against(app, "backlog.log", &numbered("overload", "b", 0..lines)).await?;
     let peak = AtomicU64::new(0);
     wait_until(Duration::from_secs(120), "every line delivered", || {
         let attempts = attempts.clone();
@@ -296,18 +293,9 @@ async fn a_batch_too_large_is_split_until_it_fits() -> Result<()> {
             ),
         )
         .with_state(seen.clone());
-    let (addr, server) = serve_fake_plane(app).await?;
-    let tmp = tempfile::tempdir()?;
-    let (logs, glob) = log_dir(tmp.path())?;
     let lines = 20u32;
-    append(&logs.join("big.log"), &numbered("split", "s", 0..lines))?;
-    let _agent = Agent::start(
-        &tmp.path().join("agent"),
-        &format!("http://{addr}"),
-        "gty_fake",
-        &[glob],
-    )
-    .await?;
+    let (_tmp, _agent, server) =
+        agent_against(app, "big.log", &numbered("split", "s", 0..lines)).await?;
     let delivered = wait_until(
         DELIVERY_TIMEOUT,
         "every line delivered in parts",
@@ -377,18 +365,9 @@ async fn a_huge_answer_does_not_grow_the_agent() -> Result<()> {
             ),
         )
         .with_state(delivered.clone());
-    let (addr, server) = serve_fake_plane(app).await?;
-    let tmp = tempfile::tempdir()?;
-    let (logs, glob) = log_dir(tmp.path())?;
     let lines = 10u32;
-    append(&logs.join("a.log"), &numbered("huge", "h", 0..lines))?;
-    let agent = Agent::start(
-        &tmp.path().join("agent"),
-        &format!("http://{addr}"),
-        "gty_fake",
-        &[glob],
-    )
-    .await?;
+    let (_tmp, agent, server) =
+        agent_against(app, "a.log", &numbered("huge", "h", 0..lines)).await?;
     wait_until(DELIVERY_TIMEOUT, "the batch delivered", || async {
         Ok((delivered.load(Ordering::Relaxed) >= lines as u64).then_some(()))
     })
@@ -432,17 +411,7 @@ async fn an_absurd_retry_after_is_capped_and_logged() -> Result<()> {
             ),
         )
         .with_state(seen.clone());
-    let (addr, server) = serve_fake_plane(app).await?;
-    let tmp = tempfile::tempdir()?;
-    let (logs, glob) = log_dir(tmp.path())?;
-    append(&logs.join("a.log"), "one line\n")?;
-    let agent = Agent::start(
-        &tmp.path().join("agent"),
-        &format!("http://{addr}"),
-        "gty_fake",
-        &[glob],
-    )
-    .await?;
+    let (_tmp, agent, server) = agent_against(app, "a.log", "one line\n").await?;
     wait_until(DELIVERY_TIMEOUT, "the cap to be logged", || async {
         let log = agent.stderr();
         Ok((log.contains("waiting the cap") && log.contains("cap_s=60")).then_some(()))
