@@ -55,9 +55,8 @@ pub fn receiver(
             host_resource: Arc::new(host_resource),
         }),
         ReceiverConfig {
-            max_in_flight: MAX_IN_FLIGHT,
-            max_body_bytes: MAX_BODY_BYTES,
             busy_retry_after: BUSY_RETRY_AFTER,
+            ..ReceiverConfig::new(MAX_IN_FLIGHT, MAX_BODY_BYTES)
         },
     )
 }

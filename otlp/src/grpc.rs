@@ -80,6 +80,10 @@ impl<I: Intake> Receiver<I> {
         let router = self
             .grpc_routes()
             .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                measure_before_decoding::<I>,
+            ))
             .layer(tower::util::MapResponseLayer::new(standard_codes))
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                 self.config.max_in_flight,
@@ -88,6 +92,104 @@ impl<I: Intake> Receiver<I> {
             .await
             .context("the OTLP/gRPC server failed")
     }
+}
+
+/// The signal of an OTLP gRPC method path, `None` for any other path.
+fn signal_of(path: &str) -> Option<gantry_proto::Signal> {
+    use gantry_proto::Signal;
+    let service = path.trim_start_matches('/').split('/').next()?;
+    match service {
+        "opentelemetry.proto.collector.logs.v1.LogsService" => Some(Signal::Logs),
+        "opentelemetry.proto.collector.trace.v1.TraceService" => Some(Signal::Traces),
+        "opentelemetry.proto.collector.metrics.v1.MetricsService" => Some(Signal::Metrics),
+        _ => None,
+    }
+}
+
+/// Measures an OTLP gRPC request before tonic decodes it (a few KiB of protobuf can decode into gigabytes): the
+/// message (uncompressed when sent gzip) is walked without decoding, checked against the decode limits and charged
+/// to the memory budget, whose permit is held until the call is answered. A request past a limit gets its gRPC
+/// status here, and tonic never decodes it.
+async fn measure_before_decoding<I: Intake>(
+    axum::extract::State(receiver): axum::extract::State<Receiver<I>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Some(signal) = signal_of(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let gzip = request
+        .headers()
+        .get("grpc-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let limit = receiver.config.max_body_bytes;
+    let (parts, body) = request.into_parts();
+    let refuse = |refusal: Refusal| -> axum::response::Response {
+        status_of(receiver.refuse(signal, Protocol::Grpc, refusal)).into_http::<axum::body::Body>()
+    };
+    // A message, its 5-byte frame prefix, and room for trailing frames of a misbehaving client.
+    let bytes = match axum::body::to_bytes(body, limit.saturating_add(64)).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return refuse(Refusal::TooLarge(format!(
+                "the request is larger than {limit} bytes: send smaller batches"
+            )));
+        }
+    };
+    let framed = bytes.clone();
+    let measured = tokio::task::spawn_blocking(move || -> Result<crate::limits::Shape, Refusal> {
+        let mut shape = crate::limits::Shape::default();
+        let mut rest = &framed[..];
+        while rest.len() >= 5 {
+            let compressed = rest[0] == 1;
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            let Some(message) = rest.get(5..5 + len) else {
+                break;
+            };
+            let plain;
+            let message = if compressed && gzip {
+                plain = crate::encoding::gunzip(message, limit)?;
+                &plain[..]
+            } else {
+                message
+            };
+            let one = crate::limits::measure_protobuf(signal, message)?;
+            shape.items += one.items;
+            shape.max_item_attributes = shape.max_item_attributes.max(one.max_item_attributes);
+            shape.decoded_bytes += one.decoded_bytes;
+            rest = &rest[5 + len..];
+        }
+        Ok(shape)
+    })
+    .await;
+    let shape = match measured {
+        Ok(Ok(shape)) => shape,
+        // Not measurable: tonic's own decoding answers (INVALID_ARGUMENT and the like).
+        Ok(Err(Refusal::Invalid(_))) => {
+            return next
+                .run(axum::extract::Request::from_parts(
+                    parts,
+                    axum::body::Body::from(bytes),
+                ))
+                .await;
+        }
+        Ok(Err(refusal)) => return refuse(refusal),
+        Err(error) => {
+            return refuse(Refusal::Unavailable {
+                message: format!("measuring the request failed: {error}"),
+                retry_after: std::time::Duration::from_secs(1),
+            });
+        }
+    };
+    let _memory = match receiver.charge(signal, &shape) {
+        Ok(permit) => permit,
+        Err(refusal) => return refuse(refusal),
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 impl<I: Intake> Grpc<I> {

@@ -119,12 +119,27 @@ async fn receive<I: Intake>(
             .map(str::trim)
             .filter(|id| !id.is_empty())
             .map(str::to_owned);
-        let received = tokio::task::spawn_blocking(move || -> Result<Received, Refusal> {
+        // Decompressed and measured (without decoding) on a blocking thread; decoded only within the limits and
+        // the memory budget.
+        let (body, shape) = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
             let body = if gzip {
                 Bytes::from(gunzip(&raw, limit)?)
             } else {
                 raw
             };
+            let shape = match encoding {
+                Encoding::Protobuf => crate::limits::measure_protobuf(signal, &body)?,
+                Encoding::Json => crate::limits::measure_json(&body)?,
+            };
+            Ok((body, shape))
+        })
+        .await
+        .map_err(|error| Refusal::Unavailable {
+            message: format!("decoding failed: {error}"),
+            retry_after: std::time::Duration::from_secs(1),
+        })??;
+        let _memory = receiver.charge(signal, &shape)?;
+        let received = tokio::task::spawn_blocking(move || -> Result<Received, Refusal> {
             let request = decode(signal, encoding, &body)?;
             Ok(Received {
                 request,

@@ -13,6 +13,7 @@
 
 pub mod encoding;
 mod grpc;
+pub mod limits;
 pub use grpc::standard_codes;
 mod http;
 
@@ -181,6 +182,26 @@ pub struct ReceiverConfig {
     pub max_body_bytes: usize,
     /// The `Retry-After` of a request refused for being over `max_in_flight`.
     pub busy_retry_after: Duration,
+    /// What one request may expand to once decoded (items, attributes per item, memory).
+    pub decode: limits::DecodeLimits,
+    /// Estimated memory of the decoded requests in flight together, bytes; a request that would pass it waits for
+    /// no one: it is refused with 429 and `Retry-After`.
+    pub memory_budget_bytes: u64,
+}
+
+impl ReceiverConfig {
+    /// A configuration with the default decode limits and a memory budget of `max_in_flight` requests of 16 MiB
+    /// decoded each (a typical batch is well under 1 MiB), and at least one request of the largest size.
+    pub fn new(max_in_flight: usize, max_body_bytes: usize) -> ReceiverConfig {
+        let decode = limits::DecodeLimits::default();
+        ReceiverConfig {
+            max_in_flight,
+            max_body_bytes,
+            busy_retry_after: Duration::from_secs(1),
+            memory_budget_bytes: (max_in_flight as u64 * (16 << 20)).max(decode.max_decoded_bytes),
+            decode,
+        }
+    }
 }
 
 /// An OTLP receiver over an [`Intake`]; cheap to clone (the HTTP and gRPC sides share its admission limit).
@@ -188,6 +209,8 @@ pub struct Receiver<I: Intake> {
     intake: Arc<I>,
     config: ReceiverConfig,
     admission: Arc<Semaphore>,
+    /// The memory budget, in KiB permits.
+    memory: Arc<Semaphore>,
 }
 
 impl<I: Intake> Clone for Receiver<I> {
@@ -196,6 +219,7 @@ impl<I: Intake> Clone for Receiver<I> {
             intake: self.intake.clone(),
             config: self.config.clone(),
             admission: self.admission.clone(),
+            memory: self.memory.clone(),
         }
     }
 }
@@ -204,10 +228,14 @@ impl<I: Intake> Receiver<I> {
     /// A receiver handing batches to `intake`.
     pub fn new(intake: Arc<I>, config: ReceiverConfig) -> Self {
         let admission = Arc::new(Semaphore::new(config.max_in_flight));
+        let memory = Arc::new(Semaphore::new(
+            (config.memory_budget_bytes >> 10).min(Semaphore::MAX_PERMITS as u64) as usize,
+        ));
         Self {
             intake,
             config,
             admission,
+            memory,
         }
     }
 
@@ -225,6 +253,38 @@ impl<I: Intake> Receiver<I> {
                 message: format!(
                     "more than {} OTLP requests in flight; retry in {} s",
                     self.config.max_in_flight,
+                    self.config.busy_retry_after.as_secs().max(1)
+                ),
+                retry_after: self.config.busy_retry_after,
+            })
+    }
+
+    /// Checks a measured request against the decode limits and charges its estimated memory to the budget; the
+    /// permit is held until the request is answered.
+    fn charge(
+        &self,
+        signal: Signal,
+        shape: &limits::Shape,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+        if let Err(over) = self.config.decode.check(signal, shape) {
+            return Err(
+                if shape.max_item_attributes > self.config.decode.max_item_attributes
+                    && shape.items <= self.config.decode.max_items
+                {
+                    Refusal::Invalid(over.0)
+                } else {
+                    Refusal::TooLarge(over.0)
+                },
+            );
+        }
+        let kib = u32::try_from((shape.decoded_bytes >> 10).max(1)).unwrap_or(u32::MAX);
+        self.memory
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map_err(|_| Refusal::Overloaded {
+                message: format!(
+                    "the requests in flight already take the receiver's memory budget ({} MiB); retry in {} s",
+                    self.config.memory_budget_bytes >> 20,
                     self.config.busy_retry_after.as_secs().max(1)
                 ),
                 retry_after: self.config.busy_retry_after,

@@ -62,11 +62,7 @@ impl AppState {
                 tokens: tokens.clone(),
                 metrics: metrics.clone(),
             }),
-            gantry_otlp::ReceiverConfig {
-                max_in_flight: crate::ingest::MAX_IN_FLIGHT,
-                max_body_bytes,
-                busy_retry_after: Duration::from_secs(1),
-            },
+            gantry_otlp::ReceiverConfig::new(crate::ingest::MAX_IN_FLIGHT, max_body_bytes),
         );
         AppState {
             store,
