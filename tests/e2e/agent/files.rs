@@ -1,15 +1,20 @@
 //! The agent's file source end to end: lines tailed through rotations and multi-line records reach the real plane
-//! in order, and an outage with an agent crash loses and repeats nothing.
+//! in order, an outage with an agent crash loses and repeats nothing, and a file created again or rewritten in place
+//! is read from its start while one that only grew resumes.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
+use std::io::Write;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 
 use super::{DELIVERY_TIMEOUT, append, log_dir, numbered, parse_hits, wait_for_at_least};
 use crate::harness::api::wait_until;
-use crate::harness::process::{Agent, free_port, fresh_plane, start_with_tokens};
+use crate::harness::process::{Agent, Plane, free_port, fresh_plane, start_with_tokens};
 use crate::harness::unique;
 
 /// Every tag has seqs 0..expected[tag] exactly once, and its timestamps increase with seq.
@@ -255,5 +260,216 @@ async fn outage_and_agent_crash_lose_and_repeat_nothing() -> Result<()> {
             >= 1.0,
         "{metrics:?}"
     );
+    Ok(())
+}
+
+/// How a file changes between two reads by the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Lines are appended.
+    Grow,
+    /// The file is deleted and created again (the filesystem may give it the old inode).
+    Recreate,
+    /// The file is truncated and written again in place (the same inode for sure).
+    Rewrite,
+}
+
+/// One file: its start-up banner, the lines the agent reads before it stops, what then happens to the file and the
+/// lines it holds after the banner afterwards.
+struct Case {
+    file: &'static str,
+    banner: String,
+    old: Range<u32>,
+    change: Change,
+    new: Range<u32>,
+}
+
+/// What each file's records should be: (log.file.path, body) -> how many times.
+type Counts = BTreeMap<(String, String), usize>;
+
+impl Case {
+    fn tag(&self) -> &str {
+        self.file.trim_end_matches(".log")
+    }
+
+    /// Writes `lines` (after the banner unless the file only grows) as `change` does; adds what should arrive.
+    fn write(
+        &self,
+        logs: &Path,
+        run: &str,
+        change: Change,
+        lines: Range<u32>,
+        expected: &mut Counts,
+    ) -> Result<()> {
+        let path = logs.join(self.file);
+        let numbered = numbered(run, self.tag(), lines);
+        let text = match change {
+            Change::Grow => numbered,
+            Change::Recreate | Change::Rewrite => format!("{}{numbered}", self.banner),
+        };
+        let inode = std::fs::metadata(&path).map(|m| m.ino()).ok();
+        match change {
+            Change::Grow => append(&path, &text)?,
+            Change::Recreate => {
+                std::fs::remove_file(&path)?;
+                std::fs::write(&path, &text)?;
+            }
+            // One write after the truncation: whether the agent sees the file empty or written, it reads it from 0.
+            Change::Rewrite => OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)?
+                .write_all(text.as_bytes())?,
+        }
+        if change == Change::Recreate {
+            let now = std::fs::metadata(&path)?.ino();
+            eprintln!(
+                "{}: created again with inode {now}, was {inode:?}",
+                self.file
+            );
+        }
+        for line in text.lines() {
+            *expected
+                .entry((path.to_string_lossy().into_owned(), line.to_owned()))
+                .or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Every record at the plane, counted by (log.file.path, body).
+async fn counts(plane: &Plane, token: &str) -> Result<Counts> {
+    let mut out = Counts::new();
+    for hit in plane.all_logs(token, "*", "-1h").await? {
+        let path = hit["resource"]["log.file.path"]
+            .as_str()
+            .context("log.file.path")?;
+        let body = hit["body"].as_str().context("body")?;
+        *out.entry((path.to_owned(), body.to_owned())).or_default() += 1;
+    }
+    Ok(out)
+}
+
+/// Waits until the plane holds as many records as `expected` and the agent has nothing left to ship (a duplicate
+/// would be on its way otherwise), then checks each record arrived exactly as often as expected; on a timeout, says
+/// which did not.
+async fn check_exactly(
+    plane: &Plane,
+    agent: &Agent,
+    viewer: &str,
+    expected: &Counts,
+) -> Result<()> {
+    let total: usize = expected.values().sum();
+    let mut waited = wait_for_at_least(plane, viewer, "*", total).await.map(drop);
+    if waited.is_ok() {
+        waited = wait_until(
+            DELIVERY_TIMEOUT,
+            "the agent to have shipped everything",
+            || async {
+                let m = agent.metrics().await?;
+                Ok(
+                    (m.get("gantry_agent_buffer_unshipped_batches").copied() == Some(0.0))
+                        .then_some(()),
+                )
+            },
+        )
+        .await;
+    }
+    let got = counts(plane, viewer).await?;
+    let wrong: Vec<String> = expected
+        .keys()
+        .chain(got.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter_map(|key| {
+            let (want, have) = (
+                expected.get(key).copied().unwrap_or(0),
+                got.get(key).copied().unwrap_or(0),
+            );
+            (want != have).then(|| format!("{} {:?}: expected {want}, got {have}", key.0, key.1))
+        })
+        .collect();
+    ensure!(
+        wrong.is_empty(),
+        "{} of {} records arrived a wrong number of times:\n{}\n{}",
+        wrong.len(),
+        total,
+        wrong.join("\n"),
+        agent.stderr()
+    );
+    waited
+}
+
+/// Files deleted and created again or truncated and rewritten while the agent is stopped, with the same start-up
+/// banner (300 bytes, or 10 for files shorter than the fingerprint) and more or fewer bytes than the agent had read,
+/// are read from their start; files that only grew resume exactly; the same while the agent runs. Every record
+/// arrives exactly as often as it was written.
+#[tokio::test]
+async fn a_file_created_again_or_rewritten_is_read_from_its_start_and_a_grown_one_resumes()
+-> Result<()> {
+    use Change::*;
+    let (tmp, plane, ingest, viewer) = fresh_plane().await?;
+    let (logs, glob) = log_dir(tmp.path())?;
+    let run = unique("ident");
+    // Three 100-byte lines, the same in every run of the app.
+    let banner: String = (1..=3)
+        .map(|i| format!("{:-<99}\n", format!("{run} banner {i} app 1.0 starting ")))
+        .collect();
+    let tiny = "BOOT v1.0\n".to_owned();
+    let case = |file, banner: &String, old, change, new| Case {
+        file,
+        banner: banner.clone(),
+        old,
+        change,
+        new,
+    };
+    let cases = [
+        // The case, and the same inode for sure.
+        case("recreated.log", &banner, 0..5, Recreate, 5..25),
+        case("rewritten.log", &banner, 0..5, Rewrite, 5..25),
+        // Shorter than what the agent had read.
+        case("recreated-shorter.log", &banner, 0..20, Recreate, 20..23),
+        case("rewritten-shorter.log", &banner, 0..20, Rewrite, 20..23),
+        // Shorter than the fingerprint when the agent stopped.
+        case("tiny-recreated.log", &tiny, 0..2, Recreate, 2..22),
+        case("tiny-rewritten.log", &tiny, 0..2, Rewrite, 2..22),
+        // Plain growth.
+        case("grown.log", &banner, 0..5, Grow, 5..25),
+        case("tiny-grown.log", &tiny, 0..2, Grow, 2..22),
+    ];
+    let mut expected = Counts::new();
+    for c in &cases {
+        let path = logs.join(c.file);
+        std::fs::File::create(&path)?;
+        c.write(&logs, &run, Rewrite, c.old.clone(), &mut expected)?;
+    }
+    let mut agent = Agent::start(
+        &tmp.path().join("agent"),
+        &plane.endpoints.http_url(),
+        &ingest,
+        &[glob],
+    )
+    .await?;
+    check_exactly(&plane, &agent, &viewer, &expected).await?;
+    let status = agent.terminate().await?;
+    ensure!(
+        status.success(),
+        "agent exit status after SIGTERM: {status}"
+    );
+
+    for c in &cases {
+        c.write(&logs, &run, c.change, c.new.clone(), &mut expected)?;
+    }
+    agent.spawn().await?;
+    check_exactly(&plane, &agent, &viewer, &expected).await?;
+
+    // While the agent runs: created again (another inode, the agent holds the old one open) and rewritten in place
+    // with more bytes than were read, rewritten shorter, grown.
+    for c in &cases[..2] {
+        c.write(&logs, &run, c.change, 100..140, &mut expected)?;
+    }
+    cases[5].write(&logs, &run, Rewrite, 100..101, &mut expected)?;
+    cases[6].write(&logs, &run, Grow, 100..120, &mut expected)?;
+    check_exactly(&plane, &agent, &viewer, &expected).await?;
     Ok(())
 }

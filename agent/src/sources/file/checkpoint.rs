@@ -1,4 +1,4 @@
-//! File positions: identity (device, inode, fingerprint of the first bytes) plus offset, persisted in `DATA_DIR/checkpoints.json` and carried in every buffered batch.
+//! File positions: identity (device, inode and a [`Mark`]: first bytes, bytes before the offset, birth time) plus offset, persisted in `DATA_DIR/checkpoints.json` and carried in every buffered batch.
 //!
 //! # Protocol
 //!
@@ -8,54 +8,15 @@
 //! that the batch is fsynced. On start, the positions in buffer records after that seq (a crash
 //! between the two steps) win over the file. So the resume point always equals what is durably
 //! in the buffer: nothing read twice, nothing skipped.
+//!
+//! Whether a file found at start is still the one a position names is decided in [`super::identity`].
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// How many leading bytes identify a file's content (with its device and inode).
-pub const FINGERPRINT_BYTES: usize = 256;
-
-/// A crc32 of a file's first `len` bytes (`len` < [`FINGERPRINT_BYTES`] while the file is short).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Fingerprint {
-    /// Bytes covered.
-    pub len: u32,
-    /// crc32 of those bytes.
-    pub crc: u32,
-}
-
-impl Fingerprint {
-    /// Fingerprint of up to [`FINGERPRINT_BYTES`] leading bytes of `file`.
-    pub fn of(file: &std::fs::File) -> std::io::Result<Fingerprint> {
-        Self::of_len(file, FINGERPRINT_BYTES)
-    }
-
-    /// Fingerprint of up to `len` leading bytes (fewer if the file is shorter).
-    pub fn of_len(file: &std::fs::File, len: usize) -> std::io::Result<Fingerprint> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; len.min(FINGERPRINT_BYTES)];
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = file.read_at(&mut buf[filled..], filled as u64)?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        Ok(Fingerprint {
-            len: filled as u32,
-            crc: crc32fast::hash(&buf[..filled]),
-        })
-    }
-
-    /// Whether `file` still starts with the bytes this fingerprint covers.
-    pub fn matches(&self, file: &std::fs::File) -> std::io::Result<bool> {
-        let now = Self::of_len(file, self.len as usize)?;
-        Ok(now == *self)
-    }
-}
+use super::identity::{Fingerprint, Mark};
 
 /// Where reading of one file stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,10 +27,28 @@ pub struct FilePosition {
     pub ino: u64,
     /// Leading bytes at the time, to tell a reused inode from the same file.
     pub fingerprint: Fingerprint,
+    /// The bytes just before `offset` (absent in checkpoints of earlier agents: not checked then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<Fingerprint>,
+    /// The file's birth time, nanoseconds since the Unix epoch (absent where the filesystem does not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub born_unix_nanos: Option<u64>,
     /// The path it was last seen at.
     pub path: PathBuf,
     /// Every byte before this is in the buffer.
     pub offset: u64,
+}
+
+impl FilePosition {
+    /// What a file must still show to be the one this position was taken from.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            offset: self.offset,
+            head: self.fingerprint,
+            tail: self.tail,
+            born: self.born_unix_nanos,
+        }
+    }
 }
 
 /// What the file source stores in each buffer record (`BufferRecord::source_state`).
@@ -121,32 +100,6 @@ impl Checkpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn fingerprint_tells_rewritten_files_apart() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("f");
-        std::fs::write(&path, "hello\n").unwrap();
-        let file = std::fs::File::open(&path).unwrap();
-        let fp = Fingerprint::of(&file).unwrap();
-        assert_eq!(fp.len, 6);
-        // Growing keeps the prefix.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(&[b'x'; 400])
-            .unwrap();
-        assert!(fp.matches(&file).unwrap());
-        assert_eq!(
-            Fingerprint::of(&file).unwrap().len,
-            FINGERPRINT_BYTES as u32
-        );
-        // Truncated and rewritten: the prefix differs.
-        std::fs::write(&path, "other\n").unwrap();
-        assert!(!fp.matches(&file).unwrap());
-    }
 
     #[test]
     fn checkpoints_round_trip() {
@@ -159,6 +112,8 @@ mod tests {
                 dev: 1,
                 ino: 2,
                 fingerprint: Fingerprint { len: 3, crc: 4 },
+                tail: Some(Fingerprint { len: 6, crc: 7 }),
+                born_unix_nanos: Some(8),
                 path: "/x".into(),
                 offset: 5,
             }],
@@ -167,5 +122,28 @@ mod tests {
         assert_eq!(Checkpoints::load(&path).unwrap(), cp);
         std::fs::write(&path, "{").unwrap();
         assert!(Checkpoints::load(&path).is_err());
+    }
+
+    #[test]
+    fn checkpoints_of_earlier_agents_still_load() {
+        // Written by an agent without tail checksums and birth times: loaded with neither, so nothing is checked
+        // that was not saved.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("checkpoints.json");
+        std::fs::write(
+            &path,
+            r#"{"buffer_seq":3,"files":[{"dev":2049,"ino":12,"fingerprint":{"len":256,"crc":99},"path":"/var/log/app.log","offset":4096}]}"#,
+        )
+        .unwrap();
+        let loaded = Checkpoints::load(&path).unwrap();
+        assert_eq!(
+            loaded.files[0].mark(),
+            Mark {
+                offset: 4096,
+                head: Fingerprint { len: 256, crc: 99 },
+                tail: None,
+                born: None,
+            }
+        );
     }
 }

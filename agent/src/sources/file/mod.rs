@@ -7,16 +7,29 @@
 //! * **rename**: the path now names another inode. The old file keeps being read (through its
 //!   open descriptor) to its end and is closed once it stayed idle for a second; the new file at
 //!   the path is read from 0.
-//! * **copy-truncate**: same inode, but shorter than the offset read, or its first bytes changed.
-//!   Reading restarts at 0. A copy that the patterns also match is recognised by its first
-//!   bytes and read from where the original was, not again from 0.
+//! * **copy-truncate**, or any rewrite in place: same inode, but shorter than the offset read, or
+//!   its first bytes or the bytes just before the offset read changed (the last 1 KiB read is read
+//!   again with every read, so this is seen before any byte after it). Reading restarts at 0. A
+//!   copy that the patterns also match is recognised by the same two ranges of bytes and read
+//!   from where the original was, not again from 0.
 //!
-//! Files are identified by (device, inode) plus a fingerprint of their first 256 bytes; see
-//! [`checkpoint`] for how positions are persisted and recovered.
+//! # File identity
+//!
+//! A file is named by (device, inode), and is the file a saved position was taken from only if it
+//! was born at the same time (`statx` birth time, where the filesystem reports it), is at least as
+//! long as the saved offset, and both its first 256 bytes and the 1 KiB just before the offset
+//! still have their saved checksums ([`identity`] has the rule and its one pure function). So a
+//! file deleted and created again with the same inode, or truncated and rewritten in place, is
+//! never taken for the old one, even when it starts with the same banner, is shorter than the
+//! offset or is shorter than the 256 bytes; a file that only grew resumes exactly. A file found
+//! not to be the old one is read from its start (logged once, with the reason); one that took the
+//! inode of a file deleted while the agent was down, and that no pattern matches, is not read at
+//! all. See [`checkpoint`] for how positions are persisted and recovered.
 
 pub mod checkpoint;
 mod encode;
 pub mod glob;
+pub mod identity;
 pub mod lines;
 pub mod parse;
 
@@ -39,7 +52,8 @@ use crate::buffer::{AppendOutcome, AppendRequest, Buffer, BufferHeader, BufferRe
 use crate::config::{AgentConfig, FileSourceConfig};
 use crate::sources::{encode_logs, host_name, kv};
 use crate::telemetry::{Telemetry, now_unix_nanos};
-use checkpoint::{Checkpoints, FilePosition, Fingerprint, SourceState};
+use checkpoint::{Checkpoints, FilePosition, SourceState};
+use identity::{FINGERPRINT_BYTES, Fingerprint, Mark, Recent, Seen, birth_time, judge};
 use lines::{Frame, Framer};
 
 /// Bytes read from one file per `read` call.
@@ -57,7 +71,7 @@ const MULTILINE_IDLE: Duration = Duration::from_secs(1);
 /// A file that is no longer at its path is closed after being idle at its end this long: long enough for an
 /// application that reopens its log lazily (after its next write) to have written its last lines to the old file.
 const ROTATED_CLOSE_AFTER: Duration = Duration::from_secs(30);
-/// How long a truncated file's old prefix is remembered to recognise its copy.
+/// How long a truncated file's old content is remembered to recognise its copy.
 const COPY_MEMORY: Duration = Duration::from_secs(60);
 
 /// Device and inode.
@@ -66,7 +80,12 @@ type FileKey = (u64, u64);
 /// One file being read.
 struct Tailer {
     key: FileKey,
+    /// The file's first bytes.
     fingerprint: Fingerprint,
+    /// Birth time, nanoseconds since the Unix epoch, where the filesystem reports it.
+    born: Option<u64>,
+    /// The last bytes read, to checksum the bytes before the safe and read offsets.
+    recent: Recent,
     path: PathBuf,
     source: usize,
     service: String,
@@ -86,6 +105,8 @@ impl Tailer {
             dev: self.key.0,
             ino: self.key.1,
             fingerprint: self.fingerprint,
+            tail: self.recent.before(self.framer.safe_offset()),
+            born_unix_nanos: self.born,
             path: self.path.clone(),
             offset: self.framer.safe_offset(),
         }
@@ -113,8 +134,8 @@ pub struct FileSource {
     tailers: Vec<Tailer>,
     /// Positions from the last run not yet matched to a file.
     recovered: HashMap<FileKey, FilePosition>,
-    /// (old prefix, offset reached) of files truncated recently, to recognise their copies.
-    truncated: Vec<(Fingerprint, u64, Instant)>,
+    /// What files truncated recently held where they were read to, to recognise their copies.
+    truncated: Vec<(Mark, Instant)>,
     batch: Batch,
     buffer: Arc<Buffer>,
     appends: mpsc::Sender<AppendRequest>,
@@ -272,7 +293,7 @@ impl FileSource {
             }
         }
         self.truncated
-            .retain(|(_, _, at)| now.duration_since(*at) < COPY_MEMORY);
+            .retain(|(_, at)| now.duration_since(*at) < COPY_MEMORY);
         let mut frames = Vec::new();
         for i in 0..self.tailers.len() {
             let tailer = &mut self.tailers[i];
@@ -292,12 +313,12 @@ impl FileSource {
                     continue;
                 }
             }
-            if let Some(copy) = check_truncation(tailer, now, &mut frames) {
-                self.truncated.push((copy.0, copy.1, now));
+            if let Some(old) = check_truncation(tailer, now, &mut frames) {
+                self.truncated.push((old, now));
             }
             self.add_frames(i, &mut frames);
             let tailer = &mut self.tailers[i];
-            if (tailer.fingerprint.len as usize) < checkpoint::FINGERPRINT_BYTES
+            if (tailer.fingerprint.len as usize) < FINGERPRINT_BYTES
                 && let Ok(fp) = Fingerprint::of(&tailer.file)
             {
                 tailer.fingerprint = fp;
@@ -318,7 +339,8 @@ impl FileSource {
 
     /// Files from the last run's checkpoint that no pattern matches any more: they were rotated
     /// while the agent was down. Looks for them (same inode) next to their old path and reads
-    /// them to their end.
+    /// them to their end, if they are still the same files (not a file that took the inode of
+    /// one deleted meanwhile).
     fn scan_orphans(&mut self) {
         let mut matched = std::collections::HashSet::new();
         for (pattern, _) in &self.sources {
@@ -350,17 +372,18 @@ impl FileSource {
                     })
                 })
             });
-            if let Some(path) = found {
-                tracing::info!(path = %path.display(), was = %position.path.display(), "reading the rest of a file rotated while the agent was down");
-                if let Err(error) = self.open(&path, source, true) {
-                    tracing::warn!(path = %path.display(), error = %error, "cannot open rotated file");
-                }
+            if let Some(path) = found
+                && let Err(error) = self.open(&path, source, true)
+            {
+                tracing::warn!(path = %path.display(), error = %error, "cannot open rotated file");
             }
         }
     }
 
-    /// Starts tailing `path`, from its recovered position if it is the same file.
-    fn open(&mut self, path: &Path, source: usize, rotated: bool) -> anyhow::Result<()> {
+    /// Starts tailing `path`, from its recovered position if it is the same file. An `orphan` (a
+    /// file no pattern matches, found by the inode of a recovered position) is read only if it is
+    /// that position's file.
+    fn open(&mut self, path: &Path, source: usize, orphan: bool) -> anyhow::Result<()> {
         let file = std::fs::File::open(path)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
@@ -373,19 +396,29 @@ impl FileSource {
         let fingerprint = Fingerprint::of(&file)?;
         let mut offset = 0;
         if let Some(position) = self.recovered.remove(&key) {
-            if position.fingerprint.matches(&file)? && position.offset <= meta.len() {
-                offset = position.offset;
-            } else {
-                tracing::info!(path = %path.display(), "file changed since the checkpoint (truncated or inode reused); reading it from the start");
+            let mark = position.mark();
+            match judge(&mark, &Seen::read(&file, &meta, &mark)?) {
+                Ok(()) if orphan => {
+                    tracing::info!(path = %path.display(), was = %position.path.display(), "reading the rest of a file rotated while the agent was down");
+                    offset = position.offset;
+                }
+                Ok(()) => offset = position.offset,
+                Err(change) if orphan => {
+                    tracing::info!(path = %path.display(), was = %position.path.display(), reason = %change, "not reading a file that took the inode of one deleted while the agent was down");
+                    return Ok(());
+                }
+                Err(change) => {
+                    tracing::info!(path = %path.display(), saved_offset = position.offset, size = meta.len(), reason = %change, "file is not the one in the checkpoint; reading it from the start");
+                }
             }
-        } else if fingerprint.len as usize == checkpoint::FINGERPRINT_BYTES
-            && let Some(&(_, reached, _)) = self
-                .truncated
-                .iter()
-                .find(|(fp, reached, _)| *fp == fingerprint && *reached <= meta.len())
+        } else if fingerprint.len as usize == FINGERPRINT_BYTES
+            && let Some(original) = self.truncated.iter().map(|(mark, _)| *mark).find(|mark| {
+                mark.head == fingerprint
+                    && Seen::read(&file, &meta, mark).is_ok_and(|seen| judge(mark, &seen).is_ok())
+            })
         {
-            tracing::info!(path = %path.display(), offset = reached, "file is a copy of a truncated file; reading it from where the original was");
-            offset = reached;
+            tracing::info!(path = %path.display(), offset = original.offset, "file is a copy of a truncated file; reading it from where the original was");
+            offset = original.offset;
         }
         let config = &self.sources[source].1;
         let service = config.service.clone().unwrap_or_else(|| {
@@ -395,15 +428,18 @@ impl FileSource {
                 .unwrap_or_else(|| "unknown_service".into())
         });
         tracing::info!(path = %path.display(), offset, service, "tailing file");
+        let recent = Recent::read(&file, offset)?;
         self.tailers.push(Tailer {
             key,
             fingerprint,
+            born: birth_time(&meta),
+            recent,
             path: path.to_path_buf(),
             source,
             service,
             file,
             framer: Framer::new(offset, config.multiline.clone()),
-            rotated,
+            rotated: orphan,
             idle_since: None,
             last_time: 0,
         });
@@ -419,19 +455,38 @@ impl FileSource {
             let mut read_here = 0;
             loop {
                 let tailer = &mut self.tailers[i];
-                let n = match tailer.file.read_at(buf, tailer.framer.read_offset()) {
-                    Ok(n) => n,
+                let at = tailer.framer.read_offset();
+                // The last bytes read are read again with the new ones: if they changed, the file was truncated
+                // or rewritten in place since, and the bytes after `at` are not the continuation of what was read.
+                let overlap = tailer.recent.last(at).len();
+                let got = match tailer.file.read_at(buf, at - overlap as u64) {
+                    Ok(got) => got,
                     Err(error) => {
                         tracing::warn!(path = %tailer.path.display(), error = %error, "read failed");
-                        0
+                        overlap
                     }
                 };
+                let change = if got < overlap {
+                    Some(identity::Change::Shorter)
+                } else {
+                    (buf[..overlap] != *tailer.recent.last(at)).then_some(identity::Change::Tail)
+                };
+                if let Some(change) = change {
+                    if let Some(old) = restart(tailer, now, change, &mut frames) {
+                        self.truncated.push((old, now));
+                    }
+                    self.add_frames(i, &mut frames);
+                    break;
+                }
+                let n = got - overlap;
                 if n == 0 {
                     tailer.idle_since.get_or_insert(now);
                     break;
                 }
                 tailer.idle_since = None;
-                tailer.framer.push(&buf[..n], now, &mut frames);
+                let new = &buf[overlap..got];
+                tailer.framer.push(new, now, &mut frames);
+                tailer.recent.push(at, new, tailer.framer.safe_offset());
                 self.add_frames(i, &mut frames);
                 read_here += n;
                 if read_here >= PER_FILE_PER_PASS || self.batch_due(now) {
@@ -622,25 +677,45 @@ impl FileSource {
     }
 }
 
-/// Detects a truncated or rewritten file, emits what was held back of the old content, and
-/// restarts at 0. Returns the old prefix and offset (to recognise a copy) when it had a full one.
-fn check_truncation(
+/// What `tailer` knows of its file where it has read to. The descriptor holds the inode: it cannot
+/// have been deleted and created again meanwhile, so there is no birth time to compare.
+fn read_mark(tailer: &Tailer) -> Mark {
+    let read = tailer.framer.read_offset();
+    Mark {
+        offset: read,
+        head: tailer.fingerprint,
+        tail: tailer.recent.before(read),
+        born: None,
+    }
+}
+
+/// Detects a truncated or rewritten file (the same inode, no longer holding the bytes read: see
+/// [`identity`]) and restarts it at 0; returns what [`restart`] does.
+fn check_truncation(tailer: &mut Tailer, now: Instant, frames: &mut Vec<Frame>) -> Option<Mark> {
+    let meta = tailer.file.metadata().ok()?;
+    let mark = read_mark(tailer);
+    let seen = Seen::read(&tailer.file, &meta, &mark).ok()?;
+    let change = judge(&mark, &seen).err()?;
+    restart(tailer, now, change, frames)
+}
+
+/// Reads `tailer`'s file again from 0 (it was truncated or rewritten: `change`) after emitting what
+/// was held back of the old content. Returns what the old content was where it was read to, to
+/// recognise a copy, when it had a full fingerprint.
+fn restart(
     tailer: &mut Tailer,
     now: Instant,
+    change: identity::Change,
     frames: &mut Vec<Frame>,
-) -> Option<(Fingerprint, u64)> {
-    let len = tailer.file.metadata().ok()?.len();
-    let shorter = len < tailer.framer.read_offset();
-    let rewritten = !shorter && !tailer.fingerprint.matches(&tailer.file).unwrap_or(true);
-    if !(shorter || rewritten) {
-        return None;
-    }
-    tracing::info!(path = %tailer.path.display(), size = len, offset = tailer.framer.read_offset(), "file was truncated; reading it from the start");
-    let old = (tailer.fingerprint, tailer.framer.read_offset());
+) -> Option<Mark> {
+    let mark = read_mark(tailer);
+    let size = tailer.file.metadata().map(|m| m.len()).ok();
+    tracing::info!(path = %tailer.path.display(), size, offset = mark.offset, reason = %change, "file was truncated or rewritten; reading it from the start");
     tailer.framer.finish(now, frames);
     tailer.framer.reset(0);
+    tailer.recent = Recent::default();
     tailer.fingerprint = Fingerprint::of(&tailer.file).unwrap_or_default();
-    (old.0.len as usize == checkpoint::FINGERPRINT_BYTES).then_some(old)
+    (mark.head.len as usize == FINGERPRINT_BYTES).then_some(mark)
 }
 
 #[cfg(test)]

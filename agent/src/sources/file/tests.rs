@@ -30,7 +30,9 @@ impl Harness {
         let telemetry = Arc::new(Telemetry::new(&[]));
         let buffer = Buffer::open(&config.data_dir, 1 << 20, telemetry.clone()).unwrap();
         let (tx, writer) = crate::buffer::spawn_writer(buffer.clone()).unwrap();
-        let source = FileSource::recover(&config, buffer.clone(), tx, telemetry).unwrap();
+        let mut source = FileSource::recover(&config, buffer.clone(), tx, telemetry).unwrap();
+        // As `FileSource::run` starts.
+        source.scan_orphans();
         Harness {
             source: Some(source),
             buffer,
@@ -48,6 +50,19 @@ impl Harness {
         self.now += Duration::from_secs(2);
         source.scan(self.now);
         source.read_pass(&mut buf, self.now);
+        if source.batch.records > 0 {
+            assert!(
+                source
+                    .commit(&gantry_support::CancellationToken::new())
+                    .unwrap()
+            );
+        }
+    }
+
+    /// One read pass, without the scan that looks for rotated and truncated files first, then a commit.
+    fn read_only(&mut self) {
+        let source = self.source.as_mut().unwrap();
+        source.read_pass(&mut vec![0u8; CHUNK], self.now);
         if source.batch.records > 0 {
             assert!(
                 source
@@ -181,4 +196,251 @@ fn positions_in_the_buffer_win_over_a_stale_checkpoint_file() {
     assert_eq!(h.bodies(), ["1", "2", "3"]);
     assert_eq!(Checkpoints::load(&checkpoint).unwrap().buffer_seq, 2);
     h.close();
+}
+
+/// A 300-byte start-up banner (three lines of 100 bytes), the same in every run of the app.
+fn banner() -> String {
+    (1..=3)
+        .map(|i| format!("{:-<99}\n", format!("app 1.0 start-up banner line {i} ")))
+        .collect()
+}
+
+/// `text`'s lines.
+fn split(text: &str) -> Vec<String> {
+    text.lines().map(str::to_owned).collect()
+}
+
+/// Lines `{tag}{i}` for `range`.
+fn tagged(tag: &str, range: std::ops::Range<u32>) -> String {
+    range.map(|i| format!("{tag}{i}\n")).collect()
+}
+
+/// How a file changes between two reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// The new text is appended.
+    Grow,
+    /// The file is deleted and created again with the new text (the inode may be reused).
+    Recreate,
+    /// The file is truncated and the new text written in place (the same inode for sure).
+    Rewrite,
+}
+
+fn apply(path: &Path, change: Change, text: &str) {
+    match change {
+        Change::Grow => append(path, text),
+        Change::Recreate => {
+            std::fs::remove_file(path).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        Change::Rewrite => std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap(),
+    }
+}
+
+/// Whether files created in `dir` get birth times.
+fn birth_times_in(dir: &Path) -> bool {
+    let probe = dir.join("probe");
+    std::fs::write(&probe, "").unwrap();
+    let known = identity::birth_time(&std::fs::metadata(&probe).unwrap()).is_some();
+    std::fs::remove_file(&probe).unwrap();
+    known
+}
+
+/// `a.log` holds `old` and is read; then, with the source stopped (`restart`) or running, it goes through `change`
+/// with `new`: the buffer then holds `expected`'s lines, in order.
+fn check(restart: bool, old: &str, change: Change, new: &str, expected: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("a.log");
+    append(&log, old);
+    let mut h = Harness::new(tmp.path());
+    h.step();
+    if restart {
+        h.close();
+        apply(&log, change, new);
+        h = Harness::new(tmp.path());
+    } else {
+        apply(&log, change, new);
+    }
+    h.step();
+    h.step();
+    assert_eq!(
+        h.bodies(),
+        split(expected),
+        "restart {restart}, {change:?} of {} bytes into {} bytes",
+        old.len(),
+        new.len()
+    );
+    h.close();
+}
+
+#[test]
+fn a_file_created_again_or_rewritten_is_never_taken_for_the_old_one() {
+    use Change::*;
+    let b = banner();
+    let tiny = "BOOT v1.0\n"; // the whole file is shorter than the fingerprint
+    let a5 = format!("{b}{}", tagged("a", 0..5));
+    let a20 = format!("{b}{}", tagged("a", 0..20));
+    let b20 = format!("{b}{}", tagged("b", 0..20));
+    let b3 = format!("{b}{}", tagged("b", 0..3));
+    let ta2 = format!("{tiny}{}", tagged("a", 0..2));
+    let tb20 = format!("{tiny}{}", tagged("b", 0..20));
+    let tb1 = format!("{tiny}{}", tagged("b", 0..1));
+    #[rustfmt::skip]
+    let cases: [(Change, &str, &str, String); 10] = [
+        // Only growth: resumed exactly, nothing read twice, nothing skipped.
+        (Grow, &a5, &tagged("a", 5..25), format!("{a5}{}", tagged("a", 5..25))),
+        (Grow, &ta2, &tagged("a", 2..40), format!("{ta2}{}", tagged("a", 2..40))),
+        // The same banner and more bytes than the offset (the case), deleted or rewritten in place.
+        (Recreate, &a5, &b20, format!("{a5}{b20}")),
+        (Rewrite, &a5, &b20, format!("{a5}{b20}")),
+        // Shorter than the offset.
+        (Recreate, &a20, &b3, format!("{a20}{b3}")),
+        (Rewrite, &a20, &b3, format!("{a20}{b3}")),
+        // Shorter than the fingerprint, with a 10-byte banner.
+        (Recreate, &ta2, &tb20, format!("{ta2}{tb20}")),
+        (Rewrite, &ta2, &tb20, format!("{ta2}{tb20}")),
+        (Rewrite, &ta2, &tb1, format!("{ta2}{tb1}")),
+        // Growth after nothing but the banner was read.
+        (Grow, &b, &tagged("b", 0..20), b20.clone()),
+    ];
+    for restart in [true, false] {
+        for (change, old, new, expected) in &cases {
+            check(restart, old, *change, new, expected);
+        }
+    }
+    // Nothing but the banner was read, then the file was deleted and created again with more. While the source
+    // runs, its open descriptor keeps the old inode from being reused; while it is stopped, only the birth time
+    // tells the new file apart from the old one grown.
+    for (old, new) in [(b.as_str(), b20.as_str()), (tiny, tb20.as_str())] {
+        check(false, old, Recreate, new, &format!("{old}{new}"));
+        if birth_times_in(&std::env::temp_dir()) {
+            check(true, old, Recreate, new, &format!("{old}{new}"));
+        } else {
+            eprintln!(
+                "this filesystem reports no birth times: a file created again after only its banner was read is resumed"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_new_file_with_a_truncated_files_banner_is_not_taken_for_its_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = banner();
+    let (log, other) = (tmp.path().join("b.log"), tmp.path().join("c.log"));
+    append(&log, &format!("{b}{}", tagged("a", 0..5)));
+    let mut h = Harness::new(tmp.path());
+    h.step();
+    // Copy-truncate with the copy out of the patterns' reach, then another instance of the app starts its log.
+    std::fs::copy(&log, tmp.path().join("b.log.1")).unwrap();
+    apply(&log, Change::Rewrite, &tagged("n", 0..2));
+    append(&other, &format!("{b}{}", tagged("c", 0..20)));
+    // A full batch ends a pass early: enough passes for both files.
+    for _ in 0..3 {
+        h.step();
+    }
+    let mut bodies = h.bodies();
+    bodies.sort();
+    let mut expected = split(&format!(
+        "{b}{}{}{b}{}",
+        tagged("a", 0..5),
+        tagged("n", 0..2),
+        tagged("c", 0..20)
+    ));
+    expected.sort();
+    assert_eq!(bodies, expected);
+    h.close();
+}
+
+#[test]
+fn positions_saved_by_an_earlier_agent_resume_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("a.log");
+    let b = banner();
+    append(&log, &format!("{b}{}", tagged("a", 0..5)));
+    let mut h = Harness::new(tmp.path());
+    h.step();
+    h.close();
+    // What an agent before tail checksums and birth times wrote: neither field.
+    let path = tmp.path().join("data/checkpoints.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for file in json["files"].as_array_mut().unwrap() {
+        let file = file.as_object_mut().unwrap();
+        assert!(file.remove("tail").is_some());
+        file.remove("born_unix_nanos");
+    }
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    append(&log, &tagged("a", 5..9));
+    let mut h = Harness::new(tmp.path());
+    h.step();
+    assert_eq!(h.bodies(), split(&format!("{b}{}", tagged("a", 0..9))));
+    h.close();
+}
+
+#[test]
+fn a_file_rotated_while_stopped_is_finished_but_one_that_took_its_inode_is_not_read() {
+    let check = |took_inode: bool| {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("a.log");
+        append(&log, &tagged("a", 0..3));
+        let mut h = Harness::new(tmp.path());
+        h.step();
+        h.close();
+        let rotated = tmp.path().join("a.log.1");
+        std::fs::rename(&log, &rotated).unwrap();
+        append(&rotated, &tagged("a", 3..5));
+        let mut expected = tagged("a", 0..5);
+        if took_inode {
+            // `a.log.1` plays a file that took the inode of a deleted `a.log`: what the checkpoint saved of
+            // `a.log` no longer matches it.
+            std::fs::write(&rotated, tagged("x", 0..9)).unwrap();
+            expected = tagged("a", 0..3);
+        }
+        let mut h = Harness::new(tmp.path());
+        h.step();
+        assert_eq!(h.bodies(), split(&expected), "took the inode: {took_inode}");
+        h.close();
+    };
+    check(false);
+    check(true);
+}
+
+#[test]
+fn a_rewrite_in_place_is_seen_by_the_next_read_before_any_scan() {
+    // The file is read every 100 ms but scanned for truncation every second: the read itself must notice that the
+    // bytes before its offset changed, or it would ship the middle of the new content and skip its start.
+    let b = banner();
+    let tiny = "BOOT v1.0\n";
+    #[rustfmt::skip]
+    let cases = [
+        (format!("{b}{}", tagged("a", 0..5)), format!("{b}{}", tagged("b", 0..40))),
+        (format!("{b}{}", tagged("a", 0..20)), format!("{b}{}", tagged("b", 0..3))),
+        (format!("{tiny}{}", tagged("a", 0..2)), format!("{tiny}{}", tagged("b", 0..20))),
+        (format!("{b}{}", tagged("a", 0..400)), format!("{b}{}", tagged("b", 0..800))),
+    ];
+    for (old, new) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("a.log");
+        append(&log, &old);
+        let mut h = Harness::new(tmp.path());
+        h.step();
+        apply(&log, Change::Rewrite, &new);
+        h.read_only();
+        h.step();
+        assert_eq!(
+            h.bodies(),
+            split(&format!("{old}{new}")),
+            "{} bytes rewritten with {} bytes",
+            old.len(),
+            new.len()
+        );
+        h.close();
+    }
 }
