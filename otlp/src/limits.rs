@@ -181,6 +181,9 @@ fn child(signal: Signal, kind: Kind, field: u32) -> Option<Kind> {
     })
 }
 
+/// One field as read off the wire: its number, its wire type, and its payload when length-delimited.
+type Field<'a> = (u32, u8, &'a [u8]);
+
 /// A protobuf wire reader over one message's bytes.
 struct Wire<'a> {
     bytes: &'a [u8],
@@ -216,7 +219,7 @@ impl<'a> Wire<'a> {
     }
 
     /// The next field: (number, wire type, length-delimited payload when the type is 2).
-    fn field(&mut self) -> Result<Option<(u32, u8, &'a [u8])>, DecodeError> {
+    fn field(&mut self) -> Result<Option<Field<'a>>, DecodeError> {
         if self.bytes.is_empty() {
             return Ok(None);
         }
