@@ -30,6 +30,8 @@ pub const MAX_IN_FLIGHT: usize = 8;
 /// Largest request body once decompressed: well below the plane's `max_body_bytes` (20 MiB by default), so that a
 /// relayed request, with the host attributes added, is never refused by the plane as too large.
 pub const MAX_BODY_BYTES: usize = 4 << 20;
+/// Estimated memory of the decoded requests in flight together (and of one request), bytes.
+pub const MEMORY_BUDGET_BYTES: u64 = 64 << 20;
 /// What a refused client is told to wait when the buffer is full.
 const FULL_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// What a refused client is told to wait when too many requests are in flight or the buffer failed.
@@ -56,6 +58,11 @@ pub fn receiver(
         }),
         ReceiverConfig {
             busy_retry_after: BUSY_RETRY_AFTER,
+            decode: gantry_otlp::limits::DecodeLimits {
+                max_decoded_bytes: MEMORY_BUDGET_BYTES,
+                ..gantry_otlp::limits::DecodeLimits::default()
+            },
+            memory_budget_bytes: MEMORY_BUDGET_BYTES,
             ..ReceiverConfig::new(MAX_IN_FLIGHT, MAX_BODY_BYTES)
         },
     )

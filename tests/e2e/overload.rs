@@ -149,3 +149,123 @@ async fn log_count(plane: &Plane, token: &str, q: &str) -> Result<u64> {
         .map(|b| b.iter().filter_map(|b| b["count"].as_u64()).sum())
         .unwrap_or(0))
 }
+
+/// 1 000 000 empty log records: 2 MB of protobuf (under the agent's 4 MiB cap), 4 KB gzipped, a few hundred MiB
+/// once decoded.
+fn bomb() -> ExportLogsServiceRequest {
+    logs_request(
+        "bomb",
+        vec![opentelemetry_proto::tonic::logs::v1::LogRecord::default(); 1_000_000],
+    )
+}
+
+/// A request that expands past the decode limits is refused before it is decoded, over OTLP/HTTP (three at once)
+/// and OTLP/gRPC, naming the limit; the plane's memory does not follow the expansion.
+#[tokio::test]
+async fn a_decompression_bomb_of_records_is_refused_before_decoding() -> Result<()> {
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+    let (_tmp, plane, ingest, viewer) = fresh_plane().await?;
+    let rss_before = plane.proc_status_kib("VmRSS")?;
+    let request = bomb();
+    let body = crate::harness::otlp::gzip(&prost::Message::encode_to_vec(&request));
+    ensure!(
+        body.len() < 64 << 10,
+        "the bomb should be small on the wire: {} bytes",
+        body.len()
+    );
+    let mut sends = Vec::new();
+    for _ in 0..3 {
+        let (client, url, token, body) = (
+            plane.client.clone(),
+            plane.url(Port::OtlpHttp, "/v1/logs"),
+            ingest.clone(),
+            body.clone(),
+        );
+        sends.push(tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", CT_PROTOBUF)
+                .header("content-encoding", "gzip")
+                .body(body)
+                .send()
+                .await?;
+            anyhow::Ok((response.status().as_u16(), response.text().await?))
+        }));
+    }
+    for send in sends {
+        let (status, text) = send.await??;
+        ensure!(
+            status == 413 && text.contains("1000000 log records"),
+            "the bomb got {status}: {text}"
+        );
+    }
+    let mut grpc = LogsServiceClient::new(plane.grpc_channel().await?)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .max_encoding_message_size(64 << 20);
+    let refused = grpc
+        .export(crate::harness::api::grpc_request(request, &ingest))
+        .await
+        .expect_err("the gRPC bomb must be refused");
+    ensure!(
+        refused.code() == tonic::Code::ResourceExhausted
+            && refused.message().contains("log records"),
+        "gRPC: {refused:?}"
+    );
+    let grown_mib = plane.proc_status_kib("VmHWM")?.saturating_sub(rss_before) / 1024;
+    ensure!(
+        grown_mib < 200,
+        "the plane's peak RSS grew by {grown_mib} MiB refusing bombs"
+    );
+    // A normal batch still goes through.
+    let (status, _) = send_small(&plane, &ingest).await?;
+    ensure!(status == 200, "after the bombs: {status}");
+    plane.wait_for_logs(&viewer, "service:small", 1).await?;
+    Ok(())
+}
+
+async fn send_small(plane: &Plane, token: &str) -> Result<(u16, String)> {
+    let body = prost::Message::encode_to_vec(&logs_request(
+        "small",
+        vec![log_record("fine", now_nanos(), vec![])],
+    ));
+    let response = plane
+        .post_otlp(Port::OtlpHttp, "/v1/logs", CT_PROTOBUF, body, token, &[])
+        .await?;
+    Ok((response.status().as_u16(), response.text().await?))
+}
+
+/// The agent's local receiver refuses the same bomb before decoding it.
+#[tokio::test]
+async fn the_agent_refuses_a_decompression_bomb_before_decoding() -> Result<()> {
+    let (tmp, plane, ingest, _viewer) = fresh_plane().await?;
+    let agent = crate::harness::process::Agent::start(
+        &tmp.path().join("agent"),
+        &plane.endpoints.http_url(),
+        &ingest,
+        &[],
+    )
+    .await?;
+    let rss_before = agent.proc_status_kib("VmRSS")?;
+    let body = crate::harness::otlp::gzip(&prost::Message::encode_to_vec(&bomb()));
+    let response = plane
+        .client
+        .post(format!("http://{}/v1/logs", agent.endpoint("otlp_http")?))
+        .header("content-type", CT_PROTOBUF)
+        .header("content-encoding", "gzip")
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    ensure!(
+        status == 413 && text.contains("log records"),
+        "the agent answered {status}: {text}"
+    );
+    let grown_mib = agent.proc_status_kib("VmHWM")?.saturating_sub(rss_before) / 1024;
+    ensure!(
+        grown_mib < 64,
+        "the agent's peak RSS grew by {grown_mib} MiB refusing a bomb"
+    );
+    Ok(())
+}
