@@ -79,6 +79,8 @@ pub struct Telemetry {
     pub produced: ReasonCounter,
     /// Requests the local OTLP receiver answered with 503 (buffer full) or 4xx, by reason.
     pub receiver_refused: ReasonCounter,
+    /// Files that matched a pattern but could not be read, by reason (`deleted_before_open`, `unreadable`).
+    pub files_missed: ReasonCounter,
     /// Restarts of supervised components (the supervisors count into it).
     pub restarts: Arc<gantry_support::supervisor::RestartCounter>,
 }
@@ -110,6 +112,7 @@ impl Telemetry {
             dropped: ReasonCounter::default(),
             produced: ReasonCounter::default(),
             receiver_refused: ReasonCounter::default(),
+            files_missed: ReasonCounter::default(),
             restarts: Arc::default(),
         }
     }
@@ -203,6 +206,12 @@ impl prometheus_client::collector::Collector for Telemetry {
             "gantry_agent_receiver_refused",
             "Requests the local OTLP receiver refused, by reason (buffer_full answers 503 with Retry-After).",
             labelled("reason", self.receiver_refused.snapshot()),
+        )?;
+        counter_family(
+            e,
+            "gantry_agent_files_missed",
+            "Files that matched a pattern but could not be read, by reason (deleted_before_open, unreadable).",
+            labelled("reason", self.files_missed.snapshot()),
         )?;
         gauge(
             e,

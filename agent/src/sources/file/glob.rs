@@ -64,6 +64,20 @@ impl Pattern {
                 .all(|(p, n)| wildcard_match(p, n))
     }
 
+    /// The directory to watch for the files this pattern matches: the longest prefix without a wildcard, and
+    /// whether the files may lie deeper than directly in it (a wildcard in a directory component).
+    pub fn watch_dir(&self) -> (PathBuf, bool) {
+        let mut dir = PathBuf::from("/");
+        let parents = &self.components[..self.components.len() - 1];
+        for component in parents {
+            if has_wildcard(component) {
+                return (dir, true);
+            }
+            dir.push(component);
+        }
+        (dir, false)
+    }
+
     /// The regular files that match now, sorted. Unreadable directories are skipped.
     pub fn expand(&self) -> Vec<PathBuf> {
         let mut current = vec![PathBuf::from("/")];

@@ -32,6 +32,7 @@ pub mod glob;
 pub mod identity;
 pub mod lines;
 pub mod parse;
+mod watch;
 
 use gantry_support::CancellationToken;
 use std::collections::HashMap;
@@ -127,6 +128,8 @@ struct Batch {
 /// The file source's state; [`FileSource::run`] drives it on its own thread.
 pub struct FileSource {
     sources: Vec<(glob::Pattern, FileSourceConfig)>,
+    /// Reasons of missed files already logged.
+    missed_logged: std::collections::HashSet<&'static str>,
     batch_max_lines: usize,
     batch_timeout: Duration,
     host_name: String,
@@ -205,6 +208,7 @@ impl FileSource {
             .collect::<anyhow::Result<_>>()?;
         Ok(FileSource {
             sources,
+            missed_logged: std::collections::HashSet::new(),
             batch_max_lines: config.batch_max_lines,
             batch_timeout: config.batch_timeout,
             host_name: host_name(),
@@ -236,23 +240,34 @@ impl FileSource {
 
     fn run(mut self, stop: &CancellationToken) -> anyhow::Result<()> {
         self.scan_orphans();
+        let patterns: Vec<glob::Pattern> = self.sources.iter().map(|(p, _)| p.clone()).collect();
+        let mut watch = watch::Watch::new(&patterns);
         let mut last_scan: Option<Instant> = None;
         let mut buf = vec![0u8; CHUNK];
+        let mut read = 0;
         while !stop.is_cancelled() {
+            // New files are opened as soon as they appear (an open file stays readable once deleted); while files
+            // have more to read, the events are only collected.
+            let wait = if read == 0 {
+                POLL_INTERVAL
+            } else {
+                Duration::ZERO
+            };
+            for path in watch.wait(wait) {
+                self.open_appeared(&path);
+            }
             let now = Instant::now();
             if last_scan.is_none_or(|t| now.duration_since(t) >= SCAN_INTERVAL) {
                 self.scan(now);
+                watch.retry();
                 last_scan = Some(now);
             }
-            let read = self.read_pass(&mut buf, now);
+            read = self.read_pass(&mut buf, now);
             if self.batch_due(Instant::now()) && !self.commit(stop)? {
                 // Stopped while the buffer was full: the batch was dropped from memory, and the positions in
                 // memory are past it. Committing anything now would checkpoint over those lines; stop here so the
                 // next start reads them again from the last checkpoint.
                 return Ok(());
-            }
-            if read == 0 {
-                std::thread::sleep(POLL_INTERVAL);
             }
         }
         // Shutdown: whatever was read goes to the buffer; partial lines wait for the next run.
@@ -329,12 +344,55 @@ impl FileSource {
                 continue;
             };
             if let Err(error) = self.open(&path, source, false) {
-                tracing::warn!(path = %path.display(), error = %error, "cannot open file");
+                self.missed(&path, &error);
             }
         }
         self.telemetry
             .files_open
             .store(self.tailers.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Opens a file that a file event says appeared or was written under a watched directory, if a pattern matches
+    /// it and it is not tailed yet.
+    fn open_appeared(&mut self, path: &Path) {
+        let Some(source) = self
+            .sources
+            .iter()
+            .position(|(pattern, _)| pattern.matches(path))
+        else {
+            return;
+        };
+        if self.tailers.iter().any(|t| t.path == path && !t.rotated) {
+            return;
+        }
+        if let Err(error) = self.open(path, source, false) {
+            self.missed(path, &error);
+        }
+        self.telemetry
+            .files_open
+            .store(self.tailers.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a file that matched but could not be read (`gantry_agent_files_missed_total{reason}`), and logs the
+    /// first of each reason: a file deleted before it could be opened, or one that cannot be opened.
+    fn missed(&mut self, path: &Path, error: &anyhow::Error) {
+        let gone = error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        let reason = if gone {
+            "deleted_before_open"
+        } else {
+            "unreadable"
+        };
+        self.telemetry.files_missed.add(reason, 1);
+        if self.missed_logged.insert(reason) {
+            tracing::warn!(
+                path = %path.display(),
+                error = %error,
+                reason,
+                "a matching file could not be read; counted in gantry_agent_files_missed_total (logged once per reason)"
+            );
+        }
     }
 
     /// Files from the last run's checkpoint that no pattern matches any more: they were rotated
