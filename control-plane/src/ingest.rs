@@ -51,7 +51,9 @@ fn refusal(error: StoreError) -> Refusal {
             message,
             retry_after,
         },
-        StoreError::Invalid(message) => Refusal::Invalid(message),
+        StoreError::Invalid(message) | StoreError::Query { message, .. } => {
+            Refusal::Invalid(message)
+        }
         StoreError::NotReady | StoreError::ShuttingDown | StoreError::Internal(_) => {
             Refusal::Unavailable {
                 message,

@@ -12,6 +12,7 @@ mod partitions;
 mod payload;
 pub mod schema;
 mod search;
+mod terms;
 mod wal_thread;
 
 #[cfg(test)]

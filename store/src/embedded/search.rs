@@ -156,6 +156,24 @@ pub fn within(
     Ok(Box::new(BooleanQuery::new(clauses)))
 }
 
+/// The partitions of `signal` overlapping `range`; when there are none, `query` is still compiled (against an empty
+/// index), so that a query the store refuses is refused whether or not there is data in the range.
+pub fn searched(
+    catalog: &Catalog,
+    signal: Signal,
+    range: &TimeRange,
+    query: &Query,
+) -> Result<Vec<std::sync::Arc<Partition>>, StoreError> {
+    let partitions = catalog.overlapping(signal, range);
+    if partitions.is_empty() {
+        let fields = catalog.fields(signal);
+        let empty = tantivy::Index::create_in_ram(fields.schema.clone());
+        let searcher = empty.reader()?.searcher();
+        Compiler::new(signal, fields, &searcher).compile(query)?;
+    }
+    Ok(partitions)
+}
+
 /// Reads the row stored in a document.
 pub fn stored<T: DeserializeOwned>(
     searcher: &Searcher,
@@ -185,7 +203,7 @@ pub fn search_logs(catalog: &Catalog, search: &LogSearch) -> Result<LogPage, Sto
             .map_or(search.range.to_ns, |c| c.ts_ns.saturating_add(1)),
     };
     let mut hits: Vec<LogRecord> = Vec::new();
-    for partition in catalog.overlapping(Signal::Logs, &range) {
+    for partition in searched(catalog, Signal::Logs, &range, &search.query)? {
         let searcher = partition.reader.searcher();
         let query = within(
             Signal::Logs,
@@ -248,7 +266,7 @@ pub fn log_histogram(
     let fields = catalog.fields(Signal::Logs);
     let width = ((range.to_ns - range.from_ns) / buckets as i64).max(1);
     let mut counts = vec![0u64; buckets];
-    for partition in catalog.overlapping(Signal::Logs, &range) {
+    for partition in searched(catalog, Signal::Logs, &range, query)? {
         let searcher = partition.reader.searcher();
         let compiled = within(
             Signal::Logs,
@@ -351,7 +369,7 @@ pub fn search_traces(
 ) -> Result<Vec<TraceSummary>, StoreError> {
     let fields = catalog.fields(Signal::Traces);
     let mut ids: Vec<String> = Vec::new();
-    for partition in catalog.overlapping(Signal::Traces, &search.range) {
+    for partition in searched(catalog, Signal::Traces, &search.range, &search.query)? {
         let searcher = partition.reader.searcher();
         let mut extra: Vec<Box<dyn TantivyQuery>> = Vec::new();
         let exact = |field: tantivy::schema::Field, value: &str| -> Box<dyn TantivyQuery> {
