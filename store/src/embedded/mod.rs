@@ -5,6 +5,7 @@
 
 mod checkpoint;
 mod compile;
+mod copies;
 mod dedup;
 mod indexer;
 mod metrics;
