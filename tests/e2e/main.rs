@@ -7,6 +7,7 @@
 mod agent;
 mod auth;
 mod config;
+mod exact;
 mod harness;
 mod kill;
 mod metrics;
