@@ -118,6 +118,16 @@ async fn prefixes_across_punctuation() -> Result<()> {
         ("severity:loud", 9),
     ];
     check_refusals(&plane, &viewer, refusals).await?;
+    // The trace search refuses the same way.
+    for (q, position) in [("service:x kind:sideways", 15), ("duration_ms:>abc", 12)] {
+        let (status, body) = plane
+            .api_get_query("/api/v1/traces", &[("q", q), ("from", "-1h")], &viewer)
+            .await?;
+        ensure!(
+            status == 400 && body["position"].as_u64() == Some(position),
+            "/api/v1/traces q={q:?}: expected a 400 at {position}, got {status}: {body}"
+        );
+    }
 
     let now = now_nanos();
     let bodies = [
