@@ -573,7 +573,7 @@ fn ceiling(options: &IngestBench, commit_every: Option<usize>) -> anyhow::Result
     let raw: usize = records.iter().map(raw_len).sum();
     let cpu_before = process_cpu_seconds();
     for (i, record) in records.iter().enumerate() {
-        writer.add_document(log_document(&fields, record))?;
+        writer.add_document(log_document(&fields, record, None))?;
         if commit_every.is_some_and(|every| (i + 1) % every == 0) {
             writer.commit()?;
         }

@@ -51,7 +51,9 @@ fn refusal(error: StoreError) -> Refusal {
             message,
             retry_after,
         },
-        StoreError::Invalid(message) => Refusal::Invalid(message),
+        StoreError::Invalid(message) | StoreError::Query { message, .. } => {
+            Refusal::Invalid(message)
+        }
         // A full disk lasts longer than a busy queue: ask for a longer wait.
         StoreError::Unwritable(_) => Refusal::Unavailable {
             message,

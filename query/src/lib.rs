@@ -50,7 +50,8 @@
 //! - An empty or blank query is [`Query::All`].
 //!
 //! Groups and negations nest at most [`MAX_DEPTH`] deep; [`ParseError`] reports the
-//! character offset of any problem.
+//! character offset of any problem. [`parse_located`] also gives where each leaf starts, so
+//! that a store refusing one leaf can be reported at its position.
 #![warn(missing_docs)]
 
 mod ast;
@@ -59,4 +60,4 @@ mod parser;
 
 pub use ast::{Bound, Query};
 pub use field::{FieldRef, resolve};
-pub use parser::{MAX_DEPTH, ParseError, parse};
+pub use parser::{MAX_DEPTH, ParseError, parse, parse_located};

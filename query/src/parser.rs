@@ -36,6 +36,14 @@ impl ParseError {
 ///
 /// Never panics; nesting deeper than [`MAX_DEPTH`] is an error.
 pub fn parse(input: &str) -> Result<Query, ParseError> {
+    parse_located(input).map(|(query, _)| query)
+}
+
+/// [`parse`], also returning where each leaf of the query starts: the `n`th entry is the 0-based character offset
+/// of the value of the `n`th leaf in [reading order](Query::leaves) (`service:api` → the offset of `api`).
+///
+/// A store that cannot run one leaf names it by that index, and the caller turns it into a position in the text.
+pub fn parse_located(input: &str) -> Result<(Query, Vec<usize>), ParseError> {
     let chars: Vec<char> = input.chars().collect();
     let lexer = Lexer {
         chars: &chars,
@@ -46,13 +54,14 @@ pub fn parse(input: &str) -> Result<Query, ParseError> {
         tokens: lexer.run()?.into_iter().peekable(),
         chars: &chars,
         depth: 0,
+        leaves: Vec::new(),
     };
     if parser.tokens.peek().is_none() {
-        return Ok(Query::All);
+        return Ok((Query::All, Vec::new()));
     }
     let query = parser.or(None, "a clause")?;
     match parser.tokens.next() {
-        None => Ok(query),
+        None => Ok((query, parser.leaves)),
         Some(token) => Err(ParseError::new(
             token.start,
             "end of query",
@@ -425,6 +434,8 @@ struct Parser<'a> {
     tokens: Peekable<IntoIter<Token>>,
     chars: &'a [char],
     depth: usize,
+    /// Where each leaf made so far starts, in the order they were made (which is reading order).
+    leaves: Vec<usize>,
 }
 
 impl Parser<'_> {
@@ -492,9 +503,15 @@ impl Parser<'_> {
         match kind {
             Kind::LParen => self.group(start, field),
             Kind::Field(name) => self.primary(Some(&name), "a value after ':'"),
-            Kind::Value(value) => leaf(value, field).ok_or_else(|| {
-                ParseError::new(start, "a field before the range (as in 'field:>5')", found)
-            }),
+            Kind::Value(value) => {
+                let leaf = leaf(value, field).ok_or_else(|| {
+                    ParseError::new(start, "a field before the range (as in 'field:>5')", found)
+                })?;
+                if leaf != Query::All {
+                    self.leaves.push(start);
+                }
+                Ok(leaf)
+            }
             Kind::RParen | Kind::And | Kind::Or | Kind::Not => {
                 Err(ParseError::new(start, expected, found))
             }

@@ -1,6 +1,6 @@
-//! Property tests: the parser never panics, and printing an AST then parsing it gives it back.
+//! Property tests: the parser never panics, locates every leaf, and printing an AST then parsing it gives it back.
 
-use gantry_query::{Bound, Query, parse};
+use gantry_query::{Bound, Query, parse, parse_located};
 use proptest::prelude::*;
 
 const FIELDS: &[&str] = &[
@@ -74,10 +74,24 @@ fn soup() -> impl Strategy<Value = String> {
     prop::collection::vec(prop::sample::select(PIECES), 0..24).prop_map(|pieces| pieces.concat())
 }
 
-/// Errors point inside the input; successes print to text that parses back unchanged.
+/// Errors point inside the input; successes print to text that parses back unchanged, and every leaf has a position
+/// inside the input, in increasing order.
 fn check_parse(input: &str) -> Result<(), TestCaseError> {
-    match parse(input) {
-        Ok(query) => prop_assert_eq!(parse(&query.to_string()), Ok(query)),
+    match parse_located(input) {
+        Ok((query, positions)) => {
+            prop_assert_eq!(query.leaves().len(), positions.len());
+            prop_assert!(
+                positions.windows(2).all(|pair| pair[0] < pair[1]),
+                "{:?}",
+                positions
+            );
+            prop_assert!(
+                positions.iter().all(|p| *p < input.chars().count()),
+                "{:?}",
+                positions
+            );
+            prop_assert_eq!(parse(&query.to_string()), Ok(query))
+        }
         Err(err) => prop_assert!(err.position <= input.chars().count(), "{err}"),
     }
     Ok(())

@@ -167,6 +167,16 @@ pub enum StoreError {
     /// The request cannot be answered as asked (e.g. a query too broad).
     #[error("{0}")]
     Invalid(String),
+    /// One leaf of the query cannot be run exactly as written (a value a field cannot take, a word the index does
+    /// not keep, a prefix or range too broad): refused rather than answered with other hits than asked for.
+    #[error("{message}")]
+    Query {
+        /// Why, and what to write instead.
+        message: String,
+        /// Which leaf, by its index in reading order (`Query::leaves`); `gantry_query::parse_located` gives where
+        /// it starts in the query text.
+        leaf: usize,
+    },
     /// Something failed inside the store.
     #[error("storage failure: {0}")]
     Internal(String),

@@ -9,6 +9,7 @@ mod auth;
 mod config;
 mod derived;
 mod disk_full;
+mod exact;
 mod harness;
 mod kill;
 mod metrics;

@@ -66,8 +66,9 @@ pub async fn search(
             "`limit` must be between 1 and {MAX_LIMIT}"
         )));
     }
+    let parsed = parse_query(params.q.as_deref())?;
     let search = LogSearch {
-        query: parse_query(params.q.as_deref())?,
+        query: parsed.query.clone(),
         range: parse_range(params.from.as_deref(), params.to.as_deref())?,
         limit,
         cursor: params
@@ -77,7 +78,11 @@ pub async fn search(
             .map(decode_cursor)
             .transpose()?,
     };
-    let page = state.store.search_logs(search).await?;
+    let page = state
+        .store
+        .search_logs(search)
+        .await
+        .map_err(|error| parsed.refusal(error))?;
     let took_ms = state.query_done("logs", started);
     Ok(Json(LogsResponse {
         hits: page.hits,
@@ -109,8 +114,12 @@ pub async fn histogram(
         ));
     }
     let range = parse_range(params.from.as_deref(), params.to.as_deref())?;
-    let query = parse_query(params.q.as_deref())?;
-    let counts = state.store.log_histogram(query, range, buckets).await?;
+    let parsed = parse_query(params.q.as_deref())?;
+    let counts = state
+        .store
+        .log_histogram(parsed.query.clone(), range, buckets)
+        .await
+        .map_err(|error| parsed.refusal(error))?;
     let took_ms = state.query_done("histogram", started);
     Ok(Json(HistogramResponse {
         buckets: counts,

@@ -102,15 +102,20 @@ pub async fn query(
         .filter(|key| !key.is_empty())
         .map(str::to_owned)
         .collect();
+    let filter = parse_query(params.filter.as_deref())?;
     let query = MetricQuery {
         name: name.clone(),
-        filter: parse_query(params.filter.as_deref())?,
+        filter: filter.query.clone(),
         aggregation: aggregation(params.agg.as_deref().unwrap_or("avg"))?,
         group_by,
         step,
         range,
     };
-    let series = state.store.metrics(query).await?;
+    let series = state
+        .store
+        .metrics(query)
+        .await
+        .map_err(|error| filter.refusal(error))?;
     let took_ms = state.query_done("metrics", started);
     Ok(Json(MetricsResponse {
         name,

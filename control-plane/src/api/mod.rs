@@ -118,10 +118,10 @@ pub enum ApiError {
     /// A parameter is wrong.
     #[error("{0}")]
     BadRequest(String),
-    /// A query does not parse.
+    /// A query does not parse, or the store cannot run one of its leaves as written.
     #[error("invalid query: {message}")]
     BadQuery {
-        /// The parser's message.
+        /// The parser's or the store's message, starting `at position N: `.
         message: String,
         /// Where, in characters.
         position: usize,
@@ -160,6 +160,10 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Invalid(message) => ApiError::BadRequest(message),
+            // Without the query's text there is no position to give (see `ParsedQuery::refusal`).
+            StoreError::Query { message, .. } => {
+                ApiError::BadRequest(format!("invalid query: {message}"))
+            }
             StoreError::Overloaded { retry_after } => ApiError::Unavailable {
                 message: error.to_string(),
                 retry_after,
@@ -323,8 +327,33 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
 }
 
 /// Parses the `q` parameter (empty means everything).
-pub fn parse_query(q: Option<&str>) -> Result<gantry_query::Query, ApiError> {
-    Ok(gantry_query::parse(q.unwrap_or(""))?)
+pub fn parse_query(q: Option<&str>) -> Result<ParsedQuery, ApiError> {
+    let (query, leaves) = gantry_query::parse_located(q.unwrap_or(""))?;
+    Ok(ParsedQuery { query, leaves })
+}
+
+/// A query parameter, parsed, with where each of its leaves starts.
+pub struct ParsedQuery {
+    /// The AST handed to the store.
+    pub query: gantry_query::Query,
+    /// Character offset of each leaf, in reading order.
+    leaves: Vec<usize>,
+}
+
+impl ParsedQuery {
+    /// A store error as an API error: a leaf the store refused becomes a 400 at that leaf's position.
+    pub fn refusal(&self, error: StoreError) -> ApiError {
+        match error {
+            StoreError::Query { message, leaf } => match self.leaves.get(leaf) {
+                Some(&position) => ApiError::BadQuery {
+                    message: format!("at position {position}: {message}"),
+                    position,
+                },
+                None => ApiError::from(StoreError::Query { message, leaf }),
+            },
+            other => ApiError::from(other),
+        }
+    }
 }
 
 #[cfg(test)]

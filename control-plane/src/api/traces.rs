@@ -67,16 +67,21 @@ pub async fn search(
             )));
         }
     };
+    let parsed = parse_query(params.q.as_deref())?;
     let search = TraceSearch {
         service: params.service.filter(|s| !s.is_empty()),
         operation: params.operation.filter(|s| !s.is_empty()),
         min_duration_ms: params.min_duration_ms,
         errors_only,
-        query: parse_query(params.q.as_deref())?,
+        query: parsed.query.clone(),
         range: parse_range(params.from.as_deref(), params.to.as_deref())?,
         limit,
     };
-    let traces = state.store.search_traces(search).await?;
+    let traces = state
+        .store
+        .search_traces(search)
+        .await
+        .map_err(|error| parsed.refusal(error))?;
     let took_ms = state.query_done("traces", started);
     Ok(Json(TracesResponse { traces, took_ms }))
 }

@@ -201,9 +201,10 @@ impl Indexer {
             .fetch_add(rows.rejected, Ordering::Relaxed);
         let mut indexed = 0;
         let [logs, spans, metrics] = Signal::ALL.map(|signal| self.catalog.fields(signal).clone());
-        for log in &rows.logs {
+        for (i, log) in rows.logs.iter().enumerate() {
             if let Some((_, writer)) = self.writer(Signal::Logs, log.timestamp_unix_nano, seq)? {
-                writer.add_document(log_document(&logs, log))?;
+                let body = rows.bodies.get(i).and_then(Option::as_ref);
+                writer.add_document(log_document(&logs, log, body))?;
                 indexed += 1;
             }
         }

@@ -14,7 +14,7 @@ use tantivy::query::{Query as TantivyQuery, TermQuery};
 use tantivy::schema::IndexRecordOption;
 
 use super::partitions::Catalog;
-use super::search::{DocIds, stored, within};
+use super::search::{DocIds, searched, stored, within};
 use crate::model::{MetricKind, MetricPoint, value_text};
 use crate::{Aggregation, MetricQuery, StoreError, TimeRange};
 use gantry_proto::Signal;
@@ -74,7 +74,7 @@ fn read_series(
     let fields = catalog.fields(Signal::Metrics);
     let mut all: HashMap<u64, Series> = HashMap::new();
     let mut total = 0usize;
-    for partition in catalog.overlapping(Signal::Metrics, range) {
+    for partition in searched(catalog, Signal::Metrics, range, &query.filter)? {
         let searcher = partition.reader.searcher();
         let name: Box<dyn TantivyQuery> = Box::new(TermQuery::new(
             Term::from_field_text(fields.name.expect("metrics schema"), &query.name),

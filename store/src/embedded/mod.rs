@@ -5,6 +5,7 @@
 
 mod checkpoint;
 mod compile;
+mod copies;
 mod dedup;
 mod indexer;
 mod metrics;
@@ -12,6 +13,7 @@ mod partitions;
 mod payload;
 pub mod schema;
 mod search;
+mod terms;
 mod wal_thread;
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The tantivy schema of each signal, and how a row becomes a tantivy document.
 //!
 //! Indexed fields are not stored; each document keeps its whole row once, as JSON in the `doc` field, which the
-//! zstd-compressed doc store packs well. Attributes are indexed as raw `key=value` terms in `attrs` and `res`.
+//! zstd-compressed doc store packs well. Attributes are indexed as raw `path=value` terms in `attrs` and `res`, maps
+//! and arrays flattened into one term per scalar (see [`terms`](super::terms)); a structured (map) log body's keys
+//! are indexed in `attrs` too, under the reserved path [`BODY_ROOT`](super::terms::BODY_ROOT).
 
 use gantry_proto::{Attributes, LogRecord, Signal, SpanRecord};
 use serde::{Deserialize, Serialize};
@@ -10,6 +12,7 @@ use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions,
 };
 
+use super::terms::{body_terms, value_terms};
 use crate::model::{MetricPoint, rfc3339, severity_name, value_text};
 
 /// The directory of a signal's partitions under `DATA_DIR/index`: `logs`, `spans`, `metrics` (the traces signal
@@ -32,9 +35,9 @@ pub struct Fields {
     pub ts: Field,
     /// `service.name`.
     pub service: Field,
-    /// `key=value` terms of the record's attributes.
+    /// `path=value` terms of the record's attributes (and, for logs, of a structured body under [`BODY_ROOT`]).
     pub attrs: Field,
-    /// `key=value` terms of the resource attributes.
+    /// `path=value` terms of the resource attributes.
     pub res: Field,
     /// The row as JSON.
     pub doc: Field,
@@ -143,12 +146,24 @@ impl Fields {
 }
 
 fn add_attributes(doc: &mut TantivyDocument, field: Field, attributes: &Attributes) {
-    let mut term = String::new();
     for (key, value) in attributes {
+        add_value(doc, field, key, value);
+    }
+}
+
+/// The terms of one attribute (see [`value_terms`]).
+fn add_value(doc: &mut TantivyDocument, field: Field, key: &str, value: &serde_json::Value) {
+    value_terms(key, value, term_adder(doc, field));
+}
+
+/// Adds `path=text` to `field` of `doc`.
+fn term_adder(doc: &mut TantivyDocument, field: Field) -> impl FnMut(&str, &str) + '_ {
+    let mut term = String::new();
+    move |path, text| {
         term.clear();
-        term.push_str(key);
+        term.push_str(path);
         term.push('=');
-        term.push_str(&value_text(value));
+        term.push_str(text);
         doc.add_text(field, &term);
     }
 }
@@ -176,8 +191,13 @@ pub fn status_number(status: &str) -> Option<u64> {
     })
 }
 
-/// A log record as a document.
-pub fn log_document(fields: &Fields, record: &LogRecord) -> TantivyDocument {
+/// A log record as a document. `body` is the record's body when it was a map (an OTLP `kvlistValue`), whose keys
+/// become searchable as `body.KEY`; the text of `record.body` is indexed for free text either way.
+pub fn log_document(
+    fields: &Fields,
+    record: &LogRecord,
+    body: Option<&serde_json::Value>,
+) -> TantivyDocument {
     let mut doc = TantivyDocument::new();
     doc.add_i64(fields.ts, record.timestamp_unix_nano);
     doc.add_text(fields.service, &record.service);
@@ -194,6 +214,9 @@ pub fn log_document(fields: &Fields, record: &LogRecord) -> TantivyDocument {
     }
     add_attributes(&mut doc, fields.attrs, &record.attributes);
     add_attributes(&mut doc, fields.res, &record.resource);
+    if let Some(body) = body.filter(|body| body.is_object()) {
+        body_terms(body, term_adder(&mut doc, fields.attrs));
+    }
     doc.add_bytes(
         fields.doc,
         &serde_json::to_vec(&StoredLog::from(record)).expect("rows serialize"),

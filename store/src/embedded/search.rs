@@ -17,6 +17,7 @@ use tantivy::{
 };
 
 use super::compile::Compiler;
+use super::copies;
 use super::partitions::{Catalog, Partition};
 use gantry_proto::Signal;
 
@@ -156,6 +157,24 @@ pub fn within(
     Ok(Box::new(BooleanQuery::new(clauses)))
 }
 
+/// The partitions of `signal` overlapping `range`; when there are none, `query` is still compiled (against an empty
+/// index), so that a query the store refuses is refused whether or not there is data in the range.
+pub fn searched(
+    catalog: &Catalog,
+    signal: Signal,
+    range: &TimeRange,
+    query: &Query,
+) -> Result<Vec<std::sync::Arc<Partition>>, StoreError> {
+    let partitions = catalog.overlapping(signal, range);
+    if partitions.is_empty() {
+        let fields = catalog.fields(signal);
+        let empty = tantivy::Index::create_in_ram(fields.schema.clone());
+        let searcher = empty.reader()?.searcher();
+        Compiler::new(signal, fields, &searcher).compile(query)?;
+    }
+    Ok(partitions)
+}
+
 /// Reads the row stored in a document.
 pub fn stored<T: DeserializeOwned>(
     searcher: &Searcher,
@@ -185,7 +204,7 @@ pub fn search_logs(catalog: &Catalog, search: &LogSearch) -> Result<LogPage, Sto
             .map_or(search.range.to_ns, |c| c.ts_ns.saturating_add(1)),
     };
     let mut hits: Vec<LogRecord> = Vec::new();
-    for partition in catalog.overlapping(Signal::Logs, &range) {
+    for partition in searched(catalog, Signal::Logs, &range, &search.query)? {
         let searcher = partition.reader.searcher();
         let query = within(
             Signal::Logs,
@@ -248,7 +267,7 @@ pub fn log_histogram(
     let fields = catalog.fields(Signal::Logs);
     let width = ((range.to_ns - range.from_ns) / buckets as i64).max(1);
     let mut counts = vec![0u64; buckets];
-    for partition in catalog.overlapping(Signal::Logs, &range) {
+    for partition in searched(catalog, Signal::Logs, &range, query)? {
         let searcher = partition.reader.searcher();
         let compiled = within(
             Signal::Logs,
@@ -300,7 +319,7 @@ fn spans_of(
     Ok(spans)
 }
 
-/// Every span of a trace, in start order, whatever partition it is in.
+/// Every span of a trace, each once (see [`copies`]), in start order, whatever partition it is in.
 pub fn trace(catalog: &Catalog, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
     let fields = catalog.fields(Signal::Traces);
     let everything = TimeRange {
@@ -311,6 +330,7 @@ pub fn trace(catalog: &Catalog, trace_id: &str) -> Result<Vec<SpanRecord>, Store
     for partition in catalog.overlapping(Signal::Traces, &everything) {
         spans.extend(spans_of(&partition, fields, trace_id)?);
     }
+    let mut spans = copies::unique(spans);
     spans.sort_by(|a: &SpanRecord, b| {
         a.start_unix_nano
             .cmp(&b.start_unix_nano)
@@ -351,7 +371,7 @@ pub fn search_traces(
 ) -> Result<Vec<TraceSummary>, StoreError> {
     let fields = catalog.fields(Signal::Traces);
     let mut ids: Vec<String> = Vec::new();
-    for partition in catalog.overlapping(Signal::Traces, &search.range) {
+    for partition in searched(catalog, Signal::Traces, &search.range, &search.query)? {
         let searcher = partition.reader.searcher();
         let mut extra: Vec<Box<dyn TantivyQuery>> = Vec::new();
         let exact = |field: tantivy::schema::Field, value: &str| -> Box<dyn TantivyQuery> {
@@ -443,7 +463,21 @@ struct Red {
     last_seen: i64,
 }
 
-/// RED figures per service and version, from server and consumer spans.
+impl Red {
+    fn add(&mut self, duration_ns: u64, error: bool, ts: i64) {
+        self.durations_ns.push(duration_ns);
+        self.errors += u64::from(error);
+        self.last_seen = self.last_seen.max(ts);
+    }
+}
+
+/// RED figures per service and version, from server and consumer spans, each span counted once.
+///
+/// A partition is read twice from its fast fields: first the [`CopyKey`](copies::CopyKey) of every matching span,
+/// then each span whose key no other span has is counted as it is; the few whose key repeats are read whole and
+/// counted once each ([`copies::unique`]). Copies of a span share its start, so they are always in the same
+/// partition. Besides the durations of the range, this holds about 24 bytes per matching span of one partition at a
+/// time.
 pub fn services(catalog: &Catalog, range: TimeRange) -> Result<Vec<ServiceRow>, StoreError> {
     let fields = catalog.fields(Signal::Traces);
     let kind = fields.kind.expect("spans schema");
@@ -471,7 +505,22 @@ pub fn services(catalog: &Catalog, range: TimeRange) -> Result<Vec<ServiceRow>, 
             StdBound::Excluded(range.to_ns),
             kinds,
         )?;
-        for (segment, docs) in searcher.search(&query, &DocIds)? {
+        let found = searcher.search(&query, &DocIds)?;
+        let mut keys = Vec::with_capacity(found.len());
+        let mut repeats = copies::Repeats::default();
+        for (segment, docs) in &found {
+            let fast = searcher.segment_reader(*segment).fast_fields();
+            let segment_keys = match fast.str("trace_id")? {
+                Some(trace_id) => {
+                    copies::copy_keys(&trace_id, &fast.u64("kind")?, &fast.i64("ts")?, docs)?
+                }
+                None => Vec::new(),
+            };
+            segment_keys.iter().for_each(|key| repeats.note(*key));
+            keys.push(segment_keys);
+        }
+        let mut candidates = Vec::new();
+        for ((segment, docs), keys) in found.into_iter().zip(keys) {
             let fast = searcher.segment_reader(segment).fast_fields();
             let (Some(service), Some(version)) = (fast.str("service")?, fast.str("version")?)
             else {
@@ -481,7 +530,11 @@ pub fn services(catalog: &Catalog, range: TimeRange) -> Result<Vec<ServiceRow>, 
             let status = fast.u64("status")?;
             let ts = fast.i64("ts")?;
             let mut names: HashMap<(u64, u64), (String, String)> = HashMap::new();
-            for doc in docs {
+            for (i, doc) in docs.into_iter().enumerate() {
+                if keys.get(i).is_some_and(|key| repeats.is_repeated(*key)) {
+                    candidates.push(DocAddress::new(segment, doc));
+                    continue;
+                }
                 let service_ord = service.term_ords(doc).next().unwrap_or(u64::MAX);
                 let version_ord = version.term_ords(doc).next().unwrap_or(u64::MAX);
                 let key = match names.get(&(service_ord, version_ord)) {
@@ -498,11 +551,26 @@ pub fn services(catalog: &Catalog, range: TimeRange) -> Result<Vec<ServiceRow>, 
                         (s, v)
                     }
                 };
-                let red = groups.entry(key).or_default();
-                red.durations_ns.push(duration.first(doc).unwrap_or(0));
-                red.errors += u64::from(status.first(doc) == Some(2));
-                red.last_seen = red.last_seen.max(ts.first(doc).unwrap_or(0));
+                groups.entry(key).or_default().add(
+                    duration.first(doc).unwrap_or(0),
+                    status.first(doc) == Some(2),
+                    ts.first(doc).unwrap_or(0),
+                );
             }
+        }
+        let mut spans = Vec::with_capacity(candidates.len());
+        for address in candidates {
+            spans.push(stored::<SpanRecord>(&searcher, fields, address)?);
+        }
+        for span in copies::unique(spans) {
+            groups
+                .entry((span.service.clone(), span.version.clone()))
+                .or_default()
+                .add(
+                    (span.end_unix_nano - span.start_unix_nano).max(0) as u64,
+                    span.status == "error",
+                    span.start_unix_nano,
+                );
         }
     }
     // A range reaching into the future only counts up to now for the request rate.

@@ -1,17 +1,19 @@
 //! Tests of the embedded store through its `Store` trait: durability across a clean restart, retention by age and
-//! by disk budget dropping whole partitions.
+//! by disk budget dropping whole partitions, and spans stored twice read once.
 
 use std::time::{Duration, Instant};
 
 use gantry_proto::ExportRequest;
 use gantry_query::Query;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 
 use super::EmbeddedStore;
-use crate::{Batch, LogSearch, Store, StoreConfig, TimeRange};
+use crate::{Batch, LogSearch, Store, StoreConfig, TimeRange, TraceSearch};
 
 const HOUR_NS: i64 = 3600 * 1_000_000_000;
 
@@ -148,10 +150,21 @@ async fn data_survives_a_clean_restart_and_old_partitions_age_out() {
     // Retention of one hour: the partition of the record from 2.5 hours ago is dropped whole.
     let store = start(dir.path(), config(1, 0)).await;
     wait_for(&store, &["at-1"]).await;
-    let partitions = std::fs::read_dir(dir.path().join("index/logs"))
-        .unwrap()
-        .count();
-    assert_eq!(partitions, 1, "only the current partition is left on disk");
+    // A dropped partition leaves the catalog before its directory is deleted.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let partitions = std::fs::read_dir(dir.path().join("index/logs"))
+            .unwrap()
+            .count();
+        if partitions == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only the current partition should be left on disk, found {partitions}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     store.shutdown().await;
 }
 
@@ -242,4 +255,151 @@ async fn a_corrupt_checkpoint_is_counted_and_the_log_replayed() {
     write(&store, logs_at(&[now])).await;
     wait_for(&store, &["at-0", "at-0", "at-1"]).await;
     store.shutdown().await;
+}
+
+/// A span of `trace` (its first byte) with the span id byte `id`, of `kind` (2 server, 3 client), starting at
+/// `start_ns` and lasting `ms` milliseconds, with status `status` (2 error).
+fn span(trace: u8, id: u8, kind: i32, start_ns: i64, ms: i64, status: i32) -> Span {
+    Span {
+        trace_id: [vec![trace], vec![7; 15]].concat(),
+        span_id: [vec![id], vec![9; 7]].concat(),
+        name: "GET /orders".to_owned(),
+        kind,
+        start_time_unix_nano: start_ns as u64,
+        end_time_unix_nano: (start_ns + ms * 1_000_000) as u64,
+        status: Some(Status {
+            code: status,
+            ..Status::default()
+        }),
+        ..Span::default()
+    }
+}
+
+async fn write_spans(store: &EmbeddedStore, service: &str, spans: Vec<Span>) {
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", service)],
+                ..Resource::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..ScopeSpans::default()
+            }],
+            ..ResourceSpans::default()
+        }],
+    };
+    store
+        .write(Batch {
+            id: None,
+            request: ExportRequest::Traces(request),
+            encoded: None,
+        })
+        .await
+        .expect("write");
+}
+
+/// The start of the first span of `batches`, in ns since the epoch.
+fn batches_start(batches: &[Vec<Span>]) -> i64 {
+    batches[0][0].start_time_unix_nano as i64
+}
+
+/// What the reads give for trace 1 after `batches` were written one after the other, without batch ids: the spans of
+/// `GET /api/v1/traces/{id}`, the `span_count` of its summary, and the service's requests, errors and p50 (ms).
+async fn reads_after(batches: Vec<Vec<Span>>) -> (usize, u64, u64, u64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = start(dir.path(), config(6, 0)).await;
+    let marker_start = batches_start(&batches);
+    for batch in batches {
+        write_spans(&store, "orders", batch).await;
+    }
+    // Batches are indexed in order and a partition's commit covers all of them: once the marker, written last into
+    // the same partition (the same start time), is found, all are. Partitions reload one after another, so a marker
+    // in another partition (the next hour) could show first.
+    write_spans(&store, "marker", vec![span(99, 1, 2, marker_start, 1, 0)]).await;
+    let marker = format!("63{}", "07".repeat(15));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.trace(&marker).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the marker span never showed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let trace_id = format!("01{}", "07".repeat(15));
+    let spans = store.trace(&trace_id).await.unwrap();
+    let range = TimeRange {
+        from_ns: now_ns() - HOUR_NS,
+        to_ns: now_ns() + HOUR_NS,
+    };
+    let summaries = store
+        .search_traces(TraceSearch {
+            service: Some("orders".into()),
+            operation: None,
+            min_duration_ms: None,
+            errors_only: false,
+            query: Query::All,
+            range,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let span_count = summaries
+        .iter()
+        .find(|summary| summary.trace_id == trace_id)
+        .map_or(0, |summary| summary.span_count);
+    let services = store.services(range).await.unwrap();
+    let row = services.iter().find(|row| row.service == "orders");
+    store.shutdown().await;
+    (
+        spans.len(),
+        span_count,
+        row.map_or(0, |row| row.requests),
+        row.map_or(0, |row| row.errors),
+        row.map_or(0.0, |row| row.p50_ms),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_span_stored_twice_is_read_once() {
+    let start = now_ns() - 60 * 1_000_000_000;
+    let (server, client) = (2, 3);
+    let a = span(1, 1, server, start, 10, 1);
+    let b = span(1, 2, server, start + 1_000, 20, 1);
+    // Another span of the same trace, kind and start: only its stored row tells it from `a`.
+    let twin = span(1, 3, server, start, 30, 2);
+    let a_later_failed = span(1, 1, server, start, 40, 2);
+    let a_client = span(1, 1, client, start, 5, 1);
+    for (what, batches, expected) in [
+        ("sent once", vec![vec![a.clone()]], (1, 1, 1, 0, 10.0)),
+        (
+            "sent twice",
+            vec![vec![a.clone()], vec![a.clone()]],
+            (1, 1, 1, 0, 10.0),
+        ),
+        (
+            "three times in one batch, then again",
+            vec![vec![a.clone(), a.clone(), a.clone()], vec![a.clone()]],
+            (1, 1, 1, 0, 10.0),
+        ),
+        (
+            "beside a sibling sent twice",
+            vec![vec![a.clone(), b.clone()], vec![b.clone()]],
+            (2, 2, 2, 0, 10.0),
+        ),
+        (
+            "again after it ended later, with an error: the later copy counts",
+            vec![vec![a.clone()], vec![a_later_failed.clone()]],
+            (1, 1, 1, 1, 40.0),
+        ),
+        (
+            "a different span starting at the same nanosecond",
+            vec![vec![a.clone(), twin.clone()], vec![twin.clone()]],
+            (2, 2, 2, 1, 10.0),
+        ),
+        (
+            "the client half of a shared span id is another span",
+            vec![vec![a.clone(), a_client.clone()], vec![a_client.clone()]],
+            (2, 2, 1, 0, 10.0),
+        ),
+    ] {
+        assert_eq!(reads_after(batches).await, expected, "{what}");
+    }
 }

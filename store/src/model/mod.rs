@@ -70,6 +70,8 @@ pub struct MetricPoint {
 pub struct Rows {
     /// Log records.
     pub logs: Vec<LogRecord>,
+    /// `bodies[i]` is the body of `logs[i]` as a JSON map when it was sent as a map (`kvlistValue`), else `None`.
+    pub bodies: Vec<Option<serde_json::Value>>,
     /// Spans.
     pub spans: Vec<SpanRecord>,
     /// Metric points.
@@ -121,6 +123,7 @@ pub fn convert(request: &ExportRequest, window: &Acceptance, now_ns: i64) -> Row
                         trace_id: hex::encode(&log.trace_id),
                         span_id: hex::encode(&log.span_id),
                     });
+                    rows.bodies.push(structured_body(log.body.as_ref()));
                 }
             }
         }
@@ -437,6 +440,14 @@ fn any_to_json(value: &AnyValue) -> serde_json::Value {
             J::String(base64::engine::general_purpose::STANDARD.encode(bytes))
         }
         _ => J::Null,
+    }
+}
+
+/// A body sent as a map (`kvlistValue`), as JSON; other bodies are text only.
+fn structured_body(body: Option<&AnyValue>) -> Option<serde_json::Value> {
+    match body?.value.as_ref()? {
+        any_value::Value::KvlistValue(_) => body.map(any_to_json),
+        _ => None,
     }
 }
 

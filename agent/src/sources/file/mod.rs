@@ -143,6 +143,9 @@ pub struct FileSource {
     buffer: Arc<Buffer>,
     appends: mpsc::Sender<AppendRequest>,
     telemetry: Arc<Telemetry>,
+    /// File events, watched from [`FileSource::recover`] on: the agent reports ready only after, so a file created
+    /// (and deleted) right after it is ready is seen.
+    watch: watch::Watch,
 }
 
 impl FileSource {
@@ -198,7 +201,7 @@ impl FileSource {
                 .store(&checkpoint_path)
                 .with_context(|| format!("writing {}", checkpoint_path.display()))?;
         }
-        let sources = config
+        let sources: Vec<(glob::Pattern, FileSourceConfig)> = config
             .files
             .iter()
             .map(|f| {
@@ -206,7 +209,10 @@ impl FileSource {
                 Ok((pattern, f.clone()))
             })
             .collect::<anyhow::Result<_>>()?;
+        let patterns: Vec<glob::Pattern> = sources.iter().map(|(p, _)| p.clone()).collect();
+        let watch = watch::Watch::new(&patterns);
         Ok(FileSource {
+            watch,
             sources,
             missed_logged: std::collections::HashSet::new(),
             batch_max_lines: config.batch_max_lines,
@@ -240,8 +246,6 @@ impl FileSource {
 
     fn run(mut self, stop: &CancellationToken) -> anyhow::Result<()> {
         self.scan_orphans();
-        let patterns: Vec<glob::Pattern> = self.sources.iter().map(|(p, _)| p.clone()).collect();
-        let mut watch = watch::Watch::new(&patterns);
         let mut last_scan: Option<Instant> = None;
         let mut buf = vec![0u8; CHUNK];
         let mut read = 0;
@@ -253,13 +257,13 @@ impl FileSource {
             } else {
                 Duration::ZERO
             };
-            for path in watch.wait(wait) {
+            for path in self.watch.wait(wait) {
                 self.open_appeared(&path);
             }
             let now = Instant::now();
             if last_scan.is_none_or(|t| now.duration_since(t) >= SCAN_INTERVAL) {
                 self.scan(now);
-                watch.retry();
+                self.watch.retry();
                 last_scan = Some(now);
             }
             read = self.read_pass(&mut buf, now);

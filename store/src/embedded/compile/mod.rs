@@ -1,27 +1,35 @@
 //! Compiles Gantry's query AST into a tantivy query for one signal's schema.
 //!
-//! Attributes are raw `key=value` terms, so an attribute match is one term lookup; a range on an attribute walks
-//! the `key=` slice of each segment's term dictionary and keeps the values inside the range.
+//! Attributes are raw `path=value` terms, so an attribute match is one term lookup; a range on an attribute walks
+//! the `path=` slice of each segment's term dictionary and keeps the values inside the range.
+//!
+//! **A leaf is run exactly as written or refused**: what the index cannot answer exactly (a word the body index
+//! drops, a `*` it cannot see, a prefix matching too many words) is a [`StoreError::Query`] naming the leaf, never a
+//! query that silently matches more or less than asked.
 
 use std::ops::Bound as StdBound;
 
 use gantry_query::{Bound, FieldRef, Query, resolve};
 use tantivy::query::{
-    AllQuery, BooleanQuery, Occur, PhraseQuery, Query as TantivyQuery, RangeQuery, RegexQuery,
-    TermQuery, TermSetQuery,
+    AllQuery, BooleanQuery, EmptyQuery, InvertedIndexRangeQuery, Occur, PhrasePrefixQuery,
+    PhraseQuery, Query as TantivyQuery, RangeQuery, TermQuery, TermSetQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption};
-use tantivy::tokenizer::TextAnalyzer;
+use tantivy::tokenizer::{SimpleTokenizer, TextAnalyzer, TokenStream, Tokenizer};
 use tantivy::{Searcher, Term};
 
 use gantry_proto::Signal;
 
 use super::schema::{Fields, kind_number, status_number};
+use super::terms::BODY_ROOT;
 use crate::StoreError;
 use crate::model::severity_range;
 
 /// Most distinct attribute values an attribute range may expand to.
 const MAX_RANGE_TERMS: usize = 100_000;
+
+/// Most distinct body words the last word of a prefix that spans several words (`kafka_con*`) may expand to.
+pub const MAX_PREFIX_WORDS: usize = 10_000;
 
 type Compiled = Box<dyn TantivyQuery>;
 
@@ -45,12 +53,15 @@ pub fn top_level(signal: Signal) -> &'static [&'static str] {
     }
 }
 
-/// A query compiler bound to one searcher (ranges on attributes read its term dictionaries).
+/// A query compiler bound to one searcher (ranges on attributes and prefixes on the body read its term
+/// dictionaries).
 pub struct Compiler<'a> {
     signal: Signal,
     fields: &'a Fields,
     searcher: &'a Searcher,
     analyzer: TextAnalyzer,
+    /// Leaves compiled so far: the index of the next one in reading order ([`Query::leaves`]).
+    leaves: usize,
 }
 
 impl<'a> Compiler<'a> {
@@ -66,6 +77,7 @@ impl<'a> Compiler<'a> {
             fields,
             searcher,
             analyzer,
+            leaves: 0,
         }
     }
 
@@ -97,15 +109,30 @@ impl<'a> Compiler<'a> {
                 (Occur::Must, Box::new(AllQuery) as Compiled),
                 (Occur::MustNot, self.compile(inner)?),
             ])),
-            Query::Term { field, value } => self.leaf(field.as_deref(), Leaf::Term(value))?,
-            Query::Phrase { field, text } => self.leaf(field.as_deref(), Leaf::Phrase(text))?,
-            Query::Prefix { field, prefix } => self.leaf(field.as_deref(), Leaf::Prefix(prefix))?,
-            Query::Exists { field } => self.leaf(Some(field), Leaf::Exists)?,
+            Query::Term { field, value } => self.located(field.as_deref(), Leaf::Term(value))?,
+            Query::Phrase { field, text } => self.located(field.as_deref(), Leaf::Phrase(text))?,
+            Query::Prefix { field, prefix } => {
+                self.located(field.as_deref(), Leaf::Prefix(prefix))?
+            }
+            Query::Exists { field } => self.located(Some(field), Leaf::Exists)?,
             Query::Range {
                 field,
                 lower,
                 upper,
-            } => self.leaf(Some(field), Leaf::Range(lower, upper))?,
+            } => self.located(Some(field), Leaf::Range(lower, upper))?,
+        })
+    }
+
+    /// Compiles the next leaf; a refusal names it by its index in reading order.
+    fn located(&mut self, field: Option<&str>, leaf: Leaf<'_>) -> Result<Compiled, StoreError> {
+        let index = self.leaves;
+        self.leaves += 1;
+        self.leaf(field, leaf).map_err(|error| match error {
+            StoreError::Invalid(message) => StoreError::Query {
+                message,
+                leaf: index,
+            },
+            other => other,
         })
     }
 
@@ -120,6 +147,9 @@ impl<'a> Compiler<'a> {
             FieldRef::Top(name) => self.top(name, leaf),
             FieldRef::Attribute(key) => self.attribute(self.fields.attrs, key, leaf),
             FieldRef::Resource(key) => self.attribute(self.fields.res, key, leaf),
+            FieldRef::Body(key) => {
+                self.attribute(self.fields.attrs, &format!("{BODY_ROOT}.{key}"), leaf)
+            }
             FieldRef::AttributeOrResource(key) => Ok(Box::new(BooleanQuery::new(vec![
                 (Occur::Should, self.attribute(self.fields.attrs, key, leaf)?),
                 (Occur::Should, self.attribute(self.fields.res, key, leaf)?),
@@ -168,32 +198,116 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    /// A tokenized text field (the log body).
+    /// A tokenized text field (the log body): a term or phrase is split into words like the body was and searched
+    /// as a phrase; a prefix too, with its last word as a prefix.
     fn text(&mut self, field: Field, leaf: Leaf<'_>) -> Result<Compiled, StoreError> {
         match leaf {
             Leaf::Term(text) | Leaf::Phrase(text) => {
-                let mut tokens = Vec::new();
-                let mut stream = self.analyzer.token_stream(text);
-                while let Some(token) = stream.next() {
-                    tokens.push((token.position, Term::from_field_text(field, &token.text)));
+                let words = self.words(text)?;
+                if words.is_empty() {
+                    return Err(StoreError::Invalid(format!(
+                        "`{text}` has no word to search for in the body (only punctuation): search an attribute, or a word"
+                    )));
                 }
-                Ok(match tokens.len() {
-                    0 => {
+                Ok(phrase(field, words))
+            }
+            Leaf::Prefix(prefix) => {
+                let mut words = self.words(prefix)?;
+                let Some((position, last)) = words.pop() else {
+                    return Err(StoreError::Invalid(format!(
+                        "`{prefix}*` has no word to search for in the body (only punctuation): put a letter or digit before the `*`"
+                    )));
+                };
+                // Punctuation at the end (`kafka_*`) only ends the last word: it must match whole.
+                if ends_in_punctuation(prefix) {
+                    words.push((position, last));
+                    return Ok(phrase(field, words));
+                }
+                if words.is_empty() {
+                    return Ok(prefix_range(field, &last));
+                }
+                let expansions = self.words_starting_with(field, &last)?;
+                if expansions == 0 {
+                    return Ok(Box::new(EmptyQuery));
+                }
+                if expansions > MAX_PREFIX_WORDS {
+                    return Err(StoreError::Invalid(format!(
+                        "`{last}*` in `{prefix}*` matches more than {MAX_PREFIX_WORDS} distinct words in the body: make the last word longer"
+                    )));
+                }
+                let mut terms: Vec<(usize, Term)> = words
+                    .into_iter()
+                    .map(|(position, word)| (position, Term::from_field_text(field, &word)))
+                    .collect();
+                terms.push((position, Term::from_field_text(field, &last)));
+                let mut query = PhrasePrefixQuery::new_with_offset(terms);
+                query.set_max_expansions(expansions as u32);
+                Ok(Box::new(query))
+            }
+            Leaf::Exists => Ok(Box::new(AllQuery)),
+            Leaf::Range(lower, upper) => {
+                for bound in [lower, upper] {
+                    if let Some(text) = bound_text(bound)
+                        && !is_one_word(text)
+                    {
                         return Err(StoreError::Invalid(format!(
-                            "`{text}` has nothing searchable in the body (only punctuation, or words over 40 characters): search an attribute or a shorter word"
+                            "a range on the body compares single words, and `{text}` is not one (punctuation separates words there): use one word as each bound"
                         )));
                     }
-                    1 => Box::new(TermQuery::new(tokens.remove(0).1, IndexRecordOption::Basic)),
-                    _ => Box::new(PhraseQuery::new_with_offset(tokens)),
-                })
+                }
+                Ok(text_range(field, lower, upper, str::to_lowercase))
             }
-            Leaf::Prefix(prefix) => regex(
-                field,
-                &format!("{}.*", regex_escape(&prefix.to_lowercase())),
-            ),
-            Leaf::Exists => Ok(Box::new(AllQuery)),
-            Leaf::Range(lower, upper) => Ok(text_range(field, lower, upper, str::to_lowercase)),
         }
+    }
+
+    /// The words of `text` as the body was split, lowercased, with their positions. Refuses what the body index
+    /// cannot see, rather than leave it out of the search: a literal `*`, and words the tokenizer drops (40 bytes
+    /// or longer).
+    fn words(&mut self, text: &str) -> Result<Vec<(usize, String)>, StoreError> {
+        if text.contains('*') {
+            return Err(StoreError::Invalid(format!(
+                "`{text}` holds a literal `*` (quoted or escaped), which the body index cannot see (punctuation only separates words there): for a prefix, write the word with a trailing `*` outside quotes"
+            )));
+        }
+        let mut words = Vec::new();
+        let mut stream = self.analyzer.token_stream(text);
+        while let Some(token) = stream.next() {
+            words.push((token.position, token.text.clone()));
+        }
+        let mut splitter = SimpleTokenizer::default();
+        let mut raw = splitter.token_stream(text);
+        while let Some(token) = raw.next() {
+            if !words
+                .iter()
+                .any(|(position, _)| *position == token.position)
+            {
+                return Err(StoreError::Invalid(format!(
+                    "`{}` is not indexed in the body (words of 40 bytes or more are not): search an attribute, or leave the word out",
+                    token.text
+                )));
+            }
+        }
+        Ok(words)
+    }
+
+    /// How many distinct words of the body start with `prefix`, counting no further than [`MAX_PREFIX_WORDS`] + 1.
+    fn words_starting_with(&self, field: Field, prefix: &str) -> Result<usize, StoreError> {
+        let mut words = std::collections::BTreeSet::new();
+        for segment in self.searcher.segment_readers() {
+            let inverted = segment.inverted_index(field)?;
+            let mut range = inverted.terms().range().ge(prefix.as_bytes());
+            if let Some(end) = prefix_end(prefix.as_bytes()) {
+                range = range.lt(end);
+            }
+            let mut stream = range.into_stream()?;
+            while stream.advance() {
+                words.insert(stream.key().to_vec());
+                if words.len() > MAX_PREFIX_WORDS {
+                    return Ok(words.len());
+                }
+            }
+        }
+        Ok(words.len())
     }
 
     /// An untokenized string field.
@@ -203,13 +317,17 @@ impl<'a> Compiler<'a> {
                 Term::from_field_text(field, value),
                 IndexRecordOption::Basic,
             ))),
-            Leaf::Prefix(prefix) => regex(field, &format!("{}.*", regex_escape(prefix))),
-            Leaf::Exists => regex(field, ".+"),
+            Leaf::Prefix(prefix) => Ok(prefix_range(field, prefix)),
+            Leaf::Exists => Ok(Box::new(InvertedIndexRangeQuery::new(
+                StdBound::Excluded(Term::from_field_text(field, "")),
+                StdBound::Unbounded,
+            ))),
             Leaf::Range(lower, upper) => Ok(text_range(field, lower, upper, str::to_owned)),
         }
     }
 
-    /// `key=value` terms of an attribute field.
+    /// `path=value` terms of an attribute field. `key:*` is true when the key has a value or keys below it
+    /// (`http:*` for `http.method`), as an object field exists in Elasticsearch.
     fn attribute(
         &mut self,
         field: Field,
@@ -221,11 +339,11 @@ impl<'a> Compiler<'a> {
                 Term::from_field_text(field, &format!("{key}={value}")),
                 IndexRecordOption::Basic,
             ))),
-            Leaf::Prefix(prefix) => regex(
-                field,
-                &format!("{}={}.*", regex_escape(key), regex_escape(prefix)),
-            ),
-            Leaf::Exists => regex(field, &format!("{}=.*", regex_escape(key))),
+            Leaf::Prefix(prefix) => Ok(prefix_range(field, &format!("{key}={prefix}"))),
+            Leaf::Exists => Ok(Box::new(BooleanQuery::new(vec![
+                (Occur::Should, prefix_range(field, &format!("{key}="))),
+                (Occur::Should, prefix_range(field, &format!("{key}."))),
+            ]))),
             Leaf::Range(lower, upper) => self.attribute_range(field, key, lower, upper),
         }
     }
@@ -378,21 +496,56 @@ fn text_bound(field: Field, bound: &Bound, normalize: fn(&str) -> String) -> Std
     }
 }
 
-fn regex(field: Field, pattern: &str) -> Result<Compiled, StoreError> {
-    RegexQuery::from_pattern(pattern, field)
-        .map(|query| Box::new(query) as Compiled)
-        .map_err(|error| StoreError::Invalid(format!("cannot search for this pattern: {error}")))
+/// Every term of `field` that starts with `prefix`, byte for byte. (The inverted index range compares the bytes of
+/// the bounds only, so the end, which need not be UTF-8, is given as bytes.)
+fn prefix_range(field: Field, prefix: &str) -> Compiled {
+    let upper = match prefix_end(prefix.as_bytes()) {
+        Some(end) => StdBound::Excluded(Term::from_field_bytes(field, &end)),
+        None => StdBound::Unbounded,
+    };
+    Box::new(InvertedIndexRangeQuery::new(
+        StdBound::Included(Term::from_field_text(field, prefix)),
+        upper,
+    ))
 }
 
-fn regex_escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if "\\.+*?()|[]{}^$".contains(c) {
-            escaped.push('\\');
+/// The smallest byte string greater than every string starting with `prefix`, if any.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
         }
-        escaped.push(c);
     }
-    escaped
+    None
+}
+
+/// One word as a term, several as a phrase at their positions.
+fn phrase(field: Field, mut words: Vec<(usize, String)>) -> Compiled {
+    if words.len() == 1 {
+        let (_, word) = words.remove(0);
+        return Box::new(TermQuery::new(
+            Term::from_field_text(field, &word),
+            IndexRecordOption::Basic,
+        ));
+    }
+    Box::new(PhraseQuery::new_with_offset(
+        words
+            .into_iter()
+            .map(|(position, word)| (position, Term::from_field_text(field, &word)))
+            .collect(),
+    ))
+}
+
+/// Whether `text` ends with a character the body tokenizer splits on.
+fn ends_in_punctuation(text: &str) -> bool {
+    text.chars().last().is_some_and(|c| !c.is_alphanumeric())
+}
+
+/// Whether the body tokenizer keeps `text` as exactly one word (of any length).
+fn is_one_word(text: &str) -> bool {
+    !text.is_empty() && text.chars().all(char::is_alphanumeric)
 }
 
 #[cfg(test)]
