@@ -15,6 +15,7 @@ pub mod encoding;
 mod grpc;
 pub use grpc::standard_codes;
 mod http;
+mod json;
 
 use std::sync::Arc;
 use std::time::Duration;
