@@ -16,18 +16,18 @@
 //! `invalid OTLP JSON at resourceMetrics[0].scopeMetrics[0].metrics[0].gauge.dataPoints[0].asInt: "abc" is not a
 //! 64-bit integer (a JSON number or a decimal string) at line 1 column 120`. Nothing is read as a silent 0 or
 //! dropped silently, which the serde code generated in `opentelemetry-proto` does inside its flattened oneofs
-//! (`asDouble: "1.5"` became no value, an enum name the loss of the whole metric). `prost-reflect` provides the
-//! descriptors' reflection and the dynamic message, transcoded into the generated types at the end.
+//! (`asDouble: "1.5"` became no value, an enum name the loss of the whole metric). `prost-reflect` reads the
+//! descriptors; the decoder writes each message's protobuf encoding as it reads (no tree of JSON values is built),
+//! and the generated types decode it at the end.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::LazyLock;
 
 use gantry_proto::{ExportRequest, Signal};
-use prost::bytes::Bytes;
-use prost_reflect::{
-    DescriptorPool, DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor, Value,
-};
+use prost::Message;
+use prost::encoding::{self as wire, WireType};
+use prost_reflect::{DescriptorPool, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::encoding::DecodeError;
@@ -72,20 +72,24 @@ pub(crate) fn decode(signal: Signal, body: &[u8]) -> Result<ExportRequest, Decod
             format!("invalid OTLP JSON at {path}: {error}")
         })
     })?;
-    let transcode =
+    let invalid =
         |error: prost::DecodeError| DecodeError::Malformed(format!("invalid OTLP JSON: {error}"));
     Ok(match signal {
-        Signal::Logs => ExportRequest::Logs(message.transcode_to().map_err(transcode)?),
-        Signal::Traces => ExportRequest::Traces(message.transcode_to().map_err(transcode)?),
-        Signal::Metrics => ExportRequest::Metrics(message.transcode_to().map_err(transcode)?),
+        Signal::Logs => ExportRequest::Logs(Message::decode(message.as_slice()).map_err(invalid)?),
+        Signal::Traces => {
+            ExportRequest::Traces(Message::decode(message.as_slice()).map_err(invalid)?)
+        }
+        Signal::Metrics => {
+            ExportRequest::Metrics(Message::decode(message.as_slice()).map_err(invalid)?)
+        }
     })
 }
 
-/// A message: a JSON object.
+/// A message: a JSON object, read into its protobuf encoding (the generated types then decode it).
 struct MessageSeed<'a>(&'a MessageDescriptor);
 
 impl<'de> DeserializeSeed<'de> for MessageSeed<'_> {
-    type Value = DynamicMessage;
+    type Value = Vec<u8>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_map(self)
@@ -93,7 +97,7 @@ impl<'de> DeserializeSeed<'de> for MessageSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for MessageSeed<'_> {
-    type Value = DynamicMessage;
+    type Value = Vec<u8>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "a JSON object ({})", self.0.name())
@@ -101,8 +105,10 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let desc = self.0;
-        let mut message = DynamicMessage::new(desc.clone());
-        while let Some(key) = map.next_key::<Cow<str>>()? {
+        let mut encoded = Vec::new();
+        // The fields given, by number, for the checks of duplicates and oneofs.
+        let mut given: Vec<u32> = Vec::new();
+        while let Some(Key(key)) = map.next_key::<Key>()? {
             let Some(field) = desc
                 .get_field_by_json_name(&key)
                 .or_else(|| desc.get_field_by_name(&key))
@@ -111,16 +117,16 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
-            let Some(value) = map.next_value_seed(FieldSeed(&field))? else {
+            if !map.next_value_seed(FieldSeed(&field, &mut encoded))? {
                 continue;
-            };
-            if message.has_field(&field) {
+            }
+            if given.contains(&field.number()) {
                 return Err(de::Error::custom(format_args!(
                     "`{key}` is given twice: send each field once"
                 )));
             }
             if let Some(oneof) = field.containing_oneof()
-                && let Some(other) = oneof.fields().find(|other| message.has_field(other))
+                && let Some(other) = oneof.fields().find(|f| given.contains(&f.number()))
             {
                 return Err(de::Error::custom(format_args!(
                     "`{key}` and `{}` are both set, but they are alternatives: send one of {}",
@@ -128,17 +134,43 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
                     names(oneof.fields().map(|f| f.json_name().to_owned())),
                 )));
             }
-            message.set_field(&field, value);
+            given.push(field.number());
         }
-        Ok(message)
+        Ok(encoded)
     }
 }
 
-/// A field's value: `null` (the default: `None`), a list, or one value of the field's kind.
-struct FieldSeed<'a>(&'a FieldDescriptor);
+/// An object's key, borrowed from the body unless it holds escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a key")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// A field's value, appended to its message's encoding: `null` (the field's default: nothing is written, and the
+/// seed answers `false`), a list, or one value of the field's kind.
+struct FieldSeed<'a>(&'a FieldDescriptor, &'a mut Vec<u8>);
 
 impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
-    type Value = Option<Value>;
+    type Value = bool;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_option(self)
@@ -146,22 +178,22 @@ impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for FieldSeed<'_> {
-    type Value = Option<Value>;
+    type Value = bool;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         KindSeed::of(self.0).expecting(f)
     }
 
     fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(false)
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(false)
     }
 
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        let field = self.0;
+        let FieldSeed(field, encoded) = self;
         if field.is_map() {
             // No OTLP logs, traces or metrics message has a map field.
             return Err(de::Error::custom(format_args!(
@@ -169,20 +201,27 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
                 field.json_name()
             )));
         }
+        let (seed, kind) = (KindSeed::of(field), field.kind());
         if field.is_list() {
-            return deserializer
-                .deserialize_seq(ListSeed(KindSeed::of(field)))
-                .map(|values| Some(Value::List(values)));
+            deserializer.deserialize_seq(ListSeed(seed, &kind, field.number(), encoded))?;
+        } else {
+            encode(
+                &kind,
+                field.number(),
+                seed.deserialize(deserializer)?,
+                encoded,
+            );
         }
-        KindSeed::of(field).deserialize(deserializer).map(Some)
+        Ok(true)
     }
 }
 
-/// A repeated field: a JSON array of values of one kind.
-struct ListSeed(KindSeed);
+/// A repeated field: a JSON array of values of one kind, each appended to the message's encoding (unpacked, which
+/// every protobuf decoder reads).
+struct ListSeed<'a>(KindSeed, &'a Kind, u32, &'a mut Vec<u8>);
 
-impl<'de> Visitor<'de> for ListSeed {
-    type Value = Vec<Value>;
+impl<'de> Visitor<'de> for ListSeed<'_> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "a JSON array, each item ")?;
@@ -190,11 +229,48 @@ impl<'de> Visitor<'de> for ListSeed {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(value) = seq.next_element_seed(self.0.clone())? {
-            values.push(value);
+        let ListSeed(seed, kind, number, encoded) = self;
+        while let Some(value) = seq.next_element_seed(seed.clone())? {
+            encode(kind, number, value, encoded);
         }
-        Ok(values)
+        Ok(())
+    }
+}
+
+/// One value read, checked against its field's kind and range.
+enum Read {
+    Int(i128),
+    Double(f64),
+    Bool(bool),
+    /// A string's UTF-8, bytes, or a message's encoding.
+    Bytes(Vec<u8>),
+}
+
+/// Appends field `number` holding `value` to a message's protobuf encoding.
+fn encode(kind: &Kind, number: u32, value: Read, encoded: &mut Vec<u8>) {
+    // The values were checked against the range of their kind when read: the casts keep them whole.
+    match (kind, value) {
+        (Kind::Int32 | Kind::Enum(_), Read::Int(n)) => {
+            wire::int32::encode(number, &(n as i32), encoded)
+        }
+        (Kind::Sint32, Read::Int(n)) => wire::sint32::encode(number, &(n as i32), encoded),
+        (Kind::Sfixed32, Read::Int(n)) => wire::sfixed32::encode(number, &(n as i32), encoded),
+        (Kind::Int64, Read::Int(n)) => wire::int64::encode(number, &(n as i64), encoded),
+        (Kind::Sint64, Read::Int(n)) => wire::sint64::encode(number, &(n as i64), encoded),
+        (Kind::Sfixed64, Read::Int(n)) => wire::sfixed64::encode(number, &(n as i64), encoded),
+        (Kind::Uint32, Read::Int(n)) => wire::uint32::encode(number, &(n as u32), encoded),
+        (Kind::Fixed32, Read::Int(n)) => wire::fixed32::encode(number, &(n as u32), encoded),
+        (Kind::Uint64, Read::Int(n)) => wire::uint64::encode(number, &(n as u64), encoded),
+        (Kind::Fixed64, Read::Int(n)) => wire::fixed64::encode(number, &(n as u64), encoded),
+        (Kind::Double, Read::Double(v)) => wire::double::encode(number, &v, encoded),
+        (Kind::Float, Read::Double(v)) => wire::float::encode(number, &(v as f32), encoded),
+        (Kind::Bool, Read::Bool(v)) => wire::bool::encode(number, &v, encoded),
+        (_, Read::Bytes(bytes)) => {
+            wire::encode_key(number, WireType::LengthDelimited, encoded);
+            wire::encode_varint(bytes.len() as u64, encoded);
+            encoded.extend_from_slice(&bytes);
+        }
+        (kind, _) => unreachable!("a value read for a field of kind {kind:?} is of that kind"),
     }
 }
 
@@ -217,15 +293,19 @@ impl Int {
         }
     }
 
-    /// `n` as a value of this kind, or why not.
-    fn value(self, n: i128) -> Result<Value, String> {
-        let value = match self {
-            Int::I32 => i32::try_from(n).ok().map(Value::I32),
-            Int::I64 => i64::try_from(n).ok().map(Value::I64),
-            Int::U32 => u32::try_from(n).ok().map(Value::U32),
-            Int::U64 => u64::try_from(n).ok().map(Value::U64),
+    /// `n` when it is in the range of this kind, or why not.
+    fn value(self, n: i128) -> Result<Read, String> {
+        let fits = match self {
+            Int::I32 => i32::try_from(n).is_ok(),
+            Int::I64 => i64::try_from(n).is_ok(),
+            Int::U32 => u32::try_from(n).is_ok(),
+            Int::U64 => u64::try_from(n).is_ok(),
         };
-        value.ok_or_else(|| format!("{n} is out of range for {}", self.name()))
+        if fits {
+            Ok(Read::Int(n))
+        } else {
+            Err(format!("{n} is out of range for {}", self.name()))
+        }
     }
 }
 
@@ -301,18 +381,17 @@ impl KindSeed {
         }
     }
 
-    fn int<E: de::Error>(&self, int: Int, n: i128) -> Result<Value, E> {
+    fn int<E: de::Error>(&self, int: Int, n: i128) -> Result<Read, E> {
         int.value(n)
             .map_err(|why| E::custom(format_args!("{why}: send {}", Expecting(self))))
     }
 
-    fn double<E: de::Error>(&self, v: f64) -> Result<Value, E> {
+    fn double<E: de::Error>(&self, v: f64) -> Result<Read, E> {
         match self {
             KindSeed::Float if v.is_finite() && v.abs() > f32::MAX as f64 => Err(E::custom(
-                format_args!("{v} is out of range for a 32-bit float"),
+                format_args!("{v:e} is out of range for a 32-bit float"),
             )),
-            KindSeed::Float => Ok(Value::F32(v as f32)),
-            _ => Ok(Value::F64(v)),
+            _ => Ok(Read::Double(v)),
         }
     }
 
@@ -320,42 +399,40 @@ impl KindSeed {
         &self,
         n: impl fmt::Display,
         number: Option<i128>,
-    ) -> Result<Value, E> {
-        match number.and_then(|n| i32::try_from(n).ok()) {
-            Some(n) => Ok(Value::EnumNumber(n)),
+    ) -> Result<Read, E> {
+        match number.filter(|n| i32::try_from(*n).is_ok()) {
+            Some(n) => Ok(Read::Int(n)),
             None => Err(self.invalid(n)),
         }
     }
 }
 
 impl<'de> DeserializeSeed<'de> for KindSeed {
-    type Value = Value;
+    type Value = Read;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         match &self {
-            KindSeed::Message(desc) => MessageSeed(desc)
-                .deserialize(deserializer)
-                .map(Value::Message),
+            KindSeed::Message(desc) => MessageSeed(desc).deserialize(deserializer).map(Read::Bytes),
             _ => deserializer.deserialize_any(self),
         }
     }
 }
 
 impl<'de> Visitor<'de> for KindSeed {
-    type Value = Value;
+    type Value = Read;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         KindSeed::expecting(self, f)
     }
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Read, E> {
         match self {
-            KindSeed::Bool => Ok(Value::Bool(v)),
+            KindSeed::Bool => Ok(Read::Bool(v)),
             _ => Err(self.invalid(v)),
         }
     }
 
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Read, E> {
         match &self {
             KindSeed::Int(int) => self.int(*int, v.into()),
             KindSeed::Double | KindSeed::Float => self.double(v as f64),
@@ -364,7 +441,7 @@ impl<'de> Visitor<'de> for KindSeed {
         }
     }
 
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Read, E> {
         match &self {
             KindSeed::Int(int) => self.int(*int, v.into()),
             KindSeed::Double | KindSeed::Float => self.double(v as f64),
@@ -373,7 +450,7 @@ impl<'de> Visitor<'de> for KindSeed {
         }
     }
 
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Read, E> {
         match &self {
             // `1e3` or `1.0`: integral, so an integer (JavaScript senders write nanoseconds so).
             KindSeed::Int(int) if v.fract() == 0.0 && v.abs() < 1e38 => self.int(*int, v as i128),
@@ -388,9 +465,9 @@ impl<'de> Visitor<'de> for KindSeed {
         }
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Read, E> {
         match &self {
-            KindSeed::String => Ok(Value::String(v.to_owned())),
+            KindSeed::String => Ok(Read::Bytes(v.as_bytes().to_vec())),
             KindSeed::Int(int) => match parse_integer(v) {
                 Some(n) => self.int(*int, n),
                 None => Err(self.invalid(format_args!("{v:?}"))),
@@ -400,28 +477,28 @@ impl<'de> Visitor<'de> for KindSeed {
                 None => Err(self.invalid(format_args!("{v:?}"))),
             },
             KindSeed::Enum(desc) => match desc.get_value_by_name(v) {
-                Some(value) => Ok(Value::EnumNumber(value.number())),
+                Some(value) => Ok(Read::Int(value.number().into())),
                 None => Err(self.invalid(format_args!("{v:?}"))),
             },
             KindSeed::Bytes { hex: true } => hex::decode(v)
-                .map(|bytes| Value::Bytes(Bytes::from(bytes)))
+                .map(Read::Bytes)
                 .map_err(|_| self.invalid(format_args!("{v:?}"))),
             KindSeed::Bytes { hex: false } => base64(v)
-                .map(|bytes| Value::Bytes(Bytes::from(bytes)))
+                .map(Read::Bytes)
                 .ok_or_else(|| self.invalid(format_args!("{v:?}"))),
             _ => Err(self.invalid(format_args!("the string {v:?}"))),
         }
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Read, E> {
         Err(self.invalid("null"))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<Value, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<Read, A::Error> {
         Err(self.invalid("an array"))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<Value, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<Read, A::Error> {
         Err(self.invalid("an object"))
     }
 }

@@ -592,6 +592,20 @@ fn whole_bodies() {
             "7 is not a string",
         ),
     );
+    // Nesting: as deep as JSON allows is read; deeper is refused, never a stack overflow.
+    let nested = |levels: usize| {
+        let mut value = r#"{"intValue":"1"}"#.to_owned();
+        for _ in 0..levels {
+            value = format!(r#"{{"kvlistValue":{{"values":[{{"key":"k","value":{value}}}]}}}}"#);
+        }
+        log(&format!(r#"{{"body":{value}}}"#))
+    };
+    check(nested(25), Shows("IntValue(1)"));
+    let deepest = format!("{RECORD}.body{}", ".kvlistValue.values[0].value".repeat(30));
+    check(
+        nested(200),
+        Error(deepest.leak(), "recursion limit exceeded"),
+    );
     check(
         Body(
             Signal::Metrics,
