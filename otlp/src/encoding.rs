@@ -73,10 +73,11 @@ pub fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
     Ok(out)
 }
 
-/// Decodes an OTLP export request of `signal` from `body` in `encoding`.
+/// Decodes an OTLP export request of `signal` from `body` in `encoding`. JSON is read by the rules of
+/// [`crate::json`]: every form the proto3 JSON mapping allows, and an error naming the field for anything else.
 ///
 /// # Errors
-/// [`DecodeError::Malformed`] with the decoder's message.
+/// [`DecodeError::Malformed`] with the decoder's message (for JSON: the path of the field and what to send).
 pub fn decode(
     signal: Signal,
     encoding: Encoding,
@@ -85,20 +86,7 @@ pub fn decode(
     match encoding {
         Encoding::Protobuf => ExportRequest::decode(signal, body)
             .map_err(|error| DecodeError::Malformed(format!("invalid OTLP protobuf: {error}"))),
-        Encoding::Json => {
-            let json = |error: serde_json::Error| {
-                DecodeError::Malformed(format!("invalid OTLP JSON: {error}"))
-            };
-            Ok(match signal {
-                Signal::Logs => ExportRequest::Logs(serde_json::from_slice(body).map_err(json)?),
-                Signal::Traces => {
-                    ExportRequest::Traces(serde_json::from_slice(body).map_err(json)?)
-                }
-                Signal::Metrics => {
-                    ExportRequest::Metrics(serde_json::from_slice(body).map_err(json)?)
-                }
-            })
-        }
+        Encoding::Json => crate::json::decode(signal, body),
     }
 }
 

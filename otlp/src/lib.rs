@@ -16,6 +16,7 @@ mod grpc;
 pub mod limits;
 pub use grpc::standard_codes;
 mod http;
+mod json;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -42,8 +42,9 @@ impl Acceptance {
 pub struct Rejections {
     /// Timestamp outside the window.
     pub timestamp: u64,
-    /// A value that cannot be stored: NaN or an infinity, non-finite histogram bounds, an exponential histogram
-    /// scale outside -10..=20.
+    /// A value that cannot be stored: none at all (a number point without `asDouble` or `asInt`, which OTLP calls
+    /// invalid, or a metric without data), NaN or an infinity, non-finite histogram bounds, an exponential
+    /// histogram scale outside -10..=20.
     pub invalid_value: u64,
     /// The window applied (for the message).
     pub window: Option<Acceptance>,
@@ -80,7 +81,7 @@ impl Rejections {
         }
         if self.invalid_value > 0 {
             parts.push(format!(
-                "{} with a value that cannot be stored (NaN or infinite, or an exponential histogram scale outside -10..20)",
+                "{} with a value that cannot be stored (no value, NaN or infinite, or an exponential histogram scale outside -10..20): send points with a finite value and a scale within -10..20",
                 self.invalid_value
             ));
         }
@@ -134,6 +135,19 @@ pub fn screen(request: &mut ExportRequest, window: &Acceptance, now_ns: i64) -> 
         }
         ExportRequest::Metrics(request) => {
             let finite_sum = |sum: Option<f64>| sum.is_none_or(f64::is_finite);
+            // OTLP: "a point is considered invalid when one of the recognized value fields is not present".
+            let finite = |value: &Option<_>| value.is_some() && number(value).is_finite();
+            for scope in request
+                .resource_metrics
+                .iter_mut()
+                .flat_map(|r| &mut r.scope_metrics)
+            {
+                // A metric without data (an unknown or misspelt kind in JSON) holds no point to keep: it is
+                // rejected as one item rather than dropped unnoticed.
+                scope
+                    .metrics
+                    .retain(|metric| metric.data.is_some() || keep(0, false));
+            }
             for metric in request
                 .resource_metrics
                 .iter_mut()
@@ -143,10 +157,10 @@ pub fn screen(request: &mut ExportRequest, window: &Acceptance, now_ns: i64) -> 
                 match &mut metric.data {
                     Some(Data::Gauge(g)) => g
                         .data_points
-                        .retain(|p| keep(p.time_unix_nano as i64, number(&p.value).is_finite())),
+                        .retain(|p| keep(p.time_unix_nano as i64, finite(&p.value))),
                     Some(Data::Sum(s)) => s
                         .data_points
-                        .retain(|p| keep(p.time_unix_nano as i64, number(&p.value).is_finite())),
+                        .retain(|p| keep(p.time_unix_nano as i64, finite(&p.value))),
                     Some(Data::Histogram(h)) => h.data_points.retain(|p| {
                         let valid =
                             finite_sum(p.sum) && p.explicit_bounds.iter().all(|b| b.is_finite());
@@ -191,4 +205,153 @@ pub fn stamp_missing_times(request: &mut ExportRequest, now_ns: i64) -> bool {
         }
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram, HistogramDataPoint,
+        Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint,
+    };
+
+    use super::*;
+
+    const NOW: i64 = 1_772_445_512_000_000_000;
+    const OLD: u64 = (NOW - 40 * 24 * 3600 * 1_000_000_000) as u64;
+
+    fn window() -> Acceptance {
+        Acceptance::new(NOW, std::time::Duration::from_secs(30 * 24 * 3600))
+    }
+
+    fn point(value: Option<Value>, time: u64) -> NumberDataPoint {
+        NumberDataPoint {
+            time_unix_nano: time,
+            value,
+            ..Default::default()
+        }
+    }
+
+    fn gauge(points: Vec<NumberDataPoint>) -> Data {
+        Data::Gauge(Gauge {
+            data_points: points,
+        })
+    }
+
+    /// Screens one metric of `data` and requires `(rejected for the timestamp, rejected for the value, points
+    /// kept)`, and a message that names only the reasons that occurred.
+    fn check(data: Option<Data>, want: (u64, u64, u64)) {
+        let mut request = ExportRequest::Metrics(ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "m".into(),
+                        data: data.clone(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        });
+        let rejected = screen(&mut request, &window(), NOW);
+        let got = (rejected.timestamp, rejected.invalid_value, request.items());
+        assert_eq!(got, want, "{data:?}");
+        let message = rejected.message("data points");
+        assert_eq!(message.contains("timestamp"), want.0 > 0, "{message}");
+        assert_eq!(
+            message.contains("cannot be stored"),
+            want.1 > 0,
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn metric_points_are_rejected_for_their_real_reason() {
+        let now = NOW as u64;
+        let double = |v: f64| Some(Value::AsDouble(v));
+        check(Some(gauge(vec![point(double(1.5), now)])), (0, 0, 1));
+        check(
+            Some(gauge(vec![point(Some(Value::AsInt(-3)), now)])),
+            (0, 0, 1),
+        );
+        check(Some(gauge(vec![point(double(1.5), OLD)])), (1, 0, 0));
+        check(Some(gauge(vec![point(double(f64::NAN), now)])), (0, 1, 0));
+        check(
+            Some(gauge(vec![point(double(f64::INFINITY), now)])),
+            (0, 1, 0),
+        );
+        check(
+            Some(gauge(vec![point(double(f64::NEG_INFINITY), now)])),
+            (0, 1, 0),
+        );
+        // A value that cannot be stored is that, whatever its time.
+        check(Some(gauge(vec![point(double(f64::NAN), OLD)])), (0, 1, 0));
+        check(Some(gauge(vec![point(double(f64::NAN), 0)])), (0, 1, 0));
+        // No value at all is not a 0.
+        check(Some(gauge(vec![point(None, now)])), (0, 1, 0));
+        check(
+            Some(gauge(vec![
+                point(double(1.0), now),
+                point(None, now),
+                point(double(f64::NAN), now),
+                point(double(2.0), OLD),
+            ])),
+            (1, 2, 1),
+        );
+        let sum = |points| {
+            Some(Data::Sum(Sum {
+                data_points: points,
+                aggregation_temporality: 1,
+                is_monotonic: true,
+            }))
+        };
+        check(sum(vec![point(double(f64::INFINITY), now)]), (0, 1, 0));
+        check(sum(vec![point(None, now)]), (0, 1, 0));
+        check(sum(vec![point(Some(Value::AsInt(7)), now)]), (0, 0, 1));
+        // A metric without data.
+        check(None, (0, 1, 0));
+        let histogram = |sum: Option<f64>, bounds: Vec<f64>| {
+            Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    time_unix_nano: now,
+                    sum,
+                    explicit_bounds: bounds,
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+            }))
+        };
+        check(histogram(Some(1.0), vec![1.0]), (0, 0, 1));
+        check(histogram(None, vec![]), (0, 0, 1));
+        check(histogram(Some(f64::NAN), vec![]), (0, 1, 0));
+        check(histogram(Some(1.0), vec![f64::INFINITY]), (0, 1, 0));
+        let exponential = |scale: i32, sum: Option<f64>| {
+            Some(Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: vec![ExponentialHistogramDataPoint {
+                    time_unix_nano: now,
+                    scale,
+                    sum,
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+            }))
+        };
+        check(exponential(3, Some(1.0)), (0, 0, 1));
+        check(exponential(30, Some(1.0)), (0, 1, 0));
+        check(exponential(3, Some(f64::NEG_INFINITY)), (0, 1, 0));
+        let summary = |sum: f64, time: u64| {
+            Some(Data::Summary(Summary {
+                data_points: vec![SummaryDataPoint {
+                    time_unix_nano: time,
+                    sum,
+                    ..Default::default()
+                }],
+            }))
+        };
+        check(summary(2.0, now), (0, 0, 1));
+        check(summary(f64::NAN, now), (0, 1, 0));
+        check(summary(2.0, OLD), (1, 0, 0));
+    }
 }

@@ -502,6 +502,22 @@ impl Plane {
             .await
             .with_context(|| format!("connecting to {}", self.endpoints.otlp_grpc))
     }
+
+    /// The plane's own `/metrics`, read with `token`, as (sample line without value → value).
+    pub async fn self_metrics(&self, token: &str) -> Result<BTreeMap<String, f64>> {
+        let response = self
+            .client
+            .get(self.url(Port::Http, "/metrics"))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        ensure!(
+            response.status() == 200,
+            "/metrics -> {}",
+            response.status()
+        );
+        Ok(samples(&response.text().await?))
+    }
 }
 
 impl Agent {
@@ -513,13 +529,17 @@ impl Agent {
             .await?
             .text()
             .await?;
-        Ok(text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                Some((name.to_owned(), value.parse().ok()?))
-            })
-            .collect())
+        Ok(samples(&text))
     }
+}
+
+/// The samples of a Prometheus or OpenMetrics text exposition: (line without its value → value).
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }

@@ -73,8 +73,12 @@ pub enum Reply {
     Accepted,
     /// 200 in the request's content type: a partial success rejecting exactly this many items, with a message.
     Rejected(i64),
+    /// A partial success rejecting exactly this many items, with a message containing this text.
+    RejectedFor(i64, &'static str),
     /// 400 with a `google.rpc.Status` {code: 3 (INVALID_ARGUMENT), message} in the request's content type.
     InvalidArgument,
+    /// [`Reply::InvalidArgument`] with a message containing this text.
+    InvalidNaming(&'static str),
     /// This status, whatever the body.
     Status(u16),
 }
@@ -100,8 +104,8 @@ pub async fn check(plane: &Plane, token: &str, post: Post, want: Reply) -> Resul
     let body = resp.bytes().await?;
     let text = String::from_utf8_lossy(&body);
     let want_status = match want {
-        Reply::Accepted | Reply::Rejected(_) => 200,
-        Reply::InvalidArgument => 400,
+        Reply::Accepted | Reply::Rejected(_) | Reply::RejectedFor(..) => 200,
+        Reply::InvalidArgument | Reply::InvalidNaming(_) => 400,
         Reply::Status(status) => status,
     };
     ensure!(
@@ -115,13 +119,19 @@ pub async fn check(plane: &Plane, token: &str, post: Post, want: Reply) -> Resul
         ct.starts_with(post.content_type),
         "{post}: the reply must have the request's content type, got {ct:?}"
     );
-    if want == Reply::InvalidArgument {
+    if let Reply::InvalidArgument | Reply::InvalidNaming(_) = want {
         let (code, message) = rpc_status(&post, &body)
             .with_context(|| format!("{post}: the 400 is not a google.rpc.Status: {text}"))?;
         ensure!(
             code == 3 && !message.is_empty(),
             "{post}: the Status should be {{code: 3, message}}: {text}"
         );
+        if let Reply::InvalidNaming(naming) = want {
+            ensure!(
+                message.contains(naming),
+                "{post}: the message should contain `{naming}`: {message}"
+            );
+        }
         return Ok(());
     }
     let (rejected, message) = partial_success(&post, &body)
@@ -130,6 +140,11 @@ pub async fn check(plane: &Plane, token: &str, post: Post, want: Reply) -> Resul
         Reply::Rejected(n) => ensure!(
             rejected == n && !message.is_empty(),
             "{post}: expected {n} rejected with a message, got {rejected} {message:?}: {text}"
+        ),
+        Reply::RejectedFor(n, why) => ensure!(
+            rejected == n && message.contains(why),
+            "{post}: expected {n} rejected with a message containing `{why}`, got {rejected} \
+             {message:?}: {text}"
         ),
         _ => ensure!(
             rejected == 0,

@@ -1,11 +1,12 @@
 //! OTLP wire-protocol tests: JSON with hex ids, gzip, malformed bodies, size limits, partial success, backpressure,
-//! idempotency, and gRPC ([`grpc`]).
+//! idempotency, gRPC ([`grpc`]), and the values inside OTLP/JSON ([`json`]).
 //!
 //! Every OTLP/HTTP exchange is one line of a table: `check(plane, token, Post::..., Reply::...)` sends the body
 //! with its content type and encoding, and checks the status, the reply's content type and body (the signal's
 //! export response, or a `google.rpc.Status`).
 
 mod grpc;
+mod json;
 
 use std::collections::BTreeMap;
 use std::io::Write;
