@@ -120,8 +120,8 @@ pub fn convert(request: &ExportRequest, window: &Acceptance, now_ns: i64) -> Row
                         body: log.body.as_ref().map(any_to_text).unwrap_or_default(),
                         attributes: attributes(&log.attributes),
                         resource: resource.clone(),
-                        trace_id: hex::encode(&log.trace_id),
-                        span_id: hex::encode(&log.span_id),
+                        trace_id: optional_id(&log.trace_id),
+                        span_id: optional_id(&log.span_id),
                     });
                     rows.bodies.push(structured_body(log.body.as_ref()));
                 }
@@ -521,6 +521,16 @@ pub fn severity_range(text: &str) -> Option<(u8, u8)> {
     }
     let base = severity_base(text)?;
     Some((base, base + 3))
+}
+
+/// A log record's trace or span id in hex, or empty when it has none: absent, or all zeros (the W3C "invalid"
+/// id, which some SDKs send for "no context").
+fn optional_id(id: &[u8]) -> String {
+    if id.iter().all(|&b| b == 0) {
+        String::new()
+    } else {
+        hex::encode(id)
+    }
 }
 
 fn span_kind_name(kind: i32) -> &'static str {

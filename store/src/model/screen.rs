@@ -1,5 +1,5 @@
 //! The rules that reject an item (a log record, a span, a data point) one by one before it is stored: a timestamp
-//! outside the store's window, or a value no store can keep. Rejected items are removed from the request, so they
+//! outside the store's window, a value no store can keep, or a trace or span id of the wrong length. Rejected items are removed from the request, so they
 //! never reach the write-ahead log, and are reported to the sender as an OTLP partial success with the real reason.
 
 use gantry_proto::ExportRequest;
@@ -46,6 +46,10 @@ pub struct Rejections {
     /// invalid, or a metric without data), NaN or an infinity, non-finite histogram bounds, an exponential
     /// histogram scale outside -10..=20.
     pub invalid_value: u64,
+    /// A trace or span id of the wrong length, or all zeros where one is required: a span's trace id must be 16
+    /// bytes and its span id 8, neither all zeros (W3C Trace Context §3.2.2.3 and §3.2.2.4), its parent span id
+    /// empty or 8 bytes; a log record's ids are optional, but when given 16 and 8 bytes.
+    pub invalid_id: u64,
     /// The window applied (for the message).
     pub window: Option<Acceptance>,
 }
@@ -53,7 +57,7 @@ pub struct Rejections {
 impl Rejections {
     /// Every item rejected.
     pub fn total(&self) -> u64 {
-        self.timestamp + self.invalid_value
+        self.timestamp + self.invalid_value + self.invalid_id
     }
 
     /// `(reason, count)` for each reason with a count, as used in the `reason` label of counters.
@@ -61,6 +65,7 @@ impl Rejections {
         [
             ("timestamp", self.timestamp),
             ("invalid_value", self.invalid_value),
+            ("invalid_id", self.invalid_id),
         ]
         .into_iter()
         .filter(|(_, n)| *n > 0)
@@ -85,7 +90,43 @@ impl Rejections {
                 self.invalid_value
             ));
         }
+        if self.invalid_id > 0 {
+            parts.push(format!(
+                "{} with an invalid trace or span id (a trace id is 16 bytes and a span id 8, and a span's are not all zeros): send ids as the OpenTelemetry SDKs generate them",
+                self.invalid_id
+            ));
+        }
         format!("{items} rejected: {}", parts.join("; "))
+    }
+}
+
+/// Bytes of a trace id (W3C Trace Context §3.2.2.3).
+pub const TRACE_ID_BYTES: usize = 16;
+/// Bytes of a span id (W3C Trace Context §3.2.2.4, `parent-id`).
+pub const SPAN_ID_BYTES: usize = 8;
+
+/// Whether `id` is `len` bytes and not all zeros (the W3C "invalid" value).
+fn valid_id(id: &[u8], len: usize) -> bool {
+    id.len() == len && id.iter().any(|&b| b != 0)
+}
+
+/// What is wrong with an item, apart from its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Value,
+    Id,
+}
+
+impl Fault {
+    /// `Value` unless `valid`.
+    fn value_unless(valid: bool) -> Fault {
+        if valid { Fault::None } else { Fault::Value }
+    }
+
+    /// `Id` unless `valid`.
+    fn id_unless(valid: bool) -> Fault {
+        if valid { Fault::None } else { Fault::Id }
     }
 }
 
@@ -96,9 +137,13 @@ pub fn screen(request: &mut ExportRequest, window: &Acceptance, now_ns: i64) -> 
         window: Some(*window),
         ..Rejections::default()
     };
-    let mut keep = |ts: i64, valid: bool| {
-        if !valid {
+    // The reasons in order of precedence: what the item is, before when it is.
+    let mut keep = |ts: i64, fault: Fault| {
+        if fault == Fault::Value {
             rejections.invalid_value += 1;
+            false
+        } else if fault == Fault::Id {
+            rejections.invalid_id += 1;
             false
         } else if !window.accepts(ts) {
             rejections.timestamp += 1;
@@ -115,9 +160,11 @@ pub fn screen(request: &mut ExportRequest, window: &Acceptance, now_ns: i64) -> 
                 .flat_map(|r| &mut r.scope_logs)
             {
                 scope.log_records.retain(|log| {
+                    let ids = matches!(log.trace_id.len(), 0 | TRACE_ID_BYTES)
+                        && matches!(log.span_id.len(), 0 | SPAN_ID_BYTES);
                     keep(
                         log_time(log.time_unix_nano, log.observed_time_unix_nano, now_ns),
-                        true,
+                        Fault::id_unless(ids),
                     )
                 });
             }
@@ -128,9 +175,13 @@ pub fn screen(request: &mut ExportRequest, window: &Acceptance, now_ns: i64) -> 
                 .iter_mut()
                 .flat_map(|r| &mut r.scope_spans)
             {
-                scope
-                    .spans
-                    .retain(|span| keep(span.start_time_unix_nano as i64, true));
+                scope.spans.retain(|span| {
+                    let ids = valid_id(&span.trace_id, TRACE_ID_BYTES)
+                        && valid_id(&span.span_id, SPAN_ID_BYTES)
+                        && (span.parent_span_id.is_empty()
+                            || span.parent_span_id.len() == SPAN_ID_BYTES);
+                    keep(span.start_time_unix_nano as i64, Fault::id_unless(ids))
+                });
             }
         }
         ExportRequest::Metrics(request) => {
@@ -146,7 +197,7 @@ pub fn screen(request: &mut ExportRequest, window: &Acceptance, now_ns: i64) -> 
                 // rejected as one item rather than dropped unnoticed.
                 scope
                     .metrics
-                    .retain(|metric| metric.data.is_some() || keep(0, false));
+                    .retain(|metric| metric.data.is_some() || keep(0, Fault::Value));
             }
             for metric in request
                 .resource_metrics
@@ -155,16 +206,22 @@ pub fn screen(request: &mut ExportRequest, window: &Acceptance, now_ns: i64) -> 
                 .flat_map(|s| &mut s.metrics)
             {
                 match &mut metric.data {
-                    Some(Data::Gauge(g)) => g
-                        .data_points
-                        .retain(|p| keep(p.time_unix_nano as i64, finite(&p.value))),
-                    Some(Data::Sum(s)) => s
-                        .data_points
-                        .retain(|p| keep(p.time_unix_nano as i64, finite(&p.value))),
+                    Some(Data::Gauge(g)) => g.data_points.retain(|p| {
+                        keep(
+                            p.time_unix_nano as i64,
+                            Fault::value_unless(finite(&p.value)),
+                        )
+                    }),
+                    Some(Data::Sum(s)) => s.data_points.retain(|p| {
+                        keep(
+                            p.time_unix_nano as i64,
+                            Fault::value_unless(finite(&p.value)),
+                        )
+                    }),
                     Some(Data::Histogram(h)) => h.data_points.retain(|p| {
                         let valid =
                             finite_sum(p.sum) && p.explicit_bounds.iter().all(|b| b.is_finite());
-                        keep(p.time_unix_nano as i64, valid)
+                        keep(p.time_unix_nano as i64, Fault::value_unless(valid))
                     }),
                     Some(Data::ExponentialHistogram(h)) => h.data_points.retain(|p| {
                         let valid = finite_sum(p.sum)
@@ -173,11 +230,14 @@ pub fn screen(request: &mut ExportRequest, window: &Acceptance, now_ns: i64) -> 
                                 .bounds
                                 .iter()
                                 .all(|b| b.is_finite());
-                        keep(p.time_unix_nano as i64, valid)
+                        keep(p.time_unix_nano as i64, Fault::value_unless(valid))
                     }),
-                    Some(Data::Summary(s)) => s
-                        .data_points
-                        .retain(|p| keep(p.time_unix_nano as i64, p.sum.is_finite())),
+                    Some(Data::Summary(s)) => s.data_points.retain(|p| {
+                        keep(
+                            p.time_unix_nano as i64,
+                            Fault::value_unless(p.sum.is_finite()),
+                        )
+                    }),
                     None => {}
                 }
             }
@@ -353,5 +413,179 @@ mod tests {
         check(summary(2.0, now), (0, 0, 1));
         check(summary(f64::NAN, now), (0, 1, 0));
         check(summary(2.0, OLD), (1, 0, 0));
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    use super::*;
+
+    const NOW: i64 = 1_772_445_512_000_000_000;
+    const OLD: i64 = NOW - 40 * 24 * 3600 * 1_000_000_000;
+
+    fn window() -> Acceptance {
+        Acceptance::new(NOW, std::time::Duration::from_secs(30 * 24 * 3600))
+    }
+
+    /// `(rejected for the id, rejected for the time, kept)` after screening one span.
+    fn span(trace_id: Vec<u8>, span_id: Vec<u8>, parent: Vec<u8>, start: i64) -> (u64, u64, u64) {
+        let mut request = ExportRequest::Traces(ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span {
+                        trace_id,
+                        span_id,
+                        parent_span_id: parent,
+                        start_time_unix_nano: start as u64,
+                        end_time_unix_nano: start as u64 + 1,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        });
+        let rejected = screen(&mut request, &window(), NOW);
+        let message = rejected.message("spans");
+        assert_eq!(
+            message.contains("invalid trace or span id"),
+            rejected.invalid_id > 0,
+            "{message}"
+        );
+        (rejected.invalid_id, rejected.timestamp, request.items())
+    }
+
+    /// `(rejected for the id, kept)` after screening one log record.
+    fn log(trace_id: Vec<u8>, span_id: Vec<u8>) -> (u64, u64) {
+        let mut request = ExportRequest::Logs(ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord {
+                        time_unix_nano: NOW as u64,
+                        trace_id,
+                        span_id,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        });
+        let rejected = screen(&mut request, &window(), NOW);
+        (rejected.invalid_id, request.items())
+    }
+
+    #[test]
+    fn spans_need_a_16_byte_trace_id_and_an_8_byte_span_id() {
+        let (t, s) = (vec![0xab; 16], vec![0xcd; 8]);
+        let cases = [
+            (
+                "well formed root",
+                t.clone(),
+                s.clone(),
+                vec![],
+                NOW,
+                (0, 0, 1),
+            ),
+            (
+                "well formed child",
+                t.clone(),
+                s.clone(),
+                s.clone(),
+                NOW,
+                (0, 0, 1),
+            ),
+            (
+                "3-byte trace id",
+                vec![1, 2, 3],
+                s.clone(),
+                vec![],
+                NOW,
+                (1, 0, 0),
+            ),
+            (
+                "17-byte trace id",
+                vec![1; 17],
+                s.clone(),
+                vec![],
+                NOW,
+                (1, 0, 0),
+            ),
+            ("no trace id", vec![], s.clone(), vec![], NOW, (1, 0, 0)),
+            (
+                "all-zero trace id",
+                vec![0; 16],
+                s.clone(),
+                vec![],
+                NOW,
+                (1, 0, 0),
+            ),
+            (
+                "4-byte span id",
+                t.clone(),
+                vec![1; 4],
+                vec![],
+                NOW,
+                (1, 0, 0),
+            ),
+            ("no span id", t.clone(), vec![], vec![], NOW, (1, 0, 0)),
+            (
+                "all-zero span id",
+                t.clone(),
+                vec![0; 8],
+                vec![],
+                NOW,
+                (1, 0, 0),
+            ),
+            (
+                "16-byte parent",
+                t.clone(),
+                s.clone(),
+                vec![1; 16],
+                NOW,
+                (1, 0, 0),
+            ),
+            // The id is what the span is; the time only when it is.
+            (
+                "bad id and old",
+                vec![1, 2, 3],
+                s.clone(),
+                vec![],
+                OLD,
+                (1, 0, 0),
+            ),
+            (
+                "good id and old",
+                t.clone(),
+                s.clone(),
+                vec![],
+                OLD,
+                (0, 1, 0),
+            ),
+        ];
+        for (what, trace_id, span_id, parent, start, want) in cases {
+            assert_eq!(span(trace_id, span_id, parent, start), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn log_records_may_omit_ids_but_not_mangle_them() {
+        let cases = [
+            ("no ids", vec![], vec![], (0, 1)),
+            ("both ids", vec![7; 16], vec![7; 8], (0, 1)),
+            ("a trace id alone", vec![7; 16], vec![], (0, 1)),
+            // Some SDKs send zeros for "no context": kept, as no trace.
+            ("zero ids", vec![0; 16], vec![0; 8], (0, 1)),
+            ("3-byte trace id", vec![1, 2, 3], vec![], (1, 0)),
+            ("16-byte span id", vec![7; 16], vec![7; 16], (1, 0)),
+        ];
+        for (what, trace_id, span_id, want) in cases {
+            assert_eq!(log(trace_id, span_id), want, "{what}");
+        }
     }
 }

@@ -316,3 +316,111 @@ async fn json_through_the_agent() -> Result<()> {
     ensure!(got == [1.5], "the agent relayed {got:?} for \"1.5\"");
     Ok(())
 }
+
+/// A span whose trace id is not 16 bytes or whose span id is not 8 (or either is all zeros) is rejected on its own,
+/// as an `invalid_id`, over OTLP/JSON and protobuf alike; a log record may omit its ids but not mangle them. The
+/// well-formed span sent beside them is stored.
+#[tokio::test]
+async fn malformed_trace_and_span_ids_are_rejected_one_by_one() -> Result<()> {
+    use crate::harness::otlp::{log_record, logs_request, make_span, traces_request};
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+
+    let (_tmp, plane, ingest, viewer) = fresh_plane().await?;
+    let svc = unique("badids");
+    let now = now_nanos();
+    let why = "with an invalid trace or span id";
+    let good_trace = random_trace_id();
+    let span = |trace: &[u8], id: &[u8], parent: &[u8]| {
+        make_span(
+            trace,
+            id,
+            parent,
+            "GET /ids",
+            SpanKind::Server,
+            now,
+            now + 1_000_000,
+            1,
+        )
+    };
+    let id = random_span_id();
+    let bad_spans = [
+        ("a 3-byte trace id", span(&[1, 2, 3], &id, &[])),
+        ("a 32-byte trace id", span(&[7; 32], &id, &[])),
+        ("no trace id", span(&[], &id, &[])),
+        ("an all-zero trace id", span(&[0; 16], &id, &[])),
+        ("a 4-byte span id", span(&good_trace, &[9; 4], &[])),
+        ("an all-zero span id", span(&good_trace, &[0; 8], &[])),
+        ("a 16-byte parent span id", span(&good_trace, &id, &[5; 16])),
+    ];
+    for (what, bad) in &bad_spans {
+        let fine = span(&good_trace, &random_span_id(), &[]);
+        let request = traces_request(&svc, vec![bad.clone(), fine]);
+        check(
+            &plane,
+            &ingest,
+            Post::protobuf(OtlpHttp, Traces, &request),
+            RejectedFor(1, why),
+        )
+        .await
+        .with_context(|| format!("protobuf, {what}"))?;
+    }
+    // The same through OTLP/JSON, where ids are hex.
+    for (what, trace_id, span_id) in [
+        ("a 3-byte trace id", "010203", hex(&id)),
+        ("an 8-byte trace id", "0102030405060708", hex(&id)),
+        ("a 2-byte span id", &*hex(&good_trace), "abcd".to_owned()),
+    ] {
+        let body = traces_body(
+            &svc,
+            json!({"traceId": trace_id, "spanId": span_id, "name": "GET /ids", "kind": 2,
+                   "startTimeUnixNano": now.to_string(), "endTimeUnixNano": (now + 1).to_string()}),
+        );
+        check(
+            &plane,
+            &ingest,
+            Post::json(OtlpHttp, Traces, &body),
+            RejectedFor(1, why),
+        )
+        .await
+        .with_context(|| format!("JSON, {what}"))?;
+    }
+    // Log records: no ids is fine, a wrong length is not.
+    let mut with_ids = log_record(&format!("{svc} has ids"), now, vec![]);
+    with_ids.trace_id = good_trace.clone();
+    with_ids.span_id = id.clone();
+    let mut mangled = log_record(&format!("{svc} mangled"), now, vec![]);
+    mangled.trace_id = vec![1, 2, 3];
+    let plain = log_record(&format!("{svc} plain"), now, vec![]);
+    let request = logs_request(&svc, vec![with_ids, mangled, plain]);
+    check(
+        &plane,
+        &ingest,
+        Post::protobuf(OtlpHttp, Logs, &request),
+        RejectedFor(1, why),
+    )
+    .await
+    .context("log records")?;
+
+    // What was kept is there: every well-formed span of the trace, and the two good log records.
+    plane
+        .wait_for_trace(&viewer, &hex(&good_trace), bad_spans.len())
+        .await?;
+    plane.wait_for_logs(&viewer, &svc, 2).await?;
+    let counters = plane.self_metrics(&viewer).await?;
+    let invalid_ids = |signal: &str| {
+        counters
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("gantry_ingest_rejected_records_total{")
+                    && k.contains(&format!("signal=\"{signal}\""))
+                    && k.contains("reason=\"invalid_id\"")
+            })
+            .map(|(_, v)| *v)
+            .sum::<f64>()
+    };
+    ensure!(
+        invalid_ids("traces") == (bad_spans.len() + 3) as f64 && invalid_ids("logs") == 1.0,
+        "every malformed id counted once, as invalid_id: {counters:?}"
+    );
+    Ok(())
+}
