@@ -47,13 +47,19 @@ pub struct IngestBench {
     pub data_dir: Option<PathBuf>,
 }
 
-struct PlaneProcess {
+/// A `gantry plane` child process on ephemeral loopback ports, stopped with SIGTERM when dropped.
+pub(crate) struct PlaneProcess {
     child: Child,
-    endpoints: Endpoints,
+    pub(crate) endpoints: Endpoints,
 }
 
 impl PlaneProcess {
     fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Starts the plane on `data_dir` with `extra` flags and waits for its `endpoints.json`.
+    pub(crate) fn start_with(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let _ = std::fs::remove_file(data_dir.join("endpoints.json"));
         let exe = std::env::current_exe()?;
         let child = Command::new(exe)
@@ -67,6 +73,7 @@ impl PlaneProcess {
                 "--otlp-http-addr",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -119,11 +126,12 @@ impl Drop for PlaneProcess {
     }
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
 
-fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+/// The p50 and p99 of `samples` (nearest rank).
+pub(crate) fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
     samples.sort_by(f64::total_cmp);
     let at =
         |q: f64| samples[((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
@@ -131,7 +139,7 @@ fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
 }
 
 /// Creates a token in `data_dir` with `gantry token create` (this process's own binary), the way an operator does.
-fn create_token(data_dir: &Path, role: Role, name: &str) -> anyhow::Result<String> {
+pub(crate) fn create_token(data_dir: &Path, role: Role, name: &str) -> anyhow::Result<String> {
     let output = Command::new(std::env::current_exe()?)
         .args(["token", "create", "--data-dir"])
         .arg(data_dir)
@@ -143,16 +151,38 @@ fn create_token(data_dir: &Path, role: Role, name: &str) -> anyhow::Result<Strin
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
+/// A benchmark's data directory: `given`, or a fresh one under the system temp dir (then `temporary`), with an
+/// ingest and a viewer token made in it.
+pub(crate) struct BenchDir {
+    pub(crate) path: PathBuf,
+    pub(crate) temporary: bool,
+    pub(crate) ingest: String,
+    pub(crate) viewer: String,
+}
+
+impl BenchDir {
+    /// Creates the directory and the tokens.
+    pub(crate) fn prepare(given: Option<&Path>, bench: &str) -> anyhow::Result<Self> {
+        let path = given.map(Path::to_path_buf).unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("gantry-bench-{bench}-{}", std::process::id()))
+        });
+        std::fs::create_dir_all(&path)?;
+        let stamp = chrono::Utc::now().timestamp_millis();
+        Ok(Self {
+            ingest: create_token(&path, Role::Ingest, &format!("bench-ingest-{stamp}"))?,
+            viewer: create_token(&path, Role::Viewer, &format!("bench-read-{stamp}"))?,
+            temporary: given.is_none(),
+            path,
+        })
+    }
+}
+
 /// Runs the ingest benchmark and prints its report.
 pub fn run_ingest(options: IngestBench) -> anyhow::Result<()> {
-    let temporary = options.data_dir.is_none();
-    let data_dir = options.data_dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("gantry-bench-{}", std::process::id()))
-    });
-    std::fs::create_dir_all(&data_dir)?;
+    let dir = BenchDir::prepare(options.data_dir.as_deref(), "ingest")?;
+    let (temporary, data_dir) = (dir.temporary, dir.path.clone());
+    let (ingest_token, read_token) = (dir.ingest.clone(), dir.viewer.clone());
     let stamp = chrono::Utc::now().timestamp_millis();
-    let ingest_token = create_token(&data_dir, Role::Ingest, &format!("bench-ingest-{stamp}"))?;
-    let read_token = create_token(&data_dir, Role::Viewer, &format!("bench-read-{stamp}"))?;
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -415,7 +445,7 @@ fn file_kinds(dir: &Path) -> Vec<(String, u64)> {
     kinds.into_iter().filter(|(_, bytes)| *bytes > 0).collect()
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok(response) = client.get(format!("{base}/readyz")).send().await
@@ -428,7 +458,7 @@ async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> 
     bail!("the plane was not ready within 60 s")
 }
 
-async fn count_logs(
+pub(crate) async fn count_logs(
     client: &reqwest::Client,
     base: &str,
     token: &str,
@@ -446,7 +476,7 @@ async fn count_logs(
 }
 
 /// Posts one protobuf batch, retrying on 429/503 as told.
-async fn post(
+pub(crate) async fn post(
     client: &reqwest::Client,
     url: &str,
     token: &str,

@@ -2,9 +2,13 @@
 //!
 //! - [`ingest`]: `gantry bench ingest`, OTLP/HTTP ingest to searchable against the raw tantivy rate of the same
 //!   documents in the same run;
+//! - [`queries`]: `gantry bench queries`, a cheap query's and an ingest batch's latency while expensive queries run,
+//!   with the expensive-query gate and without it, in the same run;
 //! - [`generate`]: seeded generators of logs and traces shaped like a platform's (services, routes, errors).
 
 pub mod generate;
 pub mod ingest;
+pub mod queries;
 
 pub use ingest::{IngestBench, run_ingest};
+pub use queries::{QueryBench, run_queries};

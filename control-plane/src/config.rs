@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gantry_store::StoreConfig;
+use gantry_store::budget::QueryLimits;
 pub use gantry_support::config::ConfigError;
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +74,17 @@ pub struct RawConfig {
     /// A connection with nothing read or written for this long is closed, ms [default: 300000].
     #[arg(long, env = "GANTRY_IDLE_TIMEOUT_MS", value_name = "MS")]
     pub idle_timeout_ms: Option<u64>,
+    /// Longest a query may run (waiting for a permit included) before it ends with a 422, ms [default: 30000].
+    #[arg(long, env = "GANTRY_QUERY_TIMEOUT_MS", value_name = "MS")]
+    pub query_timeout_ms: Option<u64>,
+    /// Most index terms a query may examine expanding attribute ranges and body prefixes, over all its clauses and
+    /// partitions, before it ends with a 422 [default: 10000000].
+    #[arg(long, env = "GANTRY_QUERY_MAX_EXPANDED_TERMS", value_name = "N")]
+    pub query_max_expanded_terms: Option<u64>,
+    /// Expensive queries (running over 100 ms) that run at once; more wait for one to finish [default: half the
+    /// cores, at least 1].
+    #[arg(long, env = "GANTRY_QUERY_MAX_EXPENSIVE", value_name = "N")]
+    pub query_max_expensive: Option<usize>,
 }
 
 /// The validated configuration the plane runs with.
@@ -160,6 +172,40 @@ impl RawConfig {
                 }
                 Some(mb) => mb << 20,
                 None => defaults.indexer_memory_bytes,
+            },
+            query: QueryLimits {
+                timeout: Duration::from_millis(
+                    match self
+                        .query_timeout_ms
+                        .unwrap_or(defaults.query.timeout.as_millis() as u64)
+                    {
+                        ms @ 10..=3_600_000 => ms,
+                        _ => {
+                            return Err(ConfigError::value(
+                                "query_timeout_ms",
+                                "must be between 10 and 3600000 (an hour)",
+                            ));
+                        }
+                    },
+                ),
+                max_expanded_terms: positive(
+                    "query_max_expanded_terms",
+                    self.query_max_expanded_terms
+                        .unwrap_or(defaults.query.max_expanded_terms),
+                )?,
+                max_expensive: match self
+                    .query_max_expensive
+                    .unwrap_or(defaults.query.max_expensive)
+                {
+                    n @ 1..=1024 => n,
+                    _ => {
+                        return Err(ConfigError::value(
+                            "query_max_expensive",
+                            "must be between 1 and 1024",
+                        ));
+                    }
+                },
+                ..defaults.query
             },
         };
         Ok(PlaneConfig {

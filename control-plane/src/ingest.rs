@@ -59,12 +59,16 @@ fn refusal(error: StoreError) -> Refusal {
             message,
             retry_after: Duration::from_secs(5),
         },
-        StoreError::NotReady | StoreError::ShuttingDown | StoreError::Internal(_) => {
-            Refusal::Unavailable {
-                message,
-                retry_after: Duration::from_secs(1),
-            }
-        }
+        // Query errors: a write never gets them.
+        StoreError::NotReady
+        | StoreError::ShuttingDown
+        | StoreError::Internal(_)
+        | StoreError::TooExpensive { .. }
+        | StoreError::QueriesBusy { .. }
+        | StoreError::Cancelled => Refusal::Unavailable {
+            message,
+            retry_after: Duration::from_secs(1),
+        },
     }
 }
 

@@ -22,13 +22,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: OTLP ingest, the telemetry store and the HTTP API.
-    Plane(PlaneArgs),
+    Plane(Box<PlaneArgs>),
     /// Create, list or revoke API tokens.
     Token {
         #[command(subcommand)]
         command: cli::token::TokenCommand,
     },
-    /// Benchmarks: `gantry bench ingest` measures ingest, search and disk use against a plane it starts.
+    /// Benchmarks against a plane they start: `gantry bench ingest` (ingest, search and disk use), `gantry bench
+    /// queries` (what expensive queries cost ingest and cheap queries).
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
@@ -42,6 +43,8 @@ enum Command {
 enum BenchCommand {
     /// OTLP/HTTP ingest to searchable, query latency, disk per raw byte, against the raw tantivy rate.
     Ingest(gantry_bench::IngestBench),
+    /// A cheap query's and an ingest batch's latency while expensive queries run, with and without the gate.
+    Queries(gantry_bench::QueryBench),
 }
 
 /// `gantry plane`: every setting is a flag, a `GANTRY_*` variable and a key of the TOML file, in that order of
@@ -73,6 +76,9 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Ingest(options),
         } => gantry_bench::run_ingest(options),
+        Command::Bench {
+            command: BenchCommand::Queries(options),
+        } => gantry_bench::run_queries(options),
         Command::Demo(args) => {
             gantry_support::logging::init(cli::LOG_FILTER);
             gantry_support::process::raise_open_files_limit();

@@ -41,7 +41,15 @@ pub struct SignalLabels {
 pub struct RejectedLabels {
     /// `logs`, `traces` or `metrics`.
     pub signal: &'static str,
-    /// `timestamp` or `invalid_value`.
+    /// `timestamp`, `invalid_value` or `invalid_id`.
+    pub reason: &'static str,
+}
+
+/// Labels of `gantry_queries_stopped_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoppedLabels {
+    /// `expanded_terms` (past `query_max_expanded_terms`, 422), `timeout` (past `query_timeout_ms` while working,
+    /// 422), `busy` (past it waiting for a permit, 503) or `cancelled` (the caller went away).
     pub reason: &'static str,
 }
 
@@ -77,6 +85,8 @@ struct StoreGauges {
     wal_failures: Gauge,
     wal_failing: Gauge,
     ready: Gauge,
+    expensive_running: Gauge,
+    expensive_waiting: Gauge,
 }
 
 /// The plane's own counters, histograms and gauges.
@@ -89,6 +99,8 @@ pub struct SelfMetrics {
     services: Mutex<HashSet<String>>,
     commit: Histogram,
     queries: HistogramFamily<EndpointLabels>,
+    /// Queries the budget stopped, synced from the store's counters at each scrape.
+    stopped: Family<StoppedLabels, Counter>,
     store: StoreGauges,
 }
 
@@ -145,8 +157,24 @@ impl SelfMetrics {
             "Query latency by API endpoint",
             queries.clone(),
         );
+        let stopped = Family::<StoppedLabels, Counter>::default();
+        registry.register(
+            "gantry_queries_stopped",
+            "Queries stopped before their answer, by reason: expanded_terms and timeout (422), busy (503), cancelled (the caller went away)",
+            stopped.clone(),
+        );
         let store = StoreGauges::default();
         for (name, help, gauge) in [
+            (
+                "gantry_queries_expensive_running",
+                "Expensive queries (running over 100 ms) holding one of the query_max_expensive permits",
+                &store.expensive_running,
+            ),
+            (
+                "gantry_queries_expensive_waiting",
+                "Expensive queries waiting for a permit",
+                &store.expensive_waiting,
+            ),
             (
                 "gantry_wal_bytes",
                 "Bytes of write-ahead log on disk",
@@ -214,6 +242,7 @@ impl SelfMetrics {
             services: Mutex::new(HashSet::new()),
             commit,
             queries,
+            stopped,
             store,
         }
     }
@@ -293,6 +322,22 @@ impl SelfMetrics {
         set(&self.store.wal_failures, stats.wal_failures);
         set(&self.store.wal_failing, u64::from(stats.wal_failing));
         set(&self.store.ready, u64::from(ready));
+        let queries = &stats.queries;
+        set(&self.store.expensive_running, queries.expensive_running);
+        set(&self.store.expensive_waiting, queries.expensive_waiting);
+        for (reason, total) in [
+            ("expanded_terms", queries.refused_expanded_terms),
+            ("timeout", queries.refused_timeout),
+            ("busy", queries.refused_busy),
+            ("cancelled", queries.cancelled),
+        ] {
+            // The store counts; the exposition's counter follows it (it only ever grows).
+            let counter = self.stopped.get_or_create(&StoppedLabels { reason });
+            let shown = counter.get();
+            if total > shown {
+                counter.inc_by(total - shown);
+            }
+        }
         gantry_support::metrics::encode(&self.registry)
     }
 }
@@ -312,6 +357,11 @@ mod tests {
         let text = metrics.render(
             &StoreStats {
                 wal_bytes: 7,
+                queries: gantry_store::budget::QueryStats {
+                    refused_expanded_terms: 2,
+                    expensive_waiting: 3,
+                    ..Default::default()
+                },
                 ..StoreStats::default()
             },
             true,
@@ -324,6 +374,8 @@ mod tests {
             r#"gantry_query_seconds_count{endpoint="logs"} 1"#,
             "gantry_wal_bytes 7",
             "gantry_ready 1",
+            r#"gantry_queries_stopped_total{reason="expanded_terms"} 2"#,
+            "gantry_queries_expensive_waiting 3",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

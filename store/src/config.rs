@@ -17,11 +17,14 @@ pub struct StoreConfig {
     pub commit_interval: Duration,
     /// Indexing memory per signal, bytes.
     pub indexer_memory_bytes: usize,
+    /// The budget every query runs under.
+    pub query: crate::budget::QueryLimits,
 }
 
 impl StoreConfig {
     /// Defaults suited to one machine: 7 days of retention, day-wide partitions, no disk budget, 64 queued
-    /// batches, a commit every 500 ms, 64 MiB of indexing memory.
+    /// batches, a commit every 500 ms, 64 MiB of indexing memory, and the query budget of
+    /// [`crate::budget::QueryLimits::default_embedded`].
     pub fn default_embedded() -> Self {
         Self {
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -30,6 +33,7 @@ impl StoreConfig {
             max_queue_batches: 64,
             commit_interval: Duration::from_millis(500),
             indexer_memory_bytes: 64 << 20,
+            query: crate::budget::QueryLimits::default_embedded(),
         }
     }
 }

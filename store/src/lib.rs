@@ -6,6 +6,7 @@
 //! translate requests into these types and back.
 #![warn(missing_docs)]
 
+pub mod budget;
 mod config;
 pub mod embedded;
 pub mod model;
@@ -147,7 +148,7 @@ pub struct MetricQuery {
 }
 
 /// A store failure, mapped to an HTTP status by the API layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The write queue is full: retry after the given time.
     #[error("the write queue is full: retry in {}s", retry_after.as_secs())]
@@ -177,6 +178,31 @@ pub enum StoreError {
         /// it starts in the query text.
         leaf: usize,
     },
+    /// The query would cost more than its budget allows (`budget::QueryLimits`): too many index terms to expand,
+    /// or past its deadline. Not retryable as is (422): narrow it.
+    #[error("{message}")]
+    TooExpensive {
+        /// Which limit, and how to narrow the query.
+        message: String,
+        /// The leaf being expanded when the limit was reached, by its index in reading order; `None` when it was
+        /// reached while searching.
+        leaf: Option<usize>,
+    },
+    /// The query turned expensive and no permit to run expensive queries came free before its deadline: retry
+    /// later (503 with `Retry-After`).
+    #[error(
+        "{running} expensive queries are running (query_max_expensive) and none finished in time for this one: retry in {}s",
+        retry_after.as_secs()
+    )]
+    QueriesBusy {
+        /// Permits, all taken.
+        running: usize,
+        /// Suggested wait.
+        retry_after: Duration,
+    },
+    /// The query was stopped because its caller went away.
+    #[error("the query was cancelled: its caller went away")]
+    Cancelled,
     /// Something failed inside the store.
     #[error("storage failure: {0}")]
     Internal(String),
@@ -211,6 +237,8 @@ pub struct StoreStats {
     pub wal_failures: u64,
     /// Whether the last write-ahead log write failed (writes are refused until one succeeds).
     pub wal_failing: bool,
+    /// How queries ended and how many are expensive now.
+    pub queries: budget::QueryStats,
 }
 
 /// Where telemetry is kept and queried. Implemented by the embedded store and (later) ClickHouse.

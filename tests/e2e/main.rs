@@ -17,6 +17,7 @@ mod nodes;
 mod overload;
 mod protocol;
 mod query;
+mod query_cost;
 mod sdk;
 mod slow_clients;
 mod state;

@@ -126,6 +126,15 @@ pub enum ApiError {
         /// Where, in characters.
         position: usize,
     },
+    /// A query that parses and could run, but past its budget (too many index terms to expand, or its deadline):
+    /// 422, with the position of the clause being expanded when there is one.
+    #[error("query too expensive: {message}")]
+    TooExpensive {
+        /// Which limit, where, and how to narrow the query.
+        message: String,
+        /// Where the clause starts, in characters, when the limit was reached while expanding one.
+        position: Option<usize>,
+    },
     /// No valid token, or a role that may not do this (401 or 403).
     #[error(transparent)]
     Auth(AuthError),
@@ -176,6 +185,19 @@ impl From<StoreError> for ApiError {
                 message: error.to_string(),
                 retry_after: Duration::from_secs(1),
             },
+            StoreError::TooExpensive { message, .. } => ApiError::TooExpensive {
+                message,
+                position: None,
+            },
+            StoreError::QueriesBusy { retry_after, .. } => ApiError::Unavailable {
+                message: error.to_string(),
+                retry_after,
+            },
+            // Nobody is left to read this answer.
+            StoreError::Cancelled => ApiError::Unavailable {
+                message: error.to_string(),
+                retry_after: Duration::from_secs(1),
+            },
             StoreError::Internal(message) => ApiError::Internal(message),
         }
     }
@@ -221,6 +243,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::BadRequest(_) | ApiError::BadQuery { .. } => StatusCode::BAD_REQUEST,
+            ApiError::TooExpensive { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Auth(AuthError::Forbidden { .. }) => StatusCode::FORBIDDEN,
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -236,6 +259,7 @@ impl IntoResponse for ApiError {
             error: self.to_string(),
             position: match &self {
                 ApiError::BadQuery { position, .. } => Some(*position),
+                ApiError::TooExpensive { position, .. } => *position,
                 _ => None,
             },
         };
@@ -341,9 +365,23 @@ pub struct ParsedQuery {
 }
 
 impl ParsedQuery {
-    /// A store error as an API error: a leaf the store refused becomes a 400 at that leaf's position.
+    /// A store error as an API error: a leaf the store refused becomes a 400 at that leaf's position, a leaf past
+    /// the query's budget a 422 at its position.
     pub fn refusal(&self, error: StoreError) -> ApiError {
         match error {
+            StoreError::TooExpensive {
+                message,
+                leaf: Some(leaf),
+            } => match self.leaves.get(leaf) {
+                Some(&position) => ApiError::TooExpensive {
+                    message: format!("at position {position}: {message}"),
+                    position: Some(position),
+                },
+                None => ApiError::TooExpensive {
+                    message,
+                    position: None,
+                },
+            },
             StoreError::Query { message, leaf } => match self.leaves.get(leaf) {
                 Some(&position) => ApiError::BadQuery {
                     message: format!("at position {position}: {message}"),

@@ -15,6 +15,7 @@ use tantivy::schema::IndexRecordOption;
 
 use super::partitions::Catalog;
 use super::search::{DocIds, searched, stored, within};
+use crate::budget::Budget;
 use crate::model::{MetricKind, MetricPoint, value_text};
 use crate::{Aggregation, MetricQuery, StoreError, TimeRange};
 use gantry_proto::Signal;
@@ -32,14 +33,18 @@ struct Series {
 }
 
 /// Runs a metric query.
-pub fn query(catalog: &Catalog, query: &MetricQuery) -> Result<Vec<MetricSeries>, StoreError> {
+pub fn query(
+    catalog: &Catalog,
+    budget: &Budget,
+    query: &MetricQuery,
+) -> Result<Vec<MetricSeries>, StoreError> {
     let step = query.step.as_nanos().max(1) as i64;
     // One step of history before the range gives cumulative series their starting value.
     let read = TimeRange {
         from_ns: query.range.from_ns - step,
         to_ns: query.range.to_ns,
     };
-    let series = read_series(catalog, query, &read)?;
+    let series = read_series(catalog, budget, query, &read)?;
     let buckets = ((query.range.to_ns - query.range.from_ns) + step - 1) / step;
     let mut groups: BTreeMap<BTreeMap<String, String>, Vec<Accumulator>> = BTreeMap::new();
     for series in series.values() {
@@ -68,13 +73,15 @@ pub fn query(catalog: &Catalog, query: &MetricQuery) -> Result<Vec<MetricSeries>
 
 fn read_series(
     catalog: &Catalog,
+    budget: &Budget,
     query: &MetricQuery,
     range: &TimeRange,
 ) -> Result<HashMap<u64, Series>, StoreError> {
     let fields = catalog.fields(Signal::Metrics);
     let mut all: HashMap<u64, Series> = HashMap::new();
     let mut total = 0usize;
-    for partition in searched(catalog, Signal::Metrics, range, &query.filter)? {
+    for partition in searched(catalog, budget, Signal::Metrics, range, &query.filter)? {
+        budget.check()?;
         let searcher = partition.reader.searcher();
         let name: Box<dyn TantivyQuery> = Box::new(TermQuery::new(
             Term::from_field_text(fields.name.expect("metrics schema"), &query.name),
@@ -84,12 +91,13 @@ fn read_series(
             Signal::Metrics,
             fields,
             &searcher,
+            budget,
             &query.filter,
             StdBound::Included(range.from_ns),
             StdBound::Excluded(range.to_ns),
             vec![name],
         )?;
-        for (segment, docs) in searcher.search(&compiled, &DocIds)? {
+        for (segment, docs) in budget.search(&searcher, &compiled, &DocIds)? {
             total += docs.len();
             if total > MAX_POINTS {
                 return Err(StoreError::Invalid(format!(
@@ -99,6 +107,7 @@ fn read_series(
             let fast = searcher.segment_reader(segment).fast_fields();
             let (hash, ts, value) = (fast.u64("series")?, fast.i64("ts")?, fast.f64("value")?);
             for doc in docs {
+                budget.tick()?;
                 let address = DocAddress::new(segment, doc);
                 let key = hash.first(doc).unwrap_or(0);
                 let series = match all.get_mut(&key) {

@@ -43,6 +43,7 @@ pub(crate) use self::metrics::histogram_quantile;
 use self::partitions::{Catalog, dir_size};
 pub use self::partitions::{dir_size as disk_bytes, index_settings};
 use self::wal_thread::{Pending, WriteStats};
+use crate::budget::{Budget, Gate, QueryCounters, QueryLimits};
 use crate::model::{Acceptance, Rejections, screen, stamp_missing_times};
 use crate::{
     Batch, LogPage, LogSearch, MetricQuery, Store, StoreConfig, StoreError, StoreStats, TimeRange,
@@ -59,6 +60,10 @@ pub struct EmbeddedStore {
     stats: Arc<WriteStats>,
     truncated_bytes: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The budget of each query, and the permits of expensive ones.
+    query_limits: QueryLimits,
+    gate: Arc<Gate>,
+    query_counters: Arc<QueryCounters>,
 }
 
 impl EmbeddedStore {
@@ -67,6 +72,7 @@ impl EmbeddedStore {
         data_dir: &Path,
         config: StoreConfig,
     ) -> (Arc<Self>, oneshot::Receiver<Result<u64, StoreError>>) {
+        let query_counters = Arc::new(QueryCounters::default());
         let store = Arc::new(Self {
             dir: data_dir.to_owned(),
             retention: config.retention,
@@ -76,6 +82,12 @@ impl EmbeddedStore {
             stats: Arc::new(WriteStats::default()),
             truncated_bytes: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
+            query_limits: config.query,
+            gate: Arc::new(Gate::new(
+                config.query.max_expensive,
+                query_counters.clone(),
+            )),
+            query_counters,
         });
         let (done, replayed) = oneshot::channel();
         let starting = store.clone();
@@ -170,14 +182,20 @@ impl EmbeddedStore {
             .ok_or(StoreError::NotReady)
     }
 
+    /// Runs `work` on a blocking thread under a fresh query budget; dropping the returned future (the caller went
+    /// away) stops the work at its next checkpoint.
     async fn read<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Catalog) -> Result<T, StoreError> + Send + 'static,
+        work: impl FnOnce(&Catalog, &Budget) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let catalog = self.catalog()?;
-        tokio::task::spawn_blocking(move || work(&catalog))
+        let budget = Budget::new(self.query_limits, self.gate.clone());
+        let guard = budget.cancel_on_drop();
+        let result = tokio::task::spawn_blocking(move || work(&catalog, &budget))
             .await
-            .map_err(|error| StoreError::Internal(format!("query task failed: {error}")))?
+            .map_err(|error| StoreError::Internal(format!("query task failed: {error}")))?;
+        guard.disarm();
+        result
     }
 }
 
@@ -231,7 +249,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn search_logs(&self, search: LogSearch) -> Result<LogPage, StoreError> {
-        self.read(move |catalog| search::search_logs(catalog, &search))
+        self.read(move |catalog, budget| search::search_logs(catalog, budget, &search))
             .await
     }
 
@@ -241,28 +259,30 @@ impl Store for EmbeddedStore {
         range: TimeRange,
         buckets: usize,
     ) -> Result<Vec<HistogramBucket>, StoreError> {
-        self.read(move |catalog| search::log_histogram(catalog, &query, range, buckets))
-            .await
+        self.read(move |catalog, budget| {
+            search::log_histogram(catalog, budget, &query, range, buckets)
+        })
+        .await
     }
 
     async fn trace(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
         let trace_id = trace_id.to_owned();
-        self.read(move |catalog| search::trace(catalog, &trace_id))
+        self.read(move |catalog, budget| search::trace(catalog, budget, &trace_id))
             .await
     }
 
     async fn search_traces(&self, search: TraceSearch) -> Result<Vec<TraceSummary>, StoreError> {
-        self.read(move |catalog| search::search_traces(catalog, &search))
+        self.read(move |catalog, budget| search::search_traces(catalog, budget, &search))
             .await
     }
 
     async fn metrics(&self, query: MetricQuery) -> Result<Vec<MetricSeries>, StoreError> {
-        self.read(move |catalog| metrics::query(catalog, &query))
+        self.read(move |catalog, budget| metrics::query(catalog, budget, &query))
             .await
     }
 
     async fn services(&self, range: TimeRange) -> Result<Vec<ServiceRow>, StoreError> {
-        self.read(move |catalog| search::services(catalog, range))
+        self.read(move |catalog, budget| search::services(catalog, budget, range))
             .await
     }
 
@@ -295,6 +315,7 @@ impl Store for EmbeddedStore {
             corrupt_checkpoints: self.stats.corrupt_checkpoints.load(Ordering::Relaxed),
             wal_failures: self.stats.wal_failures.load(Ordering::Relaxed),
             wal_failing: self.stats.wal_failing.load(Ordering::Relaxed) == 1,
+            queries: self.query_counters.snapshot(),
         }
     }
 

@@ -19,6 +19,7 @@ use tantivy::{
 use super::compile::Compiler;
 use super::copies;
 use super::partitions::{Catalog, Partition};
+use crate::budget::Budget;
 use gantry_proto::Signal;
 
 use super::schema::{Fields, StoredLog};
@@ -135,10 +136,12 @@ impl SegmentCollector for SegmentTsHistogram {
 }
 
 /// The query of a partition: the user's query, within a time range.
+#[allow(clippy::too_many_arguments)]
 pub fn within(
     signal: Signal,
     fields: &Fields,
     searcher: &Searcher,
+    budget: &Budget,
     query: &Query,
     lower: StdBound<i64>,
     upper: StdBound<i64>,
@@ -146,7 +149,7 @@ pub fn within(
 ) -> Result<Box<dyn TantivyQuery>, StoreError> {
     let mut clauses = vec![(
         Occur::Must,
-        Compiler::new(signal, fields, searcher).compile(query)?,
+        Compiler::new(signal, fields, searcher, budget).compile(query)?,
     )];
     let ts = |value: i64| Term::from_field_i64(fields.ts, value);
     clauses.push((
@@ -161,6 +164,7 @@ pub fn within(
 /// index), so that a query the store refuses is refused whether or not there is data in the range.
 pub fn searched(
     catalog: &Catalog,
+    budget: &Budget,
     signal: Signal,
     range: &TimeRange,
     query: &Query,
@@ -170,7 +174,7 @@ pub fn searched(
         let fields = catalog.fields(signal);
         let empty = tantivy::Index::create_in_ram(fields.schema.clone());
         let searcher = empty.reader()?.searcher();
-        Compiler::new(signal, fields, &searcher).compile(query)?;
+        Compiler::new(signal, fields, &searcher, budget).compile(query)?;
     }
     Ok(partitions)
 }
@@ -191,7 +195,11 @@ pub fn stored<T: DeserializeOwned>(
 }
 
 /// A page of logs, newest first, resuming after a cursor.
-pub fn search_logs(catalog: &Catalog, search: &LogSearch) -> Result<LogPage, StoreError> {
+pub fn search_logs(
+    catalog: &Catalog,
+    budget: &Budget,
+    search: &LogSearch,
+) -> Result<LogPage, StoreError> {
     let fields = catalog.fields(Signal::Logs);
     let (upper, mut skip) = match search.cursor {
         Some(cursor) => (StdBound::Included(cursor.ts_ns), cursor.seen_at_ts as usize),
@@ -204,19 +212,22 @@ pub fn search_logs(catalog: &Catalog, search: &LogSearch) -> Result<LogPage, Sto
             .map_or(search.range.to_ns, |c| c.ts_ns.saturating_add(1)),
     };
     let mut hits: Vec<LogRecord> = Vec::new();
-    for partition in searched(catalog, Signal::Logs, &range, &search.query)? {
+    for partition in searched(catalog, budget, Signal::Logs, &range, &search.query)? {
+        budget.check()?;
         let searcher = partition.reader.searcher();
         let query = within(
             Signal::Logs,
             fields,
             &searcher,
+            budget,
             &search.query,
             StdBound::Included(search.range.from_ns),
             upper,
             vec![],
         )?;
         let wanted = search.limit + 1 - hits.len() + skip;
-        let top: Vec<(Option<i64>, DocAddress)> = searcher.search(
+        let top: Vec<(Option<i64>, DocAddress)> = budget.search(
+            &searcher,
             &query,
             &TopDocs::with_limit(wanted).order_by_fast_field("ts", Order::Desc),
         )?;
@@ -260,6 +271,7 @@ pub fn search_logs(catalog: &Catalog, search: &LogSearch) -> Result<LogPage, Sto
 /// Matching log counts per time bucket.
 pub fn log_histogram(
     catalog: &Catalog,
+    budget: &Budget,
     query: &Query,
     range: TimeRange,
     buckets: usize,
@@ -267,18 +279,21 @@ pub fn log_histogram(
     let fields = catalog.fields(Signal::Logs);
     let width = ((range.to_ns - range.from_ns) / buckets as i64).max(1);
     let mut counts = vec![0u64; buckets];
-    for partition in searched(catalog, Signal::Logs, &range, query)? {
+    for partition in searched(catalog, budget, Signal::Logs, &range, query)? {
+        budget.check()?;
         let searcher = partition.reader.searcher();
         let compiled = within(
             Signal::Logs,
             fields,
             &searcher,
+            budget,
             query,
             StdBound::Included(range.from_ns),
             StdBound::Excluded(range.to_ns),
             vec![],
         )?;
-        let partial = searcher.search(
+        let partial = budget.search(
+            &searcher,
             &compiled,
             &TsHistogram {
                 from_ns: range.from_ns,
@@ -302,6 +317,7 @@ pub fn log_histogram(
 
 fn spans_of(
     partition: &Partition,
+    budget: &Budget,
     fields: &Fields,
     trace_id: &str,
 ) -> Result<Vec<SpanRecord>, StoreError> {
@@ -311,8 +327,9 @@ fn spans_of(
         IndexRecordOption::Basic,
     );
     let mut spans = Vec::new();
-    for (segment, docs) in searcher.search(&query, &DocIds)? {
+    for (segment, docs) in budget.search(&searcher, &query, &DocIds)? {
         for doc in docs {
+            budget.tick()?;
             spans.push(stored(&searcher, fields, DocAddress::new(segment, doc))?);
         }
     }
@@ -320,7 +337,11 @@ fn spans_of(
 }
 
 /// Every span of a trace, each once (see [`copies`]), in start order, whatever partition it is in.
-pub fn trace(catalog: &Catalog, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
+pub fn trace(
+    catalog: &Catalog,
+    budget: &Budget,
+    trace_id: &str,
+) -> Result<Vec<SpanRecord>, StoreError> {
     let fields = catalog.fields(Signal::Traces);
     let everything = TimeRange {
         from_ns: i64::MIN,
@@ -328,7 +349,8 @@ pub fn trace(catalog: &Catalog, trace_id: &str) -> Result<Vec<SpanRecord>, Store
     };
     let mut spans = Vec::new();
     for partition in catalog.overlapping(Signal::Traces, &everything) {
-        spans.extend(spans_of(&partition, fields, trace_id)?);
+        budget.check()?;
+        spans.extend(spans_of(&partition, budget, fields, trace_id)?);
     }
     let mut spans = copies::unique(spans);
     spans.sort_by(|a: &SpanRecord, b| {
@@ -367,11 +389,19 @@ pub fn summarize(trace_id: &str, spans: &[SpanRecord]) -> Option<TraceSummary> {
 /// Traces with a span matching the search, newest first.
 pub fn search_traces(
     catalog: &Catalog,
+    budget: &Budget,
     search: &TraceSearch,
 ) -> Result<Vec<TraceSummary>, StoreError> {
     let fields = catalog.fields(Signal::Traces);
     let mut ids: Vec<String> = Vec::new();
-    for partition in searched(catalog, Signal::Traces, &search.range, &search.query)? {
+    for partition in searched(
+        catalog,
+        budget,
+        Signal::Traces,
+        &search.range,
+        &search.query,
+    )? {
+        budget.check()?;
         let searcher = partition.reader.searcher();
         let mut extra: Vec<Box<dyn TantivyQuery>> = Vec::new();
         let exact = |field: tantivy::schema::Field, value: &str| -> Box<dyn TantivyQuery> {
@@ -405,13 +435,15 @@ pub fn search_traces(
             Signal::Traces,
             fields,
             &searcher,
+            budget,
             &search.query,
             StdBound::Included(search.range.from_ns),
             StdBound::Excluded(search.range.to_ns),
             extra,
         )?;
         // Newest matching spans first; several may share a trace, so look further than the limit.
-        let top: Vec<(Option<i64>, DocAddress)> = searcher.search(
+        let top: Vec<(Option<i64>, DocAddress)> = budget.search(
+            &searcher,
             &query,
             &TopDocs::with_limit(search.limit * 20).order_by_fast_field("ts", Order::Desc),
         )?;
@@ -449,7 +481,7 @@ pub fn search_traces(
     }
     let mut summaries = Vec::with_capacity(ids.len());
     for id in ids {
-        if let Some(summary) = summarize(&id, &trace(catalog, &id)?) {
+        if let Some(summary) = summarize(&id, &trace(catalog, budget, &id)?) {
             summaries.push(summary);
         }
     }
@@ -478,11 +510,16 @@ impl Red {
 /// counted once each ([`copies::unique`]). Copies of a span share its start, so they are always in the same
 /// partition. Besides the durations of the range, this holds about 24 bytes per matching span of one partition at a
 /// time.
-pub fn services(catalog: &Catalog, range: TimeRange) -> Result<Vec<ServiceRow>, StoreError> {
+pub fn services(
+    catalog: &Catalog,
+    budget: &Budget,
+    range: TimeRange,
+) -> Result<Vec<ServiceRow>, StoreError> {
     let fields = catalog.fields(Signal::Traces);
     let kind = fields.kind.expect("spans schema");
     let mut groups: BTreeMap<(String, String), Red> = BTreeMap::new();
     for partition in catalog.overlapping(Signal::Traces, &range) {
+        budget.check()?;
         let searcher = partition.reader.searcher();
         let kinds: Vec<Box<dyn TantivyQuery>> = vec![Box::new(BooleanQuery::new(
             [2u64, 5]
@@ -500,12 +537,13 @@ pub fn services(catalog: &Catalog, range: TimeRange) -> Result<Vec<ServiceRow>, 
             Signal::Traces,
             fields,
             &searcher,
+            budget,
             &Query::All,
             StdBound::Included(range.from_ns),
             StdBound::Excluded(range.to_ns),
             kinds,
         )?;
-        let found = searcher.search(&query, &DocIds)?;
+        let found = budget.search(&searcher, &query, &DocIds)?;
         let mut keys = Vec::with_capacity(found.len());
         let mut repeats = copies::Repeats::default();
         for (segment, docs) in &found {
@@ -531,6 +569,7 @@ pub fn services(catalog: &Catalog, range: TimeRange) -> Result<Vec<ServiceRow>, 
             let ts = fast.i64("ts")?;
             let mut names: HashMap<(u64, u64), (String, String)> = HashMap::new();
             for (i, doc) in docs.into_iter().enumerate() {
+                budget.tick()?;
                 if keys.get(i).is_some_and(|key| repeats.is_repeated(*key)) {
                     candidates.push(DocAddress::new(segment, doc));
                     continue;

@@ -251,17 +251,7 @@ async fn json_values_are_read_refused_by_field_or_rejected_for_their_reason() ->
 
     // The rejection counter gives the real reason.
     let counters = plane.self_metrics(&viewer).await?;
-    let rejected = |reason: &str| {
-        counters
-            .iter()
-            .filter(|(k, _)| {
-                k.starts_with("gantry_ingest_rejected_records_total{")
-                    && k.contains("signal=\"metrics\"")
-                    && k.contains(&format!("reason=\"{reason}\""))
-            })
-            .map(|(_, v)| *v)
-            .sum::<f64>()
-    };
+    let rejected = |reason: &str| rejected_records(&counters, "metrics", reason);
     ensure!(
         rejected("invalid_value") == 7.0 && rejected("timestamp") == 0.0,
         "7 points rejected as invalid values, none for their time: {counters:?}"
@@ -407,20 +397,27 @@ async fn malformed_trace_and_span_ids_are_rejected_one_by_one() -> Result<()> {
         .await?;
     plane.wait_for_logs(&viewer, &svc, 2).await?;
     let counters = plane.self_metrics(&viewer).await?;
-    let invalid_ids = |signal: &str| {
-        counters
-            .iter()
-            .filter(|(k, _)| {
-                k.starts_with("gantry_ingest_rejected_records_total{")
-                    && k.contains(&format!("signal=\"{signal}\""))
-                    && k.contains("reason=\"invalid_id\"")
-            })
-            .map(|(_, v)| *v)
-            .sum::<f64>()
-    };
+    let invalid_ids = |signal: &str| rejected_records(&counters, signal, "invalid_id");
     ensure!(
         invalid_ids("traces") == (bad_spans.len() + 3) as f64 && invalid_ids("logs") == 1.0,
         "every malformed id counted once, as invalid_id: {counters:?}"
     );
     Ok(())
+}
+
+/// `gantry_ingest_rejected_records_total` of `signal` and `reason` in the plane's `/metrics` samples.
+fn rejected_records(
+    counters: &std::collections::BTreeMap<String, f64>,
+    signal: &str,
+    reason: &str,
+) -> f64 {
+    counters
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("gantry_ingest_rejected_records_total{")
+                && k.contains(&format!("signal=\"{signal}\""))
+                && k.contains(&format!("reason=\"{reason}\""))
+        })
+        .map(|(_, v)| *v)
+        .sum()
 }

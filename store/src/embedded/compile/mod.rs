@@ -23,6 +23,7 @@ use gantry_proto::Signal;
 use super::schema::{Fields, kind_number, status_number};
 use super::terms::BODY_ROOT;
 use crate::StoreError;
+use crate::budget::Budget;
 use crate::model::severity_range;
 
 /// Most distinct attribute values an attribute range may expand to.
@@ -59,14 +60,21 @@ pub struct Compiler<'a> {
     signal: Signal,
     fields: &'a Fields,
     searcher: &'a Searcher,
+    /// The query's budget: each term a range or a prefix examines counts against it.
+    budget: &'a Budget,
     analyzer: TextAnalyzer,
     /// Leaves compiled so far: the index of the next one in reading order ([`Query::leaves`]).
     leaves: usize,
 }
 
 impl<'a> Compiler<'a> {
-    /// A compiler for a signal's partition.
-    pub fn new(signal: Signal, fields: &'a Fields, searcher: &'a Searcher) -> Self {
+    /// A compiler for a signal's partition, spending `budget`.
+    pub fn new(
+        signal: Signal,
+        fields: &'a Fields,
+        searcher: &'a Searcher,
+        budget: &'a Budget,
+    ) -> Self {
         let analyzer = searcher
             .index()
             .tokenizers()
@@ -76,6 +84,7 @@ impl<'a> Compiler<'a> {
             signal,
             fields,
             searcher,
+            budget,
             analyzer,
             leaves: 0,
         }
@@ -127,7 +136,10 @@ impl<'a> Compiler<'a> {
     fn located(&mut self, field: Option<&str>, leaf: Leaf<'_>) -> Result<Compiled, StoreError> {
         let index = self.leaves;
         self.leaves += 1;
-        self.leaf(field, leaf).map_err(|error| match error {
+        self.budget.in_leaf(Some(index));
+        let compiled = self.leaf(field, leaf);
+        self.budget.in_leaf(None);
+        compiled.map_err(|error| match error {
             StoreError::Invalid(message) => StoreError::Query {
                 message,
                 leaf: index,
@@ -301,6 +313,7 @@ impl<'a> Compiler<'a> {
             }
             let mut stream = range.into_stream()?;
             while stream.advance() {
+                self.budget.term()?;
                 words.insert(stream.key().to_vec());
                 if words.len() > MAX_PREFIX_WORDS {
                     return Ok(words.len());
@@ -394,6 +407,7 @@ impl<'a> Compiler<'a> {
                 .lt(&end)
                 .into_stream()?;
             while stream.advance() {
+                self.budget.term()?;
                 let Ok(term) = std::str::from_utf8(stream.key()) else {
                     continue;
                 };

@@ -11,6 +11,7 @@ use tantivy::{Index, Searcher, TantivyDocument};
 
 use super::{Compiler, MAX_PREFIX_WORDS};
 use crate::StoreError;
+use crate::budget::{Budget, Gate, QueryLimits};
 use crate::embedded::partitions::index_settings;
 use crate::embedded::schema::{Fields, StoredLog, log_document};
 
@@ -98,7 +99,7 @@ fn index_of(records: Vec<(LogRecord, Option<serde_json::Value>)>) -> (Fields, Se
 /// The `doc` numbers of the records `query` finds, or the compiler's error.
 fn search(fields: &Fields, searcher: &Searcher, query: &str) -> Result<BTreeSet<i64>, String> {
     let parsed = gantry_query::parse(query).map_err(|e| format!("parse: {e}"))?;
-    let compiled = Compiler::new(Signal::Logs, fields, searcher)
+    let compiled = Compiler::new(Signal::Logs, fields, searcher, &Budget::unlimited())
         .compile(&parsed)
         .map_err(|e| e.to_string())?;
     let found = searcher.search(&compiled, &DocSetCollector).unwrap();
@@ -129,7 +130,7 @@ fn check(query: &str, expected: &[i64]) {
 fn check_refused(query: &str, position: usize, needle: &str) {
     let (fields, searcher) = index();
     let parsed = gantry_query::parse(query).unwrap();
-    let error = Compiler::new(Signal::Logs, &fields, &searcher)
+    let error = Compiler::new(Signal::Logs, &fields, &searcher, &Budget::unlimited())
         .compile(&parsed)
         .map(drop)
         .expect_err(query);
@@ -330,7 +331,7 @@ fn a_prefix_too_broad_is_refused() {
     };
     let (fields, searcher) = index_of(vec![(record, None)]);
     let parsed = gantry_query::parse("k_w*").unwrap();
-    let error = Compiler::new(Signal::Logs, &fields, &searcher)
+    let error = Compiler::new(Signal::Logs, &fields, &searcher, &Budget::unlimited())
         .compile(&parsed)
         .map(drop)
         .expect_err("too broad");
@@ -492,4 +493,44 @@ fn keys_holding_equals_are_not_mistaken_for_others() {
     check_nested("a:b=c", &[]);
     check_nested("a:b*", &[]);
     check_nested("a:*", &[25]);
+}
+
+/// Ranges on an attribute with many values examine each value: past the query's term cap the query stops, naming
+/// the clause that was being expanded, however the examined terms are spread over clauses.
+#[test]
+fn the_term_cap_stops_the_clause_that_passes_it() {
+    let records: Vec<(LogRecord, Option<serde_json::Value>)> = (0..100)
+        .map(|i| {
+            let record = LogRecord {
+                body: "x".to_owned(),
+                attributes: attributes(&[("doc", i.into()), ("f", (f64::from(i) / 10.0).into())]),
+                ..LogRecord::default()
+            };
+            (record, None)
+        })
+        .collect();
+    let (fields, searcher) = index_of(records);
+    // Each range examines every `f=` term (100 of them): the third clause passes a cap of 250.
+    let limits = QueryLimits {
+        max_expanded_terms: 250,
+        ..QueryLimits::unlimited()
+    };
+    let gate = std::sync::Arc::new(Gate::new(1, Default::default()));
+    let budget = Budget::new(limits, gate);
+    let query = "f:[0 TO 1] OR f:[2 TO 3] OR f:[4 TO 5] OR f:[6 TO 7]";
+    let parsed = gantry_query::parse(query).unwrap();
+    let error = Compiler::new(Signal::Logs, &fields, &searcher, &budget)
+        .compile(&parsed)
+        .map(drop)
+        .expect_err("past the cap");
+    let StoreError::TooExpensive { message, leaf } = error else {
+        panic!("not TooExpensive: {error}");
+    };
+    assert_eq!(leaf, Some(2), "{message}");
+    assert!(message.contains("limit of 250 index terms"), "{message}");
+    // Under the cap the same ranges answer exactly.
+    assert_eq!(
+        search(&fields, &searcher, "f:[0 TO 1] OR f:[9.5 TO 10]"),
+        Ok((0..=10).chain(95..100).collect())
+    );
 }
