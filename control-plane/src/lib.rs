@@ -12,5 +12,6 @@ pub mod config;
 pub mod ingest;
 pub mod nodes;
 pub mod server;
+pub mod spec;
 pub mod state;
 pub mod telemetry;

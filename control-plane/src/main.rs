@@ -1,5 +1,6 @@
 //! The `gantry` command: `plane` runs the control plane, `token` manages API tokens, `demo` runs a plane and this
-//! machine's agent to try Gantry, `bench` measures.
+//! machine's agent to try Gantry, `bench` measures; `apply`, `services`, `secret` and `audit` talk to a running
+//! plane.
 
 mod cli;
 
@@ -37,6 +38,17 @@ enum Command {
     /// Run a plane and this machine's node agent to try Gantry, and print where to reach them with a fresh admin
     /// token.
     Demo(cli::demo::DemoArgs),
+    /// Plan (`--dry-run`) or apply a platform spec: a new revision for each changed service.
+    Apply(cli::platform::ApplyArgs),
+    /// The platform's services with their revision and RED, or one service's revisions.
+    Services(cli::platform::ServicesArgs),
+    /// Set, list or delete the secrets specs reference as `${secret:NAME}`.
+    Secret {
+        #[command(subcommand)]
+        command: cli::platform::SecretCommand,
+    },
+    /// Who changed what, when, with which outcome.
+    Audit(cli::platform::AuditArgs),
 }
 
 #[derive(Subcommand)]
@@ -58,8 +70,12 @@ struct PlaneArgs {
     settings: RawConfig,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    cli::remote::exit_code(run(cli))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Plane(args) => {
             gantry_support::logging::init(cli::LOG_FILTER);
@@ -84,5 +100,9 @@ fn main() -> anyhow::Result<()> {
             gantry_support::process::raise_open_files_limit();
             cli::demo::run(args)
         }
+        Command::Apply(args) => cli::platform::apply(args),
+        Command::Services(args) => cli::platform::services(args),
+        Command::Secret { command } => cli::platform::secret(command),
+        Command::Audit(args) => cli::platform::audit(args),
     }
 }

@@ -17,7 +17,6 @@ use crate::api::{AppState, app, otlp_app};
 use crate::config::PlaneConfig;
 use crate::nodes::NodeRegistry;
 use crate::state::StateDb;
-use crate::state::tokens::TokenStore;
 
 /// A plane whose listeners are bound.
 pub struct Bound {
@@ -82,7 +81,6 @@ pub async fn serve(
             .await?
             .context("cannot open the state database")?,
     );
-    let tokens = TokenStore::new(db.clone());
     let nodes = {
         let (db, missed, per_token) = (
             db.clone(),
@@ -96,7 +94,7 @@ pub async fn serve(
     };
     let (store, replayed) = EmbeddedStore::start(&config.data_dir, config.store.clone());
     let store: Arc<dyn Store> = store;
-    let state = AppState::new(store.clone(), tokens, nodes.clone(), config.max_body_bytes);
+    let state = AppState::new(store.clone(), db, nodes.clone(), config.max_body_bytes);
     let otlp = state.otlp.clone();
     tracing::info!(
         http = %bound.endpoints.http,

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod logs;
 pub mod metrics;
 pub mod nodes;
+pub mod platform;
 pub mod signal;
 pub mod traces;
 
@@ -49,4 +50,21 @@ pub struct ErrorBody {
     /// For query errors, the 0-based character position in the query.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<usize>,
+    /// For platform spec errors, where in which file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SpecLocation>,
+}
+
+/// Where a platform spec error is: the file as the client named it, the 1-based line and column, and the field's
+/// path (e.g. `services.gateway.replicas`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecLocation {
+    /// The file.
+    pub file: String,
+    /// 1-based line; 0 when unknown.
+    pub line: u64,
+    /// 1-based column; 0 when unknown.
+    pub column: u64,
+    /// The field's path; empty for the whole document.
+    pub field: String,
 }

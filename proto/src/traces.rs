@@ -110,6 +110,9 @@ pub struct ServiceRow {
 pub struct ServicesResponse {
     /// One row per service and version.
     pub services: Vec<ServiceRow>,
+    /// The services the plane runs from a platform spec (`gantry apply`), with or without telemetry yet.
+    #[serde(default)]
+    pub deployed: Vec<crate::platform::DeployedService>,
     /// Time spent answering, in milliseconds.
     pub took_ms: u64,
 }

@@ -5,6 +5,7 @@ mod health;
 mod logs;
 mod metrics;
 mod nodes;
+mod platform;
 mod time;
 mod tokens;
 mod traces;
@@ -19,7 +20,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use gantry_proto::{Access, ErrorBody, TokenInfo};
 
 use gantry_otlp::Receiver;
@@ -28,6 +29,8 @@ use gantry_store::{Store, StoreError};
 use crate::auth::{AuthError, authorize};
 use crate::ingest::PlaneIntake;
 use crate::nodes::NodeRegistry;
+use crate::state::StateDb;
+use crate::state::platform::PlatformStore;
 use crate::state::tokens::{TokenError, TokenStore};
 use crate::telemetry::SelfMetrics;
 
@@ -38,6 +41,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// API tokens.
     pub tokens: TokenStore,
+    /// The platform's services, revisions, secrets and audit log.
+    pub platform: PlatformStore,
     /// The nodes that heartbeat.
     pub nodes: Arc<NodeRegistry>,
     /// The plane's own metrics.
@@ -47,14 +52,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The state of a plane over its store, tokens and nodes, with a fresh `SelfMetrics` and the OTLP receiver
-    /// (at most `max_body_bytes` per request) whose HTTP routes the API serves.
+    /// The state of a plane over its store, state database and nodes, with a fresh `SelfMetrics` and the OTLP
+    /// receiver (at most `max_body_bytes` per request) whose HTTP routes the API serves.
     pub fn new(
         store: Arc<dyn Store>,
-        tokens: TokenStore,
+        db: Arc<StateDb>,
         nodes: Arc<NodeRegistry>,
         max_body_bytes: usize,
     ) -> AppState {
+        let tokens = TokenStore::new(db.clone());
+        let platform = PlatformStore::new(db);
         let metrics = Arc::new(SelfMetrics::new());
         let otlp = Receiver::new(
             Arc::new(PlaneIntake {
@@ -67,6 +74,7 @@ impl AppState {
         AppState {
             store,
             tokens,
+            platform,
             nodes,
             metrics,
             otlp,
@@ -92,6 +100,17 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/traces", get(traces::search))
         .route("/api/v1/traces/{trace_id}", get(traces::by_id))
         .route("/api/v1/services", get(traces::services))
+        .route(
+            "/api/v1/services/{name}/revisions",
+            get(platform::revisions),
+        )
+        .route("/api/v1/apply", post(platform::apply))
+        .route("/api/v1/secrets", get(platform::list_secrets))
+        .route(
+            "/api/v1/secrets/{name}",
+            put(platform::set_secret).delete(platform::delete_secret),
+        )
+        .route("/api/v1/audit", get(platform::audit))
         .route("/api/v1/metrics", get(metrics::query))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
@@ -135,6 +154,9 @@ pub enum ApiError {
         /// Where the clause starts, in characters, when the limit was reached while expanding one.
         position: Option<usize>,
     },
+    /// A platform spec the plane refuses (400), with its file, line, column and field.
+    #[error("invalid platform spec: {0}")]
+    Spec(crate::spec::SpecError),
     /// No valid token, or a role that may not do this (401 or 403).
     #[error(transparent)]
     Auth(AuthError),
@@ -242,7 +264,9 @@ impl From<gantry_query::ParseError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
-            ApiError::BadRequest(_) | ApiError::BadQuery { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::BadQuery { .. } | ApiError::Spec(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::TooExpensive { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Auth(AuthError::Forbidden { .. }) => StatusCode::FORBIDDEN,
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
@@ -260,6 +284,10 @@ impl IntoResponse for ApiError {
             position: match &self {
                 ApiError::BadQuery { position, .. } => Some(*position),
                 ApiError::TooExpensive { position, .. } => *position,
+                _ => None,
+            },
+            spec: match &self {
+                ApiError::Spec(error) => Some(error.location.clone()),
                 _ => None,
             },
         };
@@ -290,6 +318,8 @@ pub trait Requirement: Send + Sync + 'static {
 pub struct IngestAccess;
 /// Reading.
 pub struct ReadAccess;
+/// Changing what runs (deploys, scaling, secrets).
+pub struct DeployAccess;
 /// Administering.
 pub struct AdminAccess;
 
@@ -298,6 +328,9 @@ impl Requirement for IngestAccess {
 }
 impl Requirement for ReadAccess {
     const ACCESS: Access = Access::Read;
+}
+impl Requirement for DeployAccess {
+    const ACCESS: Access = Access::Deploy;
 }
 impl Requirement for AdminAccess {
     const ACCESS: Access = Access::Admin;

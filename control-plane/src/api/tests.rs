@@ -14,16 +14,14 @@ use tower::ServiceExt;
 use super::{AppState, app};
 use crate::nodes::NodeRegistry;
 use crate::state::StateDb;
-use crate::state::tokens::TokenStore;
 
 /// A plane's state over a fresh data directory, with its store ready.
 async fn state(dir: &std::path::Path) -> AppState {
     let db = Arc::new(StateDb::open(dir).unwrap());
-    let tokens = TokenStore::new(db.clone());
-    let nodes = Arc::new(NodeRegistry::open(db, 3).unwrap());
+    let nodes = Arc::new(NodeRegistry::open(db.clone(), 3).unwrap());
     let (store, replayed) = EmbeddedStore::start(dir, StoreConfig::default_embedded());
     replayed.await.unwrap().unwrap();
-    AppState::new(store, tokens, nodes, 1 << 20)
+    AppState::new(store, db, nodes, 1 << 20)
 }
 
 /// Who may use a route.
@@ -32,6 +30,7 @@ enum Who {
     Anyone,
     Writers,
     Readers,
+    Deployers,
     Admins,
 }
 
@@ -41,6 +40,7 @@ impl Who {
             Who::Anyone => true,
             Who::Writers => matches!(role, Role::Ingest | Role::Admin),
             Who::Readers => matches!(role, Role::Viewer | Role::Deployer | Role::Admin),
+            Who::Deployers => matches!(role, Role::Deployer | Role::Admin),
             Who::Admins => role == Role::Admin,
         }
     }
@@ -89,6 +89,27 @@ fn routes() -> Vec<(Method, String, RequestBody, Who)> {
         get("/api/v1/metrics?name=x", Who::Readers),
         get("/api/v1/nodes", Who::Readers),
         get("/api/v1/nodes/nobody", Who::Readers),
+        get("/api/v1/services/nothing/revisions", Who::Readers),
+        get("/api/v1/secrets", Who::Readers),
+        get("/api/v1/audit", Who::Readers),
+        (
+            Method::POST,
+            "/api/v1/apply".into(),
+            json(serde_json::json!({"file": "m.yaml", "content": "services: {}", "dry_run": true})),
+            Who::Deployers,
+        ),
+        (
+            Method::PUT,
+            "/api/v1/secrets/matrix".into(),
+            json(serde_json::json!({"value": "v"})),
+            Who::Deployers,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/secrets/no-such-secret".into(),
+            None,
+            Who::Deployers,
+        ),
         get("/api/v1/tokens", Who::Admins),
         (
             Method::POST,

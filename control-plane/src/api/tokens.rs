@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use gantry_proto::{CreateTokenRequest, CreatedToken, TokenInfo};
 
 use super::{AdminAccess, ApiError, AppState, Caller, JsonBody};
+use crate::state::audit::Action;
 use crate::state::tokens::{TokenError, TokenStore};
 
 async fn blocking<T: Send + 'static>(
@@ -32,6 +33,8 @@ pub async fn create(
     })
     .await?;
     tracing::info!(by = %caller.token.name, name = %created.info.name, role = %created.info.role, "token created");
+    let detail = format!("role {}, id {}", created.info.role, created.info.id);
+    audit(&state, &caller, "token.create", &created.info.name, &detail).await;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -51,5 +54,31 @@ pub async fn revoke(
 ) -> Result<StatusCode, ApiError> {
     let revoked = blocking(&state.tokens, move |tokens| tokens.revoke(&id)).await?;
     tracing::info!(by = %caller.token.name, name = %revoked.name, "token revoked");
+    let detail = format!("id {}", revoked.id);
+    audit(&state, &caller, "token.revoke", &revoked.name, &detail).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Records a token change in the audit log; the change is made, so a failure to record is logged, not returned.
+async fn audit(
+    state: &AppState,
+    caller: &Caller<AdminAccess>,
+    action: &'static str,
+    target: &str,
+    detail: &str,
+) {
+    let (actor, target, detail) = (caller.token.clone(), target.to_owned(), detail.to_owned());
+    let recorded = super::platform::blocking(&state.platform, move |platform| {
+        platform.record(&Action {
+            actor: &actor,
+            action,
+            target: &target,
+            outcome: "ok",
+            detail: &detail,
+        })
+    })
+    .await;
+    if let Err(error) = recorded {
+        tracing::warn!(%error, action, "a token change could not be recorded in the audit log");
+    }
 }

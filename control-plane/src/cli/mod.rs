@@ -1,6 +1,8 @@
 //! The subcommands of the `gantry` binary that do more than call into the plane library.
 
 pub mod demo;
+pub mod platform;
+pub mod remote;
 pub mod token;
 
 /// Log filter when `RUST_LOG` is not set.

@@ -1,5 +1,5 @@
-//! The plane's own state in an embedded SQLite database, `DATA_DIR/state.db`: tokens and nodes today; revisions,
-//! rollouts, instances, the audit log, users and alerts as the next features land.
+//! The plane's own state in an embedded SQLite database, `DATA_DIR/state.db`: tokens, nodes, the platform's services
+//! and their revisions, secrets and the audit log; rollouts, instances, users and alerts as the next features land.
 //!
 //! This module owns the database: it opens it (WAL journal mode, `synchronous = FULL` so that a committed change
 //! survives a power loss, foreign keys on), applies the numbered migrations in `state/migrations/` at start (the
@@ -10,7 +10,10 @@
 //! through SQLite's locking (a writer waits up to [`BUSY_TIMEOUT`] for another). A process holds two connections:
 //! one writer and one reader, so that reads (every request's token check) never wait behind a write's fsync.
 
+pub mod audit;
 pub mod nodes;
+pub mod platform;
+pub mod secrets;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -26,7 +29,10 @@ pub const FILE_NAME: &str = "state.db";
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The migrations, in order; migration `n` (1-based) moves the schema from version `n - 1` to `n`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_tokens_nodes.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_tokens_nodes.sql"),
+    include_str!("migrations/0002_platform.sql"),
+];
 
 /// A failure of the state database.
 #[derive(Debug, thiserror::Error)]
@@ -236,6 +242,11 @@ fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     connection
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Now as RFC 3339 with milliseconds, UTC: the timestamps of the state tables.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]

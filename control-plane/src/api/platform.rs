@@ -1,0 +1,148 @@
+//! The platform's desired state over HTTP: `POST /api/v1/apply` (plan or apply a platform spec),
+//! `GET /api/v1/services/{name}/revisions`, the secrets specs reference (`GET /api/v1/secrets`,
+//! `PUT|DELETE /api/v1/secrets/{name}`) and `GET /api/v1/audit`.
+//!
+//! Changes need a `deployer` or `admin` token and are written to the audit log with the change itself; each is a
+//! committed (fsynced) write, so it runs on a blocking thread.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use gantry_proto::platform::{
+    ApplyRequest, ApplyResponse, AuditResponse, Revision, SecretInfo, SetSecretRequest,
+};
+use serde::Deserialize;
+
+use super::{ApiError, AppState, Caller, DeployAccess, JsonBody, Params, ReadAccess};
+use crate::state::platform::{PlatformError, PlatformStore};
+
+/// Runs blocking platform work off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    platform: &PlatformStore,
+    work: impl FnOnce(&PlatformStore) -> Result<T, PlatformError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let platform = platform.clone();
+    tokio::task::spawn_blocking(move || work(&platform))
+        .await
+        .map_err(|error| ApiError::Internal(format!("platform task failed: {error}")))?
+        .map_err(ApiError::from)
+}
+
+impl From<PlatformError> for ApiError {
+    fn from(error: PlatformError) -> Self {
+        match error {
+            PlatformError::Spec(error) => ApiError::Spec(error),
+            PlatformError::NotFound(message) => ApiError::NotFound(message),
+            PlatformError::Conflict(message) => ApiError::Conflict(message),
+            PlatformError::Invalid(message) => ApiError::BadRequest(message),
+            // Busy or failing database: a retry can succeed.
+            PlatformError::State(error) => ApiError::Unavailable {
+                message: error.to_string(),
+                retry_after: std::time::Duration::from_secs(1),
+            },
+        }
+    }
+}
+
+/// `POST /api/v1/apply`: a platform spec, planned (`dry_run`) or applied.
+pub async fn apply(
+    caller: Caller<DeployAccess>,
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<ApplyRequest>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let author = caller.token.clone();
+    let file = request.file.clone();
+    let response = blocking(&state.platform, move |platform| {
+        platform.apply(&request, &author)
+    })
+    .await?;
+    if !response.dry_run {
+        tracing::info!(by = %caller.token.name, file = %file, "platform spec applied");
+    }
+    Ok(Json(response))
+}
+
+/// `GET /api/v1/services/{name}/revisions`: newest first.
+pub async fn revisions(
+    _: Caller<ReadAccess>,
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+) -> Result<Json<Vec<Revision>>, ApiError> {
+    Ok(Json(
+        blocking(&state.platform, move |platform| {
+            platform.revisions(&service)
+        })
+        .await?,
+    ))
+}
+
+/// `GET /api/v1/secrets`: names and who set them, never values.
+pub async fn list_secrets(
+    _: Caller<ReadAccess>,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<SecretInfo>>, ApiError> {
+    Ok(Json(
+        blocking(&state.platform, |platform| platform.secrets()).await?,
+    ))
+}
+
+/// `PUT /api/v1/secrets/{name}`: 201 when created, 204 when changed.
+pub async fn set_secret(
+    caller: Caller<DeployAccess>,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(request): JsonBody<SetSecretRequest>,
+) -> Result<StatusCode, ApiError> {
+    let by = caller.token.clone();
+    let created = blocking(&state.platform, move |platform| {
+        platform.set_secret(&name, &request.value, &by)
+    })
+    .await?;
+    Ok(if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
+    })
+}
+
+/// `DELETE /api/v1/secrets/{name}`: 409 while a current revision references it.
+pub async fn delete_secret(
+    caller: Caller<DeployAccess>,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let by = caller.token.clone();
+    blocking(&state.platform, move |platform| {
+        platform.delete_secret(&name, &by)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query string of `GET /api/v1/audit`.
+#[derive(Debug, Deserialize)]
+pub struct AuditParams {
+    /// Entries per page (default 100, at most 1000).
+    limit: Option<usize>,
+    /// Only entries about this target.
+    target: Option<String>,
+    /// Only entries older than this id (the next page).
+    before: Option<u64>,
+}
+
+/// `GET /api/v1/audit`: newest first.
+pub async fn audit(
+    _: Caller<ReadAccess>,
+    State(state): State<AppState>,
+    Params(params): Params<AuditParams>,
+) -> Result<Json<AuditResponse>, ApiError> {
+    let entries = blocking(&state.platform, move |platform| {
+        platform.audit(
+            params.limit.unwrap_or(100),
+            params.target.as_deref(),
+            params.before,
+        )
+    })
+    .await?;
+    Ok(Json(AuditResponse { entries }))
+}

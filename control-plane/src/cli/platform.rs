@@ -1,0 +1,316 @@
+//! `gantry apply`, `gantry services`, `gantry secret` and `gantry audit`: the platform's desired state, through a
+//! running plane's API (see `remote` for `--plane`, `--token`, `--json` and the exit codes).
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use gantry_proto::ServicesResponse;
+use gantry_proto::platform::{
+    ApplyRequest, ApplyResponse, AuditResponse, Change, Revision, SecretInfo, SetSecretRequest,
+};
+use reqwest::Method;
+
+use super::remote::Remote;
+use super::runtime;
+
+/// `gantry apply FILE`.
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// The platform spec (YAML); `-` reads standard input.
+    file: PathBuf,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// `gantry services [SERVICE]`.
+#[derive(Args, Debug)]
+pub struct ServicesArgs {
+    /// A service: list its revisions, newest first, with what changed in each.
+    service: Option<String>,
+    /// The RED window: a duration back from now (`-1h`) or an RFC 3339 time.
+    #[arg(long, default_value = "-15m")]
+    from: String,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// `gantry secret ...`.
+#[derive(Subcommand, Debug)]
+pub enum SecretCommand {
+    /// Set a secret from standard input (one trailing newline is dropped), e.g. `printf %s "$PW" | gantry secret
+    /// set db-password`. Specs reference it as `${secret:NAME}`.
+    Set {
+        /// The secret's name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List secrets (names and who set them; never values).
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a secret no current revision uses.
+    Delete {
+        /// The secret's name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// `gantry audit`.
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Only entries about this file, service, secret or token name.
+    #[arg(long)]
+    target: Option<String>,
+    /// How many entries, newest first.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// Runs `gantry apply`.
+pub fn apply(args: ApplyArgs) -> anyhow::Result<()> {
+    let (file, content) = if args.file.as_os_str() == "-" {
+        let mut content = String::new();
+        std::io::stdin()
+            .read_to_string(&mut content)
+            .context("cannot read the spec from standard input")?;
+        ("<stdin>".to_owned(), content)
+    } else {
+        let content = std::fs::read_to_string(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?;
+        (args.file.display().to_string(), content)
+    };
+    let request = ApplyRequest {
+        file,
+        content,
+        dry_run: args.dry_run,
+    };
+    let response: ApplyResponse = runtime()?.block_on(args.remote.call(
+        Method::POST,
+        &["api", "v1", "apply"],
+        &[],
+        Some(&request),
+    ))?;
+    if args.remote.json {
+        return Remote::print_json(&response);
+    }
+    print!("{}", render_plan(&response));
+    Ok(())
+}
+
+/// The plan as `nomad job plan` shows one: a line per service, its changed fields under it, and a summary.
+pub fn render_plan(response: &ApplyResponse) -> String {
+    let mut out = String::new();
+    let (mut created, mut updated, mut unchanged) = (0, 0, 0);
+    for plan in &response.services {
+        let revision = plan.revision.unwrap_or_default();
+        let line = match plan.change {
+            Change::Create => {
+                created += 1;
+                format!("+ {}: create, revision {revision}", plan.service)
+            }
+            Change::Update => {
+                updated += 1;
+                format!(
+                    "~ {}: update, revision {} -> {revision}",
+                    plan.service,
+                    plan.previous_revision.unwrap_or_default()
+                )
+            }
+            Change::Unchanged => {
+                unchanged += 1;
+                format!("= {}: unchanged, revision {revision}", plan.service)
+            }
+            Change::NotInFile => format!(
+                "  {}: not in this file, kept at revision {revision}",
+                plan.service
+            ),
+        };
+        out.push_str(&line);
+        out.push('\n');
+        for change in &plan.diff {
+            out.push_str(&format!("    {change}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "\n{created} to create, {updated} to update, {unchanged} unchanged{}\n",
+        if response.dry_run {
+            " (dry run: nothing was changed)"
+        } else {
+            ""
+        }
+    ));
+    out
+}
+
+/// Runs `gantry services`.
+pub fn services(args: ServicesArgs) -> anyhow::Result<()> {
+    let remote = &args.remote;
+    runtime()?.block_on(async {
+        if let Some(service) = &args.service {
+            let revisions: Vec<Revision> = remote
+                .call(Method::GET, &["api", "v1", "services", service, "revisions"], &[], None::<&()>)
+                .await?;
+            if remote.json {
+                return Remote::print_json(&revisions);
+            }
+            for revision in &revisions {
+                println!(
+                    "revision {}  version {}  by {}  at {}  from {}",
+                    revision.revision, revision.version, revision.author, revision.created, revision.source
+                );
+                for change in &revision.diff {
+                    println!("    {change}");
+                }
+            }
+            return Ok(());
+        }
+        let response: ServicesResponse = remote
+            .call(Method::GET, &["api", "v1", "services"], &[("from", args.from.clone())], None::<&()>)
+            .await?;
+        if remote.json {
+            return Remote::print_json(&response);
+        }
+        println!(
+            "{:<24} {:>8} {:<12} {:>8} {:>6} {:>9} {:>7} {:>8} {:>8}",
+            "SERVICE", "REVISION", "VERSION", "REPLICAS", "PORT", "REQ/S", "ERR%", "P50 MS", "P99 MS"
+        );
+        let mut names: Vec<&str> = response
+            .deployed
+            .iter()
+            .map(|d| d.service.as_str())
+            .chain(response.services.iter().map(|r| r.service.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            let deployed = response.deployed.iter().find(|d| d.service == name);
+            let rows: Vec<_> = response.services.iter().filter(|r| r.service == name).collect();
+            let dash = || "-".to_owned();
+            let (revision, replicas, port) = deployed.map_or((dash(), dash(), dash()), |d| {
+                (
+                    d.revision.to_string(),
+                    d.replicas.to_string(),
+                    d.port.map_or_else(dash, |p| p.to_string()),
+                )
+            });
+            if rows.is_empty() {
+                let version = deployed.map_or_else(dash, |d| d.version.clone());
+                println!(
+                    "{name:<24} {revision:>8} {version:<12} {replicas:>8} {port:>6} {:>9} {:>7} {:>8} {:>8}",
+                    "-", "-", "-", "-"
+                );
+            }
+            for row in rows {
+                println!(
+                    "{name:<24} {revision:>8} {:<12} {replicas:>8} {port:>6} {:>9.2} {:>7.2} {:>8.1} {:>8.1}",
+                    if row.version.is_empty() { "-" } else { &row.version },
+                    row.request_rate,
+                    row.error_ratio * 100.0,
+                    row.p50_ms,
+                    row.p99_ms
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs `gantry secret ...`.
+pub fn secret(command: SecretCommand) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        match command {
+            SecretCommand::Set { name, remote } => {
+                let mut value = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut value)
+                    .context("cannot read the secret from standard input")?;
+                if value.ends_with('\n') {
+                    value.pop();
+                    if value.ends_with('\r') {
+                        value.pop();
+                    }
+                }
+                let () = remote
+                    .call(
+                        Method::PUT,
+                        &["api", "v1", "secrets", &name],
+                        &[],
+                        Some(&SetSecretRequest { value }),
+                    )
+                    .await?;
+                eprintln!("secret `{name}` set");
+            }
+            SecretCommand::List { remote } => {
+                let secrets: Vec<SecretInfo> = remote
+                    .call(Method::GET, &["api", "v1", "secrets"], &[], None::<&()>)
+                    .await?;
+                if remote.json {
+                    return Remote::print_json(&secrets);
+                }
+                println!("{:<32} {:<26} UPDATED BY", "NAME", "UPDATED");
+                for secret in secrets {
+                    println!(
+                        "{:<32} {:<26} {}",
+                        secret.name, secret.updated, secret.updated_by
+                    );
+                }
+            }
+            SecretCommand::Delete { name, remote } => {
+                let () = remote
+                    .call(
+                        Method::DELETE,
+                        &["api", "v1", "secrets", &name],
+                        &[],
+                        None::<&()>,
+                    )
+                    .await?;
+                eprintln!("secret `{name}` deleted");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs `gantry audit`.
+pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let mut query = vec![("limit", args.limit.to_string())];
+    if let Some(target) = &args.target {
+        query.push(("target", target.clone()));
+    }
+    let response: AuditResponse = runtime()?.block_on(args.remote.call(
+        Method::GET,
+        &["api", "v1", "audit"],
+        &query,
+        None::<&()>,
+    ))?;
+    if args.remote.json {
+        return Remote::print_json(&response);
+    }
+    println!(
+        "{:<25} {:<20} {:<14} {:<24} OUTCOME",
+        "TIME", "WHO", "ACTION", "TARGET"
+    );
+    for entry in response.entries {
+        let detail = if entry.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", entry.detail)
+        };
+        println!(
+            "{:<25} {:<20} {:<14} {:<24} {}{detail}",
+            entry.time, entry.actor, entry.action, entry.target, entry.outcome
+        );
+    }
+    Ok(())
+}

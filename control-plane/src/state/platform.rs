@@ -1,0 +1,454 @@
+//! The `services` and `revisions` tables: what the platform should run. `apply` turns a platform spec into a plan
+//! (create, update, unchanged, per service) and, unless it is a dry run, writes one new immutable revision per
+//! changed service, the services' current revisions and an audit entry, all in one transaction: an apply happens
+//! whole or not at all, and applying the same file again changes nothing.
+//!
+//! Secrets are also managed here, since a secret in use by a current revision may not be deleted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use gantry_proto::TokenInfo;
+use gantry_proto::platform::{
+    ApplyRequest, ApplyResponse, AuditEntry, Change, DeployedService, Revision, RuntimeSpec,
+    SecretInfo, ServicePlan, ServiceSpec,
+};
+use rusqlite::{Connection, params};
+
+use super::audit::{self, Action};
+use super::{StateDb, StateError, now_rfc3339, secrets};
+use crate::spec::{self, SpecError, diff::diff};
+
+/// Why a platform change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// The spec is refused; nothing changed.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A name does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change contradicts the current state (e.g. deleting a secret in use).
+    #[error("{0}")]
+    Conflict(String),
+    /// A parameter is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The state database failed: a retry can succeed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The platform's desired state in the state database.
+#[derive(Debug, Clone)]
+pub struct PlatformStore {
+    db: Arc<StateDb>,
+}
+
+/// A service's current revision.
+#[derive(Debug, Clone)]
+struct Current {
+    revision: u64,
+    spec: ServiceSpec,
+}
+
+impl PlatformStore {
+    /// The platform in `db`.
+    pub fn new(db: Arc<StateDb>) -> PlatformStore {
+        PlatformStore { db }
+    }
+
+    /// Plans a platform spec and, unless `request.dry_run`, applies it as `author`. Blocking (a committed write).
+    ///
+    /// # Errors
+    /// [`PlatformError::Spec`] for a refused spec (recorded in the audit log), or the database failed.
+    pub fn apply(
+        &self,
+        request: &ApplyRequest,
+        author: &TokenInfo,
+    ) -> Result<ApplyResponse, PlatformError> {
+        let result = if request.dry_run {
+            self.db
+                .read(|c| plan_in(c, request))
+                .map_err(PlatformError::from)
+                .and_then(|planned| planned.map(|(response, _)| response))
+        } else {
+            self.db.write(|transaction| {
+                let planned = plan_in(transaction, request).map_err(|e| self.db.error(e))?;
+                let (response, specs) = match planned {
+                    Ok(planned) => planned,
+                    Err(error) => return Ok(Err(error)),
+                };
+                let now = now_rfc3339();
+                let mut written = Vec::new();
+                for plan in &response.services {
+                    if !matches!(plan.change, Change::Create | Change::Update) {
+                        continue;
+                    }
+                    let (Some(revision), Some(spec)) = (plan.revision, specs.get(&plan.service))
+                    else {
+                        continue;
+                    };
+                    insert_revision(
+                        transaction,
+                        spec,
+                        revision,
+                        author,
+                        &now,
+                        &request.file,
+                        plan,
+                    )
+                    .map_err(|e| self.db.error(e))?;
+                    written.push(format!("{} r{revision}", plan.service));
+                }
+                let detail = if written.is_empty() {
+                    "no change".to_owned()
+                } else {
+                    written.join(", ")
+                };
+                audit::append(
+                    transaction,
+                    &Action {
+                        actor: author,
+                        action: "apply",
+                        target: &request.file,
+                        outcome: "ok",
+                        detail: &detail,
+                    },
+                )
+                .map_err(|e| self.db.error(e))?;
+                Ok::<_, StateError>(Ok(response))
+            })?
+        };
+        if let Err(PlatformError::Spec(error)) = &result {
+            self.refused(author, "apply", &request.file, &error.to_string());
+        }
+        result
+    }
+
+    /// Records a refused action in the audit log (a failure to record is logged, not returned: the caller's answer
+    /// is the refusal).
+    pub fn refused(&self, actor: &TokenInfo, action: &str, target: &str, why: &str) {
+        let outcome = format!("refused: {why}");
+        let entry = Action {
+            actor,
+            action,
+            target,
+            outcome: &outcome,
+            detail: "",
+        };
+        if let Err(error) = audit::record(&self.db, &entry) {
+            tracing::warn!(%error, action, "a refusal could not be recorded in the audit log");
+        }
+    }
+
+    /// A service's revisions, newest first.
+    ///
+    /// # Errors
+    /// [`PlatformError::NotFound`] for a service never applied, or the database failed.
+    pub fn revisions(&self, service: &str) -> Result<Vec<Revision>, PlatformError> {
+        let revisions = self.db.read(|c| {
+            let mut statement = c.prepare(
+                "SELECT service, revision, version, author, created, source, diff, spec FROM revisions
+                 WHERE service = ?1 ORDER BY revision DESC",
+            )?;
+            let rows = statement.query_map([service], |row| {
+                Ok(Revision {
+                    service: row.get(0)?,
+                    revision: row.get::<_, i64>(1)? as u64,
+                    version: row.get(2)?,
+                    author: row.get(3)?,
+                    created: row.get(4)?,
+                    source: row.get(5)?,
+                    diff: json_column(row, 6)?,
+                    spec: json_column(row, 7)?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        if revisions.is_empty() {
+            return Err(PlatformError::NotFound(format!(
+                "no service `{service}`: `gantry services` lists them"
+            )));
+        }
+        Ok(revisions)
+    }
+
+    /// The services the plane runs, by name.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn deployed(&self) -> Result<Vec<DeployedService>, PlatformError> {
+        Ok(self.db.read(|c| {
+            let mut statement = c.prepare(
+                "SELECT s.name, s.revision, r.version, s.replicas, r.spec, s.updated FROM services s
+                 JOIN revisions r ON r.service = s.name AND r.revision = s.revision ORDER BY s.name",
+            )?;
+            let rows = statement.query_map([], |row| {
+                let spec: ServiceSpec = json_column(row, 4)?;
+                Ok(DeployedService {
+                    service: row.get(0)?,
+                    revision: row.get::<_, i64>(1)? as u64,
+                    version: row.get(2)?,
+                    replicas: row.get::<_, i64>(3)? as u32,
+                    port: spec.port,
+                    updated: row.get(5)?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?)
+    }
+
+    /// Sets a secret as `by`; returns whether it is new. Blocking.
+    ///
+    /// # Errors
+    /// [`PlatformError::Invalid`] for a bad name, or the database failed.
+    pub fn set_secret(
+        &self,
+        name: &str,
+        value: &str,
+        by: &TokenInfo,
+    ) -> Result<bool, PlatformError> {
+        if !spec::valid_secret_name(name) {
+            return Err(PlatformError::Invalid(format!(
+                "`{name}` is not a secret name: 1-128 letters, digits, `-`, `_` or `.`"
+            )));
+        }
+        Ok(self.db.write(|transaction| {
+            let created =
+                secrets::set(transaction, name, value, &by.name).map_err(|e| self.db.error(e))?;
+            let detail = if created { "created" } else { "changed" };
+            audit::append(
+                transaction,
+                &Action {
+                    actor: by,
+                    action: "secret.set",
+                    target: name,
+                    outcome: "ok",
+                    detail,
+                },
+            )
+            .map_err(|e| self.db.error(e))?;
+            Ok::<_, StateError>(created)
+        })?)
+    }
+
+    /// Deletes a secret as `by`, unless a current revision references it. Blocking.
+    ///
+    /// # Errors
+    /// [`PlatformError::NotFound`], [`PlatformError::Conflict`] naming the services that use it, or the database
+    /// failed.
+    pub fn delete_secret(&self, name: &str, by: &TokenInfo) -> Result<(), PlatformError> {
+        self.db.write(|transaction| {
+            let users: Vec<String> = current(transaction)
+                .map_err(|e| self.db.error(e))?
+                .into_values()
+                .filter(|current| references(&current.spec, name))
+                .map(|current| current.spec.name)
+                .collect();
+            if !users.is_empty() {
+                return Ok(Err(PlatformError::Conflict(format!(
+                    "secret `{name}` is used by {}: apply a spec without it first",
+                    users.join(", ")
+                ))));
+            }
+            if !secrets::delete(transaction, name).map_err(|e| self.db.error(e))? {
+                return Ok(Err(PlatformError::NotFound(format!("no secret `{name}`"))));
+            }
+            audit::append(
+                transaction,
+                &Action {
+                    actor: by,
+                    action: "secret.delete",
+                    target: name,
+                    outcome: "ok",
+                    detail: "",
+                },
+            )
+            .map_err(|e| self.db.error(e))?;
+            Ok::<_, StateError>(Ok(()))
+        })?
+    }
+
+    /// Every secret's metadata.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn secrets(&self) -> Result<Vec<SecretInfo>, PlatformError> {
+        Ok(secrets::list(&self.db)?)
+    }
+
+    /// The audit log, newest first (see [`audit::list`]).
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn audit(
+        &self,
+        limit: usize,
+        target: Option<&str>,
+        before: Option<u64>,
+    ) -> Result<Vec<AuditEntry>, PlatformError> {
+        Ok(audit::list(&self.db, limit, target, before)?)
+    }
+
+    /// Records a successful action of another component (e.g. token changes) in the audit log.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn record(&self, entry: &Action<'_>) -> Result<(), PlatformError> {
+        Ok(audit::record(&self.db, entry)?)
+    }
+}
+
+/// A plan: the answer, and the new specs by name.
+type Planned = (ApplyResponse, BTreeMap<String, ServiceSpec>);
+
+/// Parses and plans `request` against the state `connection` sees.
+fn plan_in(
+    connection: &Connection,
+    request: &ApplyRequest,
+) -> rusqlite::Result<Result<Planned, PlatformError>> {
+    let known_secrets = secrets::names(connection)?;
+    let specs = match spec::parse(&request.file, &request.content, &|name| {
+        known_secrets.contains(name)
+    }) {
+        Ok(specs) => specs,
+        Err(error) => return Ok(Err(error.into())),
+    };
+    let current = current(connection)?;
+    let services = plan(&current, &specs);
+    let by_name = specs
+        .into_iter()
+        .map(|spec| (spec.name.clone(), spec))
+        .collect();
+    Ok(Ok((
+        ApplyResponse {
+            dry_run: request.dry_run,
+            services,
+        },
+        by_name,
+    )))
+}
+
+/// What applying `specs` does to each service: pure.
+fn plan(current: &BTreeMap<String, Current>, specs: &[ServiceSpec]) -> Vec<ServicePlan> {
+    let mut plans: Vec<ServicePlan> = specs
+        .iter()
+        .map(|spec| match current.get(&spec.name) {
+            None => ServicePlan {
+                service: spec.name.clone(),
+                change: Change::Create,
+                previous_revision: None,
+                revision: Some(1),
+                diff: diff(None, spec),
+            },
+            Some(now) if now.spec == *spec => ServicePlan {
+                service: spec.name.clone(),
+                change: Change::Unchanged,
+                previous_revision: Some(now.revision),
+                revision: Some(now.revision),
+                diff: Vec::new(),
+            },
+            Some(now) => ServicePlan {
+                service: spec.name.clone(),
+                change: Change::Update,
+                previous_revision: Some(now.revision),
+                revision: Some(now.revision + 1),
+                diff: diff(Some(&now.spec), spec),
+            },
+        })
+        .collect();
+    for (name, now) in current {
+        if !specs.iter().any(|spec| spec.name == *name) {
+            plans.push(ServicePlan {
+                service: name.clone(),
+                change: Change::NotInFile,
+                previous_revision: Some(now.revision),
+                revision: Some(now.revision),
+                diff: Vec::new(),
+            });
+        }
+    }
+    plans
+}
+
+fn current(connection: &Connection) -> rusqlite::Result<BTreeMap<String, Current>> {
+    let mut statement = connection.prepare(
+        "SELECT s.name, s.revision, r.spec FROM services s
+         JOIN revisions r ON r.service = s.name AND r.revision = s.revision",
+    )?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            Current {
+                revision: row.get::<_, i64>(1)? as u64,
+                spec: json_column(row, 2)?,
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+fn insert_revision(
+    connection: &Connection,
+    spec: &ServiceSpec,
+    revision: u64,
+    author: &TokenInfo,
+    now: &str,
+    source: &str,
+    plan: &ServicePlan,
+) -> rusqlite::Result<()> {
+    let version = spec
+        .version
+        .clone()
+        .unwrap_or_else(|| format!("r{revision}"));
+    connection.execute(
+        "INSERT INTO revisions (service, revision, version, author, created, source, diff, spec)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            spec.name,
+            revision as i64,
+            version,
+            author.name,
+            now,
+            source,
+            json(&plan.diff),
+            json(spec)
+        ],
+    )?;
+    connection.execute(
+        "INSERT INTO services (name, revision, replicas, updated) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO UPDATE SET revision = excluded.revision, replicas = excluded.replicas,
+         updated = excluded.updated",
+        params![spec.name, revision as i64, i64::from(spec.replicas), now],
+    )?;
+    Ok(())
+}
+
+/// Plain data as JSON (the proto types always serialize: string keys, no custom serializers).
+fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    serde_json::from_str(&text).map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            Box::new(error),
+        )
+    })
+}
+
+/// Whether a spec references a secret.
+fn references(spec: &ServiceSpec, secret: &str) -> bool {
+    let RuntimeSpec::Process(process) = &spec.runtime;
+    process
+        .env
+        .values()
+        .any(|value| spec::secret_references(value).is_ok_and(|names| names.contains(&secret)))
+}
