@@ -65,6 +65,9 @@ pub struct RawConfig {
     /// limit less 256 [default: 4096].
     #[arg(long, env = "GANTRY_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// How long a node may be down before its instances are placed on other nodes, ms [default: 60000].
+    #[arg(long, env = "GANTRY_NODE_GRACE_PERIOD_MS", value_name = "MS")]
+    pub node_grace_period_ms: Option<u64>,
     /// Nodes one token (other than an admin token) may register [default: 10000].
     #[arg(long, env = "GANTRY_MAX_NODES_PER_TOKEN", value_name = "N")]
     pub max_nodes_per_token: Option<usize>,
@@ -108,6 +111,8 @@ pub struct PlaneConfig {
     pub max_connections: usize,
     /// Nodes one non-admin token may register.
     pub max_nodes_per_token: usize,
+    /// How long a node may be down before its instances are placed elsewhere.
+    pub node_grace_period: Duration,
     /// Time an HTTP/1.1 client has to send a request's line and headers.
     pub header_read_timeout: Duration,
     /// A connection with nothing read or written for this long is closed.
@@ -259,6 +264,17 @@ impl RawConfig {
                     ));
                 }
             },
+            node_grace_period: Duration::from_millis(
+                match self.node_grace_period_ms.unwrap_or(60_000) {
+                    ms @ 1_000..=86_400_000 => ms,
+                    _ => {
+                        return Err(ConfigError::value(
+                            "node_grace_period_ms",
+                            "must be between 1000 and 86400000 (a day)",
+                        ));
+                    }
+                },
+            ),
             header_read_timeout: Duration::from_millis(
                 match self.header_read_timeout_ms.unwrap_or(10_000) {
                     ms @ 100..=600_000 => ms,

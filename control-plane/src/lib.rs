@@ -11,6 +11,8 @@ pub mod auth;
 pub mod config;
 pub mod ingest;
 pub mod nodes;
+pub mod placement;
+pub mod scheduler;
 pub mod server;
 pub mod spec;
 pub mod state;

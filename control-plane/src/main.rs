@@ -42,6 +42,8 @@ enum Command {
     Apply(cli::platform::ApplyArgs),
     /// The platform's services with their revision and RED, or one service's revisions.
     Services(cli::platform::ServicesArgs),
+    /// Each service's revision and where its instances are placed.
+    Status(cli::platform::StatusArgs),
     /// Set, list or delete the secrets specs reference as `${secret:NAME}`.
     Secret {
         #[command(subcommand)]
@@ -102,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Apply(args) => cli::platform::apply(args),
         Command::Services(args) => cli::platform::services(args),
+        Command::Status(args) => cli::platform::status(args),
         Command::Secret { command } => cli::platform::secret(command),
         Command::Audit(args) => cli::platform::audit(args),
     }

@@ -94,7 +94,8 @@ pub async fn serve(
     };
     let (store, replayed) = EmbeddedStore::start(&config.data_dir, config.store.clone());
     let store: Arc<dyn Store> = store;
-    let state = AppState::new(store.clone(), db, nodes.clone(), config.max_body_bytes);
+    let state = AppState::new(store.clone(), db, nodes.clone(), config.max_body_bytes)
+        .with_node_grace_period(config.node_grace_period);
     let otlp = state.otlp.clone();
     tracing::info!(
         http = %bound.endpoints.http,
@@ -126,6 +127,7 @@ pub async fn serve(
         });
     }
     tasks.spawn(nodes.clone().watch(shutdown.clone().cancelled_owned()));
+    tasks.spawn(state.scheduler.clone().run(shutdown.clone()));
     let limits = config.listener_limits();
     tracing::info!(
         max_connections = limits.connections.max(),

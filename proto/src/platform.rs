@@ -358,6 +358,36 @@ pub struct DeployedService {
     pub updated: String,
 }
 
+/// `GET /api/v1/services/{name}`: a service's current revision and where each of its instances should run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// The service, its revision, version and replicas.
+    pub service: DeployedService,
+    /// One entry per slot, by index.
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// One slot of a service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// The instance id, `<service>/<slot>`.
+    pub instance: String,
+    /// The slot, 0-based.
+    pub slot: u32,
+    /// The node's agent id, when placed.
+    pub node: Option<String>,
+    /// The node's host name, when placed on a known node.
+    pub hostname: Option<String>,
+    /// The node's status, when placed on a known node.
+    pub node_status: Option<crate::NodeStatus>,
+    /// `placed`, or `unplaced` with `reason`.
+    pub state: String,
+    /// Why no node takes it (empty when placed).
+    pub reason: String,
+    /// When its placement last changed, RFC 3339.
+    pub since: String,
+}
+
 /// A secret's metadata (`GET /api/v1/secrets`); the value is never returned.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SecretInfo {

@@ -15,6 +15,7 @@ mod kill;
 mod metrics;
 mod nodes;
 mod overload;
+mod placement;
 mod platform;
 mod protocol;
 mod query;

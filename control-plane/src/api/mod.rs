@@ -29,10 +29,14 @@ use gantry_store::{Store, StoreError};
 use crate::auth::{AuthError, authorize};
 use crate::ingest::PlaneIntake;
 use crate::nodes::NodeRegistry;
+use crate::scheduler::Scheduler;
 use crate::state::StateDb;
 use crate::state::platform::PlatformStore;
 use crate::state::tokens::{TokenError, TokenStore};
 use crate::telemetry::SelfMetrics;
+
+/// How long a node may be down before its instances move, unless configured (`node_grace_period_ms`).
+pub const DEFAULT_NODE_GRACE_PERIOD: Duration = Duration::from_secs(60);
 
 /// Everything handlers share.
 #[derive(Clone)]
@@ -43,6 +47,8 @@ pub struct AppState {
     pub tokens: TokenStore,
     /// The platform's services, revisions, secrets and audit log.
     pub platform: PlatformStore,
+    /// The placement loop.
+    pub scheduler: Arc<Scheduler>,
     /// The nodes that heartbeat.
     pub nodes: Arc<NodeRegistry>,
     /// The plane's own metrics.
@@ -61,7 +67,8 @@ impl AppState {
         max_body_bytes: usize,
     ) -> AppState {
         let tokens = TokenStore::new(db.clone());
-        let platform = PlatformStore::new(db);
+        let platform = PlatformStore::new(db.clone());
+        let scheduler = Arc::new(Scheduler::new(db, nodes.clone(), DEFAULT_NODE_GRACE_PERIOD));
         let metrics = Arc::new(SelfMetrics::new());
         let otlp = Receiver::new(
             Arc::new(PlaneIntake {
@@ -75,10 +82,21 @@ impl AppState {
             store,
             tokens,
             platform,
+            scheduler,
             nodes,
             metrics,
             otlp,
         }
+    }
+
+    /// The same state with `grace` as the time a node may be down before its instances move.
+    pub fn with_node_grace_period(mut self, grace: Duration) -> AppState {
+        self.scheduler = Arc::new(Scheduler::new(
+            self.platform.db().clone(),
+            self.nodes.clone(),
+            grace,
+        ));
+        self
     }
 
     /// Records a query's latency in `gantry_query_seconds` and returns it in milliseconds.
@@ -100,6 +118,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/traces", get(traces::search))
         .route("/api/v1/traces/{trace_id}", get(traces::by_id))
         .route("/api/v1/services", get(traces::services))
+        .route("/api/v1/services/{name}", get(platform::status))
         .route(
             "/api/v1/services/{name}/revisions",
             get(platform::revisions),

@@ -1,5 +1,5 @@
 //! The platform's desired state over HTTP: `POST /api/v1/apply` (plan or apply a platform spec),
-//! `GET /api/v1/services/{name}/revisions`, the secrets specs reference (`GET /api/v1/secrets`,
+//! `GET /api/v1/services/{name}` (revision and placements), `GET /api/v1/services/{name}/revisions`, the secrets specs reference (`GET /api/v1/secrets`,
 //! `PUT|DELETE /api/v1/secrets/{name}`) and `GET /api/v1/audit`.
 //!
 //! Changes need a `deployer` or `admin` token and are written to the audit log with the change itself; each is a
@@ -9,7 +9,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use gantry_proto::platform::{
-    ApplyRequest, ApplyResponse, AuditResponse, Revision, SecretInfo, SetSecretRequest,
+    ApplyRequest, ApplyResponse, AuditResponse, InstanceStatus, Revision, SecretInfo,
+    ServiceStatus, SetSecretRequest,
 };
 use serde::Deserialize;
 
@@ -58,6 +59,15 @@ pub async fn apply(
     .await?;
     if !response.dry_run {
         tracing::info!(by = %caller.token.name, file = %file, "platform spec applied");
+        // Place the new slots now rather than at the next round; the apply is committed either way.
+        let scheduler = state.scheduler.clone();
+        match tokio::task::spawn_blocking(move || scheduler.reconcile()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "placement after apply failed; the next round retries")
+            }
+            Err(error) => tracing::error!(%error, "placement after apply panicked"),
+        }
     }
     Ok(Json(response))
 }
@@ -74,6 +84,43 @@ pub async fn revisions(
         })
         .await?,
     ))
+}
+
+/// `GET /api/v1/services/{name}`: the current revision and where each instance should run.
+pub async fn status(
+    _: Caller<ReadAccess>,
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+) -> Result<Json<ServiceStatus>, ApiError> {
+    let (deployed, slots) = blocking(&state.platform, move |platform| {
+        platform.placements(&service)
+    })
+    .await?;
+    let instances = slots
+        .into_iter()
+        .map(|(slot, stored)| {
+            let node = stored.node.as_deref().and_then(|id| state.nodes.get(id));
+            InstanceStatus {
+                instance: slot.to_string(),
+                slot: slot.index,
+                hostname: node.as_ref().map(|n| n.facts.hostname.clone()),
+                node_status: node.as_ref().map(|n| n.status),
+                state: if stored.node.is_some() {
+                    "placed"
+                } else {
+                    "unplaced"
+                }
+                .to_owned(),
+                node: stored.node,
+                reason: stored.reason,
+                since: stored.updated,
+            }
+        })
+        .collect();
+    Ok(Json(ServiceStatus {
+        service: deployed,
+        instances,
+    }))
 }
 
 /// `GET /api/v1/secrets`: names and who set them, never values.

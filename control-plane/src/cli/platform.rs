@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use gantry_proto::ServicesResponse;
 use gantry_proto::platform::{
-    ApplyRequest, ApplyResponse, AuditResponse, Change, Revision, SecretInfo, SetSecretRequest,
+    ApplyRequest, ApplyResponse, AuditResponse, Change, Revision, SecretInfo, ServiceStatus,
+    SetSecretRequest,
 };
 use reqwest::Method;
 
@@ -35,6 +36,15 @@ pub struct ServicesArgs {
     /// The RED window: a duration back from now (`-1h`) or an RFC 3339 time.
     #[arg(long, default_value = "-15m")]
     from: String,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// `gantry status [SERVICE]`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// One service; all of them when absent.
+    service: Option<String>,
     #[command(flatten)]
     remote: Remote,
 }
@@ -219,6 +229,78 @@ pub fn services(args: ServicesArgs) -> anyhow::Result<()> {
                     row.error_ratio * 100.0,
                     row.p50_ms,
                     row.p99_ms
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs `gantry status`: each service's revision and where each of its instances runs.
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let remote = &args.remote;
+    runtime()?.block_on(async {
+        let names = match &args.service {
+            Some(service) => vec![service.clone()],
+            None => {
+                let response: ServicesResponse = remote
+                    .call(
+                        Method::GET,
+                        &["api", "v1", "services"],
+                        &[("from", "-1m".to_owned())],
+                        None::<&()>,
+                    )
+                    .await?;
+                response.deployed.into_iter().map(|d| d.service).collect()
+            }
+        };
+        let mut all = Vec::with_capacity(names.len());
+        for name in &names {
+            let status: ServiceStatus = remote
+                .call(
+                    Method::GET,
+                    &["api", "v1", "services", name],
+                    &[],
+                    None::<&()>,
+                )
+                .await?;
+            all.push(status);
+        }
+        if remote.json {
+            return Remote::print_json(&all);
+        }
+        for status in &all {
+            let service = &status.service;
+            let placed = status.instances.iter().filter(|i| i.node.is_some()).count();
+            println!(
+                "{}  revision {}  version {}  {placed}/{} placed",
+                service.service, service.revision, service.version, service.replicas
+            );
+            println!(
+                "    {:<28} {:<16} {:<20} {:<6} {:<9} SINCE",
+                "INSTANCE", "NODE", "HOST", "NODE", "STATE"
+            );
+            for instance in &status.instances {
+                let dash = || "-".to_owned();
+                let node_status = instance.node_status.map_or_else(dash, |s| {
+                    serde_json::to_value(s)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_else(dash)
+                });
+                let state = if instance.reason.is_empty() {
+                    instance.state.clone()
+                } else {
+                    format!("{}: {}", instance.state, instance.reason)
+                };
+                println!(
+                    "    {:<28} {:<16} {:<20} {:<6} {:<9} {}",
+                    instance.instance,
+                    instance.node.clone().unwrap_or_else(dash),
+                    instance.hostname.clone().unwrap_or_else(dash),
+                    node_status,
+                    state,
+                    instance.since
                 );
             }
         }

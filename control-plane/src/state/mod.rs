@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod nodes;
+pub mod placements;
 pub mod platform;
 pub mod secrets;
 pub mod tokens;
@@ -32,6 +33,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_tokens_nodes.sql"),
     include_str!("migrations/0002_platform.sql"),
+    include_str!("migrations/0003_placements.sql"),
 ];
 
 /// A failure of the state database.

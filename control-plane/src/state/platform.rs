@@ -58,6 +58,40 @@ impl PlatformStore {
         PlatformStore { db }
     }
 
+    /// The state database.
+    pub fn db(&self) -> &Arc<StateDb> {
+        &self.db
+    }
+
+    /// A service's current revision and its stored slots.
+    ///
+    /// # Errors
+    /// [`PlatformError::NotFound`] for a service never applied, or the database failed.
+    pub fn placements(
+        &self,
+        service: &str,
+    ) -> Result<
+        (
+            DeployedService,
+            BTreeMap<crate::placement::Slot, super::placements::StoredSlot>,
+        ),
+        PlatformError,
+    > {
+        let deployed = self
+            .deployed()?
+            .into_iter()
+            .find(|d| d.service == service)
+            .ok_or_else(|| {
+                PlatformError::NotFound(format!(
+                    "no service `{service}`: `gantry services` lists them"
+                ))
+            })?;
+        let slots = self
+            .db
+            .read(|c| super::placements::load(c, Some(service)))?;
+        Ok((deployed, slots))
+    }
+
     /// Plans a platform spec and, unless `request.dry_run`, applies it as `author`. Blocking (a committed write).
     ///
     /// # Errors
@@ -302,6 +336,28 @@ impl PlatformStore {
 
 /// A plan: the answer, and the new specs by name.
 type Planned = (ApplyResponse, BTreeMap<String, ServiceSpec>);
+
+/// What each service asks of the placement planner: its current revision's resources and constraints, and its
+/// desired replicas.
+///
+/// # Errors
+/// SQLite failed, or a stored spec does not parse.
+pub fn demands(connection: &Connection) -> rusqlite::Result<Vec<crate::placement::Demand>> {
+    let mut statement = connection.prepare(
+        "SELECT s.name, s.replicas, r.spec FROM services s
+         JOIN revisions r ON r.service = s.name AND r.revision = s.revision ORDER BY s.name",
+    )?;
+    let rows = statement.query_map([], |row| {
+        let spec: ServiceSpec = json_column(row, 2)?;
+        Ok(crate::placement::Demand {
+            service: row.get(0)?,
+            replicas: row.get::<_, i64>(1)?.clamp(0, i64::from(u32::MAX)) as u32,
+            resources: spec.resources,
+            constraints: spec.constraints,
+        })
+    })?;
+    rows.collect()
+}
 
 /// Parses and plans `request` against the state `connection` sees.
 fn plan_in(

@@ -1,0 +1,116 @@
+//! The placement loop: reads what should run (each service's current revision and replicas) and the nodes as the
+//! registry sees them, asks the pure planner (`placement::place`) where each slot goes, and stores the answer
+//! where it changed, in one transaction. It runs after every apply and every few seconds, so a node down for
+//! longer than the grace period has its instances placed elsewhere within one round.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_proto::NodeStatus;
+use gantry_proto::platform::Resources;
+use gantry_support::CancellationToken;
+
+use crate::nodes::NodeRegistry;
+use crate::placement::{self, NodeState, NodeView};
+use crate::state::placements::{self, Changes};
+use crate::state::{StateDb, StateError, platform};
+
+/// How often the loop plans when nothing asks it to.
+pub const INTERVAL: Duration = Duration::from_secs(5);
+
+/// The placement loop's state.
+#[derive(Debug)]
+pub struct Scheduler {
+    db: Arc<StateDb>,
+    nodes: Arc<NodeRegistry>,
+    grace: Duration,
+}
+
+impl Scheduler {
+    /// A scheduler over the state database and the node registry; a node down for longer than `grace` loses its
+    /// instances.
+    pub fn new(db: Arc<StateDb>, nodes: Arc<NodeRegistry>, grace: Duration) -> Scheduler {
+        Scheduler { db, nodes, grace }
+    }
+
+    /// The nodes as the planner sees them now: a node that offers no `process` runtime takes no instances.
+    pub fn node_views(&self) -> Vec<NodeView> {
+        let now = chrono::Utc::now();
+        self.nodes
+            .list()
+            .nodes
+            .into_iter()
+            .filter(|node| node.facts.runtimes.iter().any(|r| r == "process"))
+            .map(|node| {
+                let silent_for = chrono::DateTime::parse_from_rfc3339(&node.last_seen)
+                    .ok()
+                    .and_then(|seen| (now - seen.with_timezone(&chrono::Utc)).to_std().ok())
+                    .unwrap_or(Duration::MAX);
+                let state = match node.status {
+                    NodeStatus::Up => NodeState::Ready,
+                    NodeStatus::Down if silent_for > self.grace => NodeState::Lost,
+                    NodeStatus::Down => NodeState::Down,
+                };
+                NodeView {
+                    id: node.facts.agent_id,
+                    labels: node.facts.labels,
+                    capacity: Resources {
+                        cpu_millis: node.facts.cpus.saturating_mul(1000),
+                        memory_bytes: node.facts.memory_bytes,
+                    },
+                    state,
+                }
+            })
+            .collect()
+    }
+
+    /// One planning round. Blocking (a committed write when something changed).
+    ///
+    /// # Errors
+    /// The state database failed; nothing changed.
+    pub fn reconcile(&self) -> Result<Changes, StateError> {
+        let nodes = self.node_views();
+        let changes = self.db.write(|transaction| {
+            let demands = platform::demands(transaction).map_err(|e| self.db.error(e))?;
+            let current = placements::load(transaction, None)
+                .map_err(|e| self.db.error(e))?
+                .into_iter()
+                .filter_map(|(slot, stored)| stored.node.map(|node| (slot, node)))
+                .collect();
+            let plan = placement::place(&nodes, &demands, &current);
+            placements::store(transaction, &plan).map_err(|e| self.db.error(e))
+        })?;
+        for (slot, from, to) in &changes.moved {
+            match (from, to) {
+                (None, Some(to)) => tracing::info!(%slot, node = %to, "instance placed"),
+                (Some(from), Some(to)) => tracing::info!(%slot, %from, %to, "instance moved"),
+                (Some(from), None) => {
+                    tracing::warn!(%slot, %from, "instance unplaced: no node can take it")
+                }
+                (None, None) => {}
+            }
+        }
+        for slot in &changes.removed {
+            tracing::info!(%slot, "instance no longer wanted");
+        }
+        Ok(changes)
+    }
+
+    /// Plans every [`INTERVAL`] until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let scheduler = self.clone();
+            match tokio::task::spawn_blocking(move || scheduler.reconcile()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "placement round failed; retrying"),
+                Err(error) => tracing::error!(%error, "placement round panicked"),
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Placement in the real plane: nodes that heartbeat (sent here as an agent would) get a service's instances
+//! spread across them, constraint labels honoured; a node silent for longer than the grace period has its
+//! instances placed elsewhere, and when it returns nothing moves back (the surplus it ran is no longer placed on
+//! it); what no node can take is reported with the reason.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+
+use crate::harness::api::wait_until;
+use crate::harness::process::{Plane, gantry_cli, start_with_tokens};
+
+const WAIT: Duration = Duration::from_secs(40);
+
+fn heartbeat(agent_id: &str, zone: &str) -> Value {
+    json!({
+        "facts": {
+            "agent_id": agent_id, "hostname": format!("{agent_id}.example"), "addresses": [], "cpus": 4,
+            "memory_bytes": 8_589_934_592_u64, "os": "linux", "agent_version": "0.1.0",
+            "labels": {"zone": zone}, "runtimes": ["process"]
+        },
+        "shipping": {
+            "sent_records": 0, "sent_bytes": 0, "records_per_sec": 0.0, "bytes_per_sec": 0.0,
+            "buffer_bytes": 0, "buffer_max_bytes": 0, "oldest_unshipped_secs": 0.0, "dropped_records": 0
+        },
+        "interval_ms": 500
+    })
+}
+
+/// Heartbeats for `agent_id` every 500 ms while `alive` holds.
+fn heartbeats(
+    plane: &Plane,
+    token: &str,
+    agent_id: &'static str,
+    zone: &'static str,
+    alive: Arc<AtomicBool>,
+) {
+    let (url, token) = (plane.endpoints.http_url(), token.to_owned());
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        loop {
+            if alive.load(Ordering::Relaxed) {
+                let _ = client
+                    .post(format!("{url}/api/v1/nodes/heartbeat"))
+                    .bearer_auth(&token)
+                    .json(&heartbeat(agent_id, zone))
+                    .send()
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+}
+
+/// Slot index → node of a service (unplaced slots as `-`).
+async fn placements(plane: &Plane, token: &str, service: &str) -> Result<BTreeMap<u64, String>> {
+    let (status, body) = plane
+        .api_get(&format!("/api/v1/services/{service}"), token)
+        .await?;
+    ensure!(status == 200, "{status} {body}");
+    Ok(body["instances"]
+        .as_array()
+        .context("instances")?
+        .iter()
+        .map(|i| {
+            (
+                i["slot"].as_u64().unwrap_or(u64::MAX),
+                i["node"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect())
+}
+
+async fn apply(plane: &Plane, token: &str, spec: &str) -> Result<()> {
+    let (status, body) = plane
+        .api_send(
+            reqwest::Method::POST,
+            "/api/v1/apply",
+            Some(json!({"file": "platform.yaml", "content": spec})),
+            token,
+        )
+        .await?;
+    ensure!(status == 200, "apply: {status} {body}");
+    Ok(())
+}
+
+const SPEC: &str = "services:
+  api:
+    runtime: {process: {command: /bin/true}}
+    replicas: 3
+    resources: {cpu: 500m, memory: 64Mi}
+  db:
+    runtime: {process: {command: /bin/true}}
+    replicas: 2
+    constraints: {zone: a}
+  huge:
+    runtime: {process: {command: /bin/true}}
+    resources: {cpu: 64}
+";
+
+#[tokio::test]
+async fn spread_constraints_node_loss_and_return() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (plane, [deployer, ingest]) = start_with_tokens(
+        &tmp.path().join("data"),
+        &[
+            "--node-grace-period-ms",
+            "1000",
+            "--node-down-after-missed-heartbeats",
+            "2",
+        ],
+        &[],
+        ["deployer", "ingest"],
+    )
+    .await?;
+    let alive: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(true))).collect();
+    for (i, (id, zone)) in [("n1", "a"), ("n2", "a"), ("n3", "b")]
+        .into_iter()
+        .enumerate()
+    {
+        heartbeats(&plane, &ingest, id, zone, alive[i].clone());
+    }
+    wait_until(WAIT, "three nodes up", || async {
+        let (_, body) = plane.api_get("/api/v1/nodes", &deployer).await?;
+        let up = body["nodes"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|n| n["status"] == "up").count());
+        Ok((up == 3).then_some(()))
+    })
+    .await?;
+
+    apply(&plane, &deployer, SPEC).await?;
+    let api = placements(&plane, &deployer, "api").await?;
+    let mut nodes: Vec<&String> = api.values().collect();
+    nodes.sort();
+    ensure!(
+        nodes == ["n1", "n2", "n3"],
+        "one api instance per node: {api:?}"
+    );
+    let db = placements(&plane, &deployer, "db").await?;
+    ensure!(
+        db.len() == 2 && db.values().all(|n| n == "n1" || n == "n2"),
+        "db only in zone a: {db:?}"
+    );
+    let (_, huge) = plane.api_get("/api/v1/services/huge", &deployer).await?;
+    let reason = huge["instances"][0]["reason"].as_str().unwrap_or_default();
+    ensure!(
+        huge["instances"][0]["state"] == "unplaced" && reason.contains("64000 millicores"),
+        "{huge}"
+    );
+
+    // n3 goes silent: once down for longer than the grace period, its api instance goes to n1 or n2.
+    alive[2].store(false, Ordering::Relaxed);
+    let moved = wait_until(WAIT, "n3's instance to move", || async {
+        let api = placements(&plane, &deployer, "api").await?;
+        Ok((api.len() == 3 && api.values().all(|n| n == "n1" || n == "n2")).then_some(api))
+    })
+    .await?;
+
+    // n3 returns: nothing moves back to it.
+    alive[2].store(true, Ordering::Relaxed);
+    wait_until(WAIT, "n3 up again", || async {
+        let (_, node) = plane.api_get("/api/v1/nodes/n3", &deployer).await?;
+        Ok((node["status"] == "up").then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(gantry_plane_interval() * 2).await;
+    ensure!(
+        placements(&plane, &deployer, "api").await? == moved,
+        "instances moved back to n3"
+    );
+
+    // A fourth replica goes where api has the fewest: n3.
+    apply(
+        &plane,
+        &deployer,
+        &SPEC.replacen("replicas: 3", "replicas: 4", 1),
+    )
+    .await?;
+    let api = placements(&plane, &deployer, "api").await?;
+    ensure!(api.get(&3).map(String::as_str) == Some("n3"), "{api:?}");
+
+    let url = plane.endpoints.http_url();
+    let out = gantry_cli(&["status", "api", "--plane", &url, "--token", &deployer]).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.contains("4/4 placed") && stdout.contains("n3.example"),
+        "{stdout}"
+    );
+    Ok(())
+}
+
+/// The plane's placement round interval (`scheduler::INTERVAL`).
+fn gantry_plane_interval() -> Duration {
+    Duration::from_secs(5)
+}
