@@ -444,6 +444,15 @@ impl NodeRegistry {
         NodesResponse { nodes }
     }
 
+    /// The id of the token that registered each node, by agent id.
+    pub fn owners(&self) -> HashMap<String, String> {
+        self.lock()
+            .by_id
+            .iter()
+            .map(|(id, node)| (id.clone(), node.token_id.clone()))
+            .collect()
+    }
+
     /// One node by agent id.
     pub fn get(&self, agent_id: &str) -> Option<NodeInfo> {
         self.get_at(agent_id, Instant::now())

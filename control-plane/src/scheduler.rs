@@ -3,16 +3,18 @@
 //! where it changed, in one transaction. It runs after every apply and every few seconds, so a node down for
 //! longer than the grace period has its instances placed elsewhere within one round.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_proto::NodeStatus;
 use gantry_proto::platform::Resources;
+use gantry_proto::{Access, NodeStatus, Role};
 use gantry_support::CancellationToken;
 
 use crate::nodes::NodeRegistry;
 use crate::placement::{self, NodeState, NodeView};
 use crate::state::placements::{self, Changes};
+use crate::state::tokens::TokenStore;
 use crate::state::{StateDb, StateError, platform};
 
 /// How often the loop plans when nothing asks it to.
@@ -23,6 +25,7 @@ pub const INTERVAL: Duration = Duration::from_secs(5);
 pub struct Scheduler {
     db: Arc<StateDb>,
     nodes: Arc<NodeRegistry>,
+    tokens: TokenStore,
     grace: Duration,
 }
 
@@ -30,17 +33,39 @@ impl Scheduler {
     /// A scheduler over the state database and the node registry; a node down for longer than `grace` loses its
     /// instances.
     pub fn new(db: Arc<StateDb>, nodes: Arc<NodeRegistry>, grace: Duration) -> Scheduler {
-        Scheduler { db, nodes, grace }
+        Scheduler {
+            tokens: TokenStore::new(db.clone()),
+            db,
+            nodes,
+            grace,
+        }
     }
 
-    /// The nodes as the planner sees them now: a node that offers no `process` runtime takes no instances.
+    /// The nodes as the planner sees them now. Only nodes registered with a `node` (or `admin`) token and offering
+    /// the `process` runtime take instances: a node an `ingest` token registered ships telemetry only, since an
+    /// instance's environment holds its secrets.
     pub fn node_views(&self) -> Vec<NodeView> {
         let now = chrono::Utc::now();
+        let roles: HashMap<String, Role> = match self.tokens.list() {
+            Ok(tokens) => tokens.into_iter().map(|t| (t.id, t.role)).collect(),
+            Err(error) => {
+                tracing::warn!(%error, "tokens unreadable: no node takes new instances this round");
+                HashMap::new()
+            }
+        };
+        let owners = self.nodes.owners();
+        let may_run = |agent_id: &str| {
+            owners
+                .get(agent_id)
+                .and_then(|token| roles.get(token))
+                .is_some_and(|role| role.allows(Access::Node))
+        };
         self.nodes
             .list()
             .nodes
             .into_iter()
             .filter(|node| node.facts.runtimes.iter().any(|r| r == "process"))
+            .filter(|node| may_run(&node.facts.agent_id))
             .map(|node| {
                 let silent_for = chrono::DateTime::parse_from_rfc3339(&node.last_seen)
                     .ok()

@@ -12,8 +12,10 @@ pub const TOKEN_PREFIX: &str = "gty_";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Writes telemetry (OTLP) and nothing else: what agents and SDKs hold.
+    /// Writes telemetry (OTLP) and nothing else: what SDKs and collectors hold.
     Ingest,
+    /// A node agent: writes telemetry, heartbeats, and is given instances to run (with their secrets).
+    Node,
     /// Reads telemetry and state.
     Viewer,
     /// Reads, and triggers deployments.
@@ -24,12 +26,19 @@ pub enum Role {
 
 impl Role {
     /// All roles, in the order they are listed to users.
-    pub const ALL: [Role; 4] = [Role::Ingest, Role::Viewer, Role::Deployer, Role::Admin];
+    pub const ALL: [Role; 5] = [
+        Role::Ingest,
+        Role::Node,
+        Role::Viewer,
+        Role::Deployer,
+        Role::Admin,
+    ];
 
     /// The role's name as users write it.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Ingest => "ingest",
+            Role::Node => "node",
             Role::Viewer => "viewer",
             Role::Deployer => "deployer",
             Role::Admin => "admin",
@@ -47,7 +56,8 @@ impl Role {
     /// ```
     pub fn allows(self, access: Access) -> bool {
         match access {
-            Access::Ingest => matches!(self, Role::Ingest | Role::Admin),
+            Access::Ingest => matches!(self, Role::Ingest | Role::Node | Role::Admin),
+            Access::Node => matches!(self, Role::Node | Role::Admin),
             Access::Read => matches!(self, Role::Viewer | Role::Deployer | Role::Admin),
             Access::Deploy => matches!(self, Role::Deployer | Role::Admin),
             Access::Admin => self == Role::Admin,
@@ -69,7 +79,7 @@ impl FromStr for Role {
             .into_iter()
             .find(|role| role.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown role `{s}`: use one of ingest, viewer, deployer, admin")
+                format!("unknown role `{s}`: use one of ingest, node, viewer, deployer, admin")
             })
     }
 }
@@ -79,6 +89,8 @@ impl FromStr for Role {
 pub enum Access {
     /// Writing telemetry.
     Ingest,
+    /// What only node agents do: run the instances placed on their node.
+    Node,
     /// Reading telemetry and state.
     Read,
     /// Changing what runs.

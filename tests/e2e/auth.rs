@@ -87,7 +87,7 @@ fn otlp_body(signal: Signal) -> Vec<u8> {
 fn node_heartbeat() -> Value {
     json!({
         "facts": {
-            "agent_id": "auth-matrix-node",
+            "agent_id": unique("auth-matrix-node-"),
             "hostname": "auth-matrix.example",
             "addresses": ["10.0.0.9"],
             "cpus": 2,
@@ -118,7 +118,7 @@ enum Who {
     Anyone,
 }
 
-const WRITERS: Who = Who::Roles(&["ingest", "admin"]);
+const WRITERS: Who = Who::Roles(&["ingest", "node", "admin"]);
 const READERS: Who = Who::Roles(&["viewer", "deployer", "admin"]);
 const ADMINS: Who = Who::Roles(&["admin"]);
 
@@ -208,7 +208,7 @@ fn routes(victim_id: &str) -> Result<Vec<Route>> {
     let new_token = (CT_JSON, serde_json::to_vec(&new_token)?);
     let victim = format!("/api/v1/tokens/{victim_id}");
     routes.extend([
-        // Node heartbeats: what agents send, with their ingest token.
+        // Node heartbeats: what agents send, with their node token (an ingest token's node ships telemetry only).
         post("/api/v1/nodes/heartbeat", heartbeat, WRITERS, Status(200)),
         // Token administration.
         get("/api/v1/tokens", ADMINS, Status(200)),
@@ -362,7 +362,7 @@ async fn token_listings_never_show_secrets() -> Result<()> {
         secrets.push(create_token(&dir, role, &name).await?);
         names.push((name, role));
     }
-    let admin = secrets[3].clone();
+    let admin = secrets[4].clone();
 
     let check_no_secret = |text: &str, what: &str| -> Result<()> {
         for s in &secrets {

@@ -1,7 +1,7 @@
 //! Placement in the real plane: nodes that heartbeat (sent here as an agent would) get a service's instances
 //! spread across them, constraint labels honoured; a node silent for longer than the grace period has its
 //! instances placed elsewhere, and when it returns nothing moves back (the surplus it ran is no longer placed on
-//! it); what no node can take is reported with the reason.
+//! it); what no node can take is reported with the reason; a node registered with an `ingest` token gets nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -105,7 +105,7 @@ const SPEC: &str = "services:
 #[tokio::test]
 async fn spread_constraints_node_loss_and_return() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let (plane, [deployer, ingest]) = start_with_tokens(
+    let (plane, [deployer, node, ingest]) = start_with_tokens(
         &tmp.path().join("data"),
         &[
             "--node-grace-period-ms",
@@ -114,7 +114,7 @@ async fn spread_constraints_node_loss_and_return() -> Result<()> {
             "2",
         ],
         &[],
-        ["deployer", "ingest"],
+        ["deployer", "node", "ingest"],
     )
     .await?;
     let alive: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(true))).collect();
@@ -122,14 +122,22 @@ async fn spread_constraints_node_loss_and_return() -> Result<()> {
         .into_iter()
         .enumerate()
     {
-        heartbeats(&plane, &ingest, id, zone, alive[i].clone());
+        heartbeats(&plane, &node, id, zone, alive[i].clone());
     }
-    wait_until(WAIT, "three nodes up", || async {
+    // A node registered with an ingest token ships telemetry but is never given instances (they carry secrets).
+    heartbeats(
+        &plane,
+        &ingest,
+        "telemetry-only",
+        "a",
+        Arc::new(AtomicBool::new(true)),
+    );
+    wait_until(WAIT, "four nodes up", || async {
         let (_, body) = plane.api_get("/api/v1/nodes", &deployer).await?;
         let up = body["nodes"]
             .as_array()
             .map_or(0, |n| n.iter().filter(|n| n["status"] == "up").count());
-        Ok((up == 3).then_some(()))
+        Ok((up == 4).then_some(()))
     })
     .await?;
 

@@ -38,7 +38,7 @@ impl Who {
     fn admits(self, role: Role) -> bool {
         match self {
             Who::Anyone => true,
-            Who::Writers => matches!(role, Role::Ingest | Role::Admin),
+            Who::Writers => matches!(role, Role::Ingest | Role::Node | Role::Admin),
             Who::Readers => matches!(role, Role::Viewer | Role::Deployer | Role::Admin),
             Who::Deployers => matches!(role, Role::Deployer | Role::Admin),
             Who::Admins => role == Role::Admin,

@@ -48,7 +48,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
     let name = format!("demo-admin-{stamp}");
     let admin = tokens.create(&name, Role::Admin)?;
-    let agent_token = tokens.create(&format!("demo-agent-{stamp}"), Role::Ingest)?;
+    let agent_token = tokens.create(&format!("demo-agent-{stamp}"), Role::Node)?;
     runtime()?.block_on(async {
         let bound = gantry_plane::server::bind_all(&config).await?;
         let endpoints = bound.endpoints.clone();

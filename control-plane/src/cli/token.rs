@@ -31,7 +31,7 @@ pub enum TokenCommand {
     Create {
         #[command(flatten)]
         target: Target,
-        /// ingest, viewer, deployer or admin.
+        /// ingest (SDKs, collectors), node (node agents), viewer, deployer or admin.
         #[arg(long)]
         role: Role,
         /// A name to recognise it by.

@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_tokens_nodes.sql"),
     include_str!("migrations/0002_platform.sql"),
     include_str!("migrations/0003_placements.sql"),
+    include_str!("migrations/0004_node_role.sql"),
 ];
 
 /// A failure of the state database.
@@ -254,6 +255,7 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
 
     use super::*;
 
@@ -279,5 +281,28 @@ mod tests {
             StateDb::open(&data),
             Err(StateError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn the_node_role_migration_keeps_every_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(StateDb::open(dir.path()).unwrap());
+        let tokens = tokens::TokenStore::new(db.clone());
+        let admin = tokens.create("keep-me", gantry_proto::Role::Admin).unwrap();
+        // Back to before the node role: the rebuild runs again over the existing rows.
+        db.write(|t| {
+            t.pragma_update(None, "user_version", 3)
+                .map_err(|e| db.error(e))
+        })
+        .unwrap();
+        drop((tokens, db));
+        let db = Arc::new(StateDb::open(dir.path()).unwrap());
+        let tokens = tokens::TokenStore::new(db);
+        let found = tokens.authenticate(&admin.token).unwrap().unwrap();
+        assert_eq!(
+            (found.name.as_str(), found.role),
+            ("keep-me", gantry_proto::Role::Admin)
+        );
+        tokens.create("a-node", gantry_proto::Role::Node).unwrap();
     }
 }

@@ -19,7 +19,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Roles known to the plane.
-pub const ROLES: [&str; 4] = ["ingest", "viewer", "deployer", "admin"];
+pub const ROLES: [&str; 5] = ["ingest", "node", "viewer", "deployer", "admin"];
 
 // ---------------------------------------------------------------------------------------------
 // Locating things
