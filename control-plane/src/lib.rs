@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod ingest;
+pub mod instances;
 pub mod nodes;
 pub mod placement;
 pub mod scheduler;

@@ -11,6 +11,7 @@ use gantry_proto::platform::Resources;
 use gantry_proto::{Access, NodeStatus, Role};
 use gantry_support::CancellationToken;
 
+use crate::instances::InstanceRegistry;
 use crate::nodes::NodeRegistry;
 use crate::placement::{self, NodeState, NodeView};
 use crate::state::placements::{self, Changes};
@@ -26,17 +27,24 @@ pub struct Scheduler {
     db: Arc<StateDb>,
     nodes: Arc<NodeRegistry>,
     tokens: TokenStore,
+    instances: Arc<InstanceRegistry>,
     grace: Duration,
 }
 
 impl Scheduler {
     /// A scheduler over the state database and the node registry; a node down for longer than `grace` loses its
-    /// instances.
-    pub fn new(db: Arc<StateDb>, nodes: Arc<NodeRegistry>, grace: Duration) -> Scheduler {
+    /// instances. Each change it stores bumps the agents' assignments generation in `instances`.
+    pub fn new(
+        db: Arc<StateDb>,
+        nodes: Arc<NodeRegistry>,
+        instances: Arc<InstanceRegistry>,
+        grace: Duration,
+    ) -> Scheduler {
         Scheduler {
             tokens: TokenStore::new(db.clone()),
             db,
             nodes,
+            instances,
             grace,
         }
     }
@@ -117,6 +125,9 @@ impl Scheduler {
         }
         for slot in &changes.removed {
             tracing::info!(%slot, "instance no longer wanted");
+        }
+        if !changes.moved.is_empty() || !changes.removed.is_empty() {
+            self.instances.bump();
         }
         Ok(changes)
     }

@@ -95,7 +95,7 @@ pub async fn serve(
     let (store, replayed) = EmbeddedStore::start(&config.data_dir, config.store.clone());
     let store: Arc<dyn Store> = store;
     let state = AppState::new(store.clone(), db, nodes.clone(), config.max_body_bytes)
-        .with_node_grace_period(config.node_grace_period);
+        .with_runtime(config.node_grace_period, shutdown.clone());
     let otlp = state.otlp.clone();
     tracing::info!(
         http = %bound.endpoints.http,

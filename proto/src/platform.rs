@@ -382,6 +382,10 @@ pub struct InstanceStatus {
     pub node_status: Option<crate::NodeStatus>,
     /// `placed`, or `unplaced` with `reason`.
     pub state: String,
+    /// The id of the instance that fills the slot at the current revision.
+    pub instance_id: String,
+    /// What the node's agent last reported of it (`None`: nothing yet).
+    pub actual: Option<crate::instances::InstanceState>,
     /// Why no node takes it (empty when placed).
     pub reason: String,
     /// When its placement last changed, RFC 3339.

@@ -90,7 +90,8 @@ async fn apply(plane: &Plane, token: &str, spec: &str) -> Result<()> {
 
 const SPEC: &str = "services:
   api:
-    runtime: {process: {command: /bin/true}}
+    runtime: {process: {command: /bin/true, env: {TOKEN: '${secret:api-token}'}}}
+    port: 9300
     replicas: 3
     resources: {cpu: 500m, memory: 64Mi}
   db:
@@ -141,6 +142,15 @@ async fn spread_constraints_node_loss_and_return() -> Result<()> {
     })
     .await?;
 
+    let (status, _) = plane
+        .api_send(
+            reqwest::Method::PUT,
+            "/api/v1/secrets/api-token",
+            Some(json!({"value": "the-secret"})),
+            &deployer,
+        )
+        .await?;
+    ensure!(status == 201);
     apply(&plane, &deployer, SPEC).await?;
     let api = placements(&plane, &deployer, "api").await?;
     let mut nodes: Vec<&String> = api.values().collect();
@@ -192,11 +202,79 @@ async fn spread_constraints_node_loss_and_return() -> Result<()> {
     let api = placements(&plane, &deployer, "api").await?;
     ensure!(api.get(&3).map(String::as_str) == Some("n3"), "{api:?}");
 
+    // n3's agent pulls what it should run: its api instance, the secret resolved.
+    let (status, work) = plane.api_get("/api/v1/nodes/n3/assignments", &node).await?;
+    ensure!(status == 200, "{status} {work}");
+    let instances = work["instances"].as_array().context("instances")?;
+    ensure!(
+        instances.len() == 1 && instances[0]["instance_id"] == "api-3-r2",
+        "{work}"
+    );
+    ensure!(
+        instances[0]["process"]["env"]["TOKEN"] == "the-secret",
+        "{work}"
+    );
+    let (status, _) = plane
+        .api_get("/api/v1/nodes/n3/assignments", &ingest)
+        .await?;
+    ensure!(
+        status == 403,
+        "an ingest token may not pull a node's work: {status}"
+    );
+    let (status, _) = plane
+        .api_get("/api/v1/nodes/telemetry-only/assignments", &deployer)
+        .await?;
+    ensure!(
+        status == 403,
+        "a deployer token may not pull a node's work: {status}"
+    );
+
+    // A long poll answers when a report makes an instance ready, and the routes then list it.
+    let generation = work["generation"].as_u64().context("generation")?;
+    let poll_path = format!("/api/v1/nodes/n3/assignments?generation={generation}&wait_ms=20000");
+    let poll = plane.api_get(&poll_path, &node);
+    let report = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let state = json!({"instances": [{
+            "instance_id": "api-3-r2", "phase": "healthy", "pid": 4242, "address": "127.0.0.3:41000",
+            "restarts": 1, "last_exit": {"code": 137, "signal": null, "at": "2026-11-29T17:00:00Z"},
+            "reason": "", "last_lines": ["boom"], "since": "2026-11-29T17:00:01Z"
+        }]});
+        plane
+            .api_send(
+                reqwest::Method::POST,
+                "/api/v1/nodes/n3/instances",
+                Some(state),
+                &node,
+            )
+            .await
+    };
+    let ((status, polled), reported) = tokio::join!(async { poll.await.unwrap() }, report);
+    ensure!(reported?.0 == 204);
+    ensure!(
+        status == 200 && polled["generation"].as_u64() > Some(generation),
+        "{polled}"
+    );
+    let route = polled["routes"]
+        .as_array()
+        .and_then(|routes| routes.iter().find(|r| r["service"] == "api"))
+        .context("api route")?;
+    ensure!(
+        route["port"] == 9300
+            && route["endpoints"]
+                == json!([{"instance_id": "api-3-r2", "version": "r2", "address": "127.0.0.3:41000"}]),
+        "{route}"
+    );
+
     let url = plane.endpoints.http_url();
     let out = gantry_cli(&["status", "api", "--plane", &url, "--token", &deployer]).await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(
-        out.status.success() && stdout.contains("4/4 placed") && stdout.contains("n3.example"),
+        out.status.success()
+            && stdout.contains("4/4 placed")
+            && stdout.contains("n3.example")
+            && stdout.contains("healthy")
+            && stdout.contains("last exit: exit code 137"),
         "{stdout}"
     );
     Ok(())

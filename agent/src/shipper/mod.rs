@@ -160,6 +160,9 @@ pub fn http_client() -> reqwest::Result<reqwest::Client> {
         .redirect(reqwest::redirect::Policy::none())
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(Duration::from_secs(5))
+        // The plane closes a keep-alive connection left idle for its header read timeout (10 s by default): a
+        // connection idle for longer is not reused, so no request races that close and meets a reset.
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
 }
 

@@ -28,12 +28,14 @@ use gantry_store::{Store, StoreError};
 
 use crate::auth::{AuthError, authorize};
 use crate::ingest::PlaneIntake;
+use crate::instances::InstanceRegistry;
 use crate::nodes::NodeRegistry;
 use crate::scheduler::Scheduler;
 use crate::state::StateDb;
 use crate::state::platform::PlatformStore;
 use crate::state::tokens::{TokenError, TokenStore};
 use crate::telemetry::SelfMetrics;
+use gantry_support::CancellationToken;
 
 /// How long a node may be down before its instances move, unless configured (`node_grace_period_ms`).
 pub const DEFAULT_NODE_GRACE_PERIOD: Duration = Duration::from_secs(60);
@@ -49,6 +51,8 @@ pub struct AppState {
     pub platform: PlatformStore,
     /// The placement loop.
     pub scheduler: Arc<Scheduler>,
+    /// What agents report their instances doing, and the generation their long polls wait on.
+    pub instances: Arc<InstanceRegistry>,
     /// The nodes that heartbeat.
     pub nodes: Arc<NodeRegistry>,
     /// The plane's own metrics.
@@ -68,7 +72,13 @@ impl AppState {
     ) -> AppState {
         let tokens = TokenStore::new(db.clone());
         let platform = PlatformStore::new(db.clone());
-        let scheduler = Arc::new(Scheduler::new(db, nodes.clone(), DEFAULT_NODE_GRACE_PERIOD));
+        let instances = Arc::new(InstanceRegistry::default());
+        let scheduler = Arc::new(Scheduler::new(
+            db,
+            nodes.clone(),
+            instances.clone(),
+            DEFAULT_NODE_GRACE_PERIOD,
+        ));
         let metrics = Arc::new(SelfMetrics::new());
         let otlp = Receiver::new(
             Arc::new(PlaneIntake {
@@ -83,17 +93,21 @@ impl AppState {
             tokens,
             platform,
             scheduler,
+            instances,
             nodes,
             metrics,
             otlp,
         }
     }
 
-    /// The same state with `grace` as the time a node may be down before its instances move.
-    pub fn with_node_grace_period(mut self, grace: Duration) -> AppState {
+    /// The same state for a running plane: `grace` is the time a node may be down before its instances move, and
+    /// agents' long polls end when `shutdown` is cancelled.
+    pub fn with_runtime(mut self, grace: Duration, shutdown: CancellationToken) -> AppState {
+        self.instances = Arc::new(InstanceRegistry::new(shutdown));
         self.scheduler = Arc::new(Scheduler::new(
             self.platform.db().clone(),
             self.nodes.clone(),
+            self.instances.clone(),
             grace,
         ));
         self
@@ -136,6 +150,14 @@ pub fn app(state: AppState) -> Router {
         .route(gantry_proto::HEARTBEAT_PATH, post(nodes::heartbeat))
         .route("/api/v1/nodes", get(nodes::list))
         .route("/api/v1/nodes/{agent_id}", get(nodes::by_id))
+        .route(
+            "/api/v1/nodes/{agent_id}/assignments",
+            get(nodes::assignments),
+        )
+        .route(
+            "/api/v1/nodes/{agent_id}/instances",
+            post(nodes::report_instances),
+        )
         .fallback(not_found)
         .with_state(state.clone())
         .merge(state.otlp.http_router())
@@ -337,6 +359,8 @@ pub trait Requirement: Send + Sync + 'static {
 pub struct IngestAccess;
 /// Reading.
 pub struct ReadAccess;
+/// A node agent's own routes (assignments, instance reports).
+pub struct NodeAccess;
 /// Changing what runs (deploys, scaling, secrets).
 pub struct DeployAccess;
 /// Administering.
@@ -347,6 +371,9 @@ impl Requirement for IngestAccess {
 }
 impl Requirement for ReadAccess {
     const ACCESS: Access = Access::Read;
+}
+impl Requirement for NodeAccess {
+    const ACCESS: Access = Access::Node;
 }
 impl Requirement for DeployAccess {
     const ACCESS: Access = Access::Deploy;

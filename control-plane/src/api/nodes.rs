@@ -1,11 +1,15 @@
-//! Nodes: agents heartbeat with an `ingest` token (the first heartbeat registers the node); readers list them and
-//! look one up by agent id.
+//! Nodes: agents heartbeat with a `node` token (or an `ingest` one, for a node that only ships telemetry; the first
+//! heartbeat registers the node); readers list them and look one up by agent id; an agent long-polls its node's
+//! assignments and reports its instances.
 
 use axum::Json;
 use axum::extract::{Path, State};
+use gantry_proto::instances::{
+    Assignments, AssignmentsQuery, Endpoint, InstanceReport, ServiceRoute,
+};
 use gantry_proto::{HeartbeatAck, NodeHeartbeat, NodeInfo, NodesResponse, Role};
 
-use super::{ApiError, AppState, Caller, IngestAccess, JsonBody, ReadAccess};
+use super::{ApiError, AppState, Caller, IngestAccess, JsonBody, NodeAccess, Params, ReadAccess};
 use crate::nodes::{NodeError, Sender};
 
 impl From<NodeError> for ApiError {
@@ -90,4 +94,87 @@ pub async fn by_id(
             "no node with agent id `{agent_id}`: GET /api/v1/nodes lists the known nodes"
         ))
     })
+}
+
+/// The caller's own node: 404 for an unknown one (heartbeat first), 403 for another token's (unless admin).
+fn own_node(
+    state: &AppState,
+    caller: &gantry_proto::TokenInfo,
+    agent_id: &str,
+) -> Result<(), ApiError> {
+    let Some(owner) = state.nodes.owners().remove(agent_id) else {
+        return Err(ApiError::NotFound(format!(
+            "no node `{agent_id}`: an agent heartbeats before it asks for work"
+        )));
+    };
+    if owner != caller.id && caller.role != Role::Admin {
+        return Err(ApiError::Auth(crate::auth::AuthError::Forbidden {
+            role: caller.role,
+        }));
+    }
+    Ok(())
+}
+
+/// `GET /api/v1/nodes/{agent_id}/assignments`: what the node should run and where routed services' ready instances
+/// are. A long poll: with the `generation` of its last answer and `wait_ms`, the answer waits for a change.
+pub async fn assignments(
+    caller: Caller<NodeAccess>,
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    Params(query): Params<AssignmentsQuery>,
+) -> Result<Json<Assignments>, ApiError> {
+    own_node(&state, &caller.token, &agent_id)?;
+    let seen = query.generation.unwrap_or(0);
+    let generation = if seen == state.instances.generation() {
+        let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0));
+        state.instances.wait_for_change(seen, wait).await
+    } else {
+        state.instances.generation()
+    };
+    let node = agent_id.clone();
+    let (instances, routed) =
+        super::platform::blocking(&state.platform, move |platform| platform.assignments(&node))
+            .await?;
+    let ready = state.instances.ready();
+    let routes = routed
+        .into_iter()
+        .map(|service| ServiceRoute {
+            endpoints: service
+                .instances
+                .iter()
+                .filter_map(|(id, version)| {
+                    ready.get(id).map(|(_, address)| Endpoint {
+                        instance_id: id.clone(),
+                        version: version.clone(),
+                        address: address.clone(),
+                    })
+                })
+                .collect(),
+            service: service.service,
+            port: service.port,
+            weights: Default::default(),
+        })
+        .collect();
+    Ok(Json(Assignments {
+        generation,
+        instances,
+        routes,
+    }))
+}
+
+/// `POST /api/v1/nodes/{agent_id}/instances`: the node's instances as they are (the whole set). 204.
+pub async fn report_instances(
+    caller: Caller<NodeAccess>,
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    JsonBody(report): JsonBody<InstanceReport>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    own_node(&state, &caller.token, &agent_id)?;
+    if report.instances.len() > 10_000 {
+        return Err(ApiError::BadRequest(
+            "at most 10000 instances per report".to_owned(),
+        ));
+    }
+    state.instances.report(&agent_id, report);
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }

@@ -59,6 +59,8 @@ pub async fn apply(
     .await?;
     if !response.dry_run {
         tracing::info!(by = %caller.token.name, file = %file, "platform spec applied");
+        // New revisions change instance ids: agents' long polls answer.
+        state.instances.bump();
         // Place the new slots now rather than at the next round; the apply is committed either way.
         let scheduler = state.scheduler.clone();
         match tokio::task::spawn_blocking(move || scheduler.reconcile()).await {
@@ -100,7 +102,14 @@ pub async fn status(
         .into_iter()
         .map(|(slot, stored)| {
             let node = stored.node.as_deref().and_then(|id| state.nodes.get(id));
+            let instance_id = format!("{}-{}-r{}", slot.service, slot.index, deployed.revision);
+            let actual = stored
+                .node
+                .as_deref()
+                .and_then(|node| state.instances.state(node, &instance_id));
             InstanceStatus {
+                instance_id,
+                actual,
                 instance: slot.to_string(),
                 slot: slot.index,
                 hostname: node.as_ref().map(|n| n.facts.hostname.clone()),

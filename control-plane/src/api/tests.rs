@@ -31,6 +31,7 @@ enum Who {
     Writers,
     Readers,
     Deployers,
+    Nodes,
     Admins,
 }
 
@@ -41,6 +42,7 @@ impl Who {
             Who::Writers => matches!(role, Role::Ingest | Role::Node | Role::Admin),
             Who::Readers => matches!(role, Role::Viewer | Role::Deployer | Role::Admin),
             Who::Deployers => matches!(role, Role::Deployer | Role::Admin),
+            Who::Nodes => matches!(role, Role::Node | Role::Admin),
             Who::Admins => role == Role::Admin,
         }
     }
@@ -109,6 +111,13 @@ fn routes() -> Vec<(Method, String, RequestBody, Who)> {
             "/api/v1/secrets/no-such-secret".into(),
             None,
             Who::Deployers,
+        ),
+        get("/api/v1/nodes/nobody/assignments", Who::Nodes),
+        (
+            Method::POST,
+            "/api/v1/nodes/nobody/instances".into(),
+            json(serde_json::json!({"instances": []})),
+            Who::Nodes,
         ),
         get("/api/v1/tokens", Who::Admins),
         (

@@ -277,8 +277,8 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
                 service.service, service.revision, service.version, service.replicas
             );
             println!(
-                "    {:<28} {:<16} {:<20} {:<6} {:<9} SINCE",
-                "INSTANCE", "NODE", "HOST", "NODE", "STATE"
+                "    {:<28} {:<18} {:<20} {:<6} {:<14} {:>8} SINCE",
+                "INSTANCE", "NODE", "HOST", "NODE", "PHASE", "RESTARTS"
             );
             for instance in &status.instances {
                 let dash = || "-".to_owned();
@@ -288,20 +288,39 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
                         .and_then(|v| v.as_str().map(str::to_owned))
                         .unwrap_or_else(dash)
                 });
-                let state = if instance.reason.is_empty() {
-                    instance.state.clone()
-                } else {
-                    format!("{}: {}", instance.state, instance.reason)
+                let (phase, restarts, since) = match (&instance.actual, instance.node.is_some()) {
+                    (Some(actual), _) => (
+                        actual.phase.as_str().to_owned(),
+                        actual.restarts.to_string(),
+                        actual.since.clone(),
+                    ),
+                    (None, true) => ("assigned".to_owned(), dash(), instance.since.clone()),
+                    (None, false) => ("unplaced".to_owned(), dash(), instance.since.clone()),
                 };
                 println!(
-                    "    {:<28} {:<16} {:<20} {:<6} {:<9} {}",
-                    instance.instance,
+                    "    {:<28} {:<18} {:<20} {:<6} {:<14} {:>8} {}",
+                    instance.instance_id,
                     instance.node.clone().unwrap_or_else(dash),
                     instance.hostname.clone().unwrap_or_else(dash),
                     node_status,
-                    state,
-                    instance.since
+                    phase,
+                    restarts,
+                    since
                 );
+                if !instance.reason.is_empty() {
+                    println!("        {}", instance.reason);
+                }
+                if let Some(actual) = &instance.actual {
+                    if !actual.reason.is_empty() {
+                        println!("        {}", actual.reason);
+                    }
+                    if let Some(exit) = &actual.last_exit {
+                        println!("        last exit: {exit} at {}", exit.at);
+                    }
+                    for line in &actual.last_lines {
+                        println!("        | {line}");
+                    }
+                }
             }
         }
         Ok(())

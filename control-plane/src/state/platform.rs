@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use gantry_proto::TokenInfo;
+use gantry_proto::instances::Assignment;
 use gantry_proto::platform::{
     ApplyRequest, ApplyResponse, AuditEntry, Change, DeployedService, Revision, RuntimeSpec,
     SecretInfo, ServicePlan, ServiceSpec,
@@ -56,6 +57,66 @@ impl PlatformStore {
     /// The platform in `db`.
     pub fn new(db: Arc<StateDb>) -> PlatformStore {
         PlatformStore { db }
+    }
+
+    /// What `agent_id` should run (its placed slots at each service's current revision, secrets resolved) and
+    /// every routed service with the instance ids of all its placed slots.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn assignments(
+        &self,
+        agent_id: &str,
+    ) -> Result<(Vec<Assignment>, Vec<RoutedService>), PlatformError> {
+        Ok(self.db.read(|c| {
+            let services = running(c)?;
+            let slots = super::placements::load(c, None)?;
+            let mut assignments = Vec::new();
+            let mut routed: BTreeMap<&str, RoutedService> = BTreeMap::new();
+            for (slot, stored) in &slots {
+                let Some(node) = &stored.node else { continue };
+                let Some(service) = services.get(&slot.service) else { continue };
+                let instance_id = format!("{}-{}-r{}", slot.service, slot.index, service.revision);
+                if let Some(port) = service.spec.port {
+                    routed
+                        .entry(&slot.service)
+                        .or_insert_with(|| RoutedService {
+                            service: slot.service.clone(),
+                            port,
+                            instances: Vec::new(),
+                        })
+                        .instances
+                        .push((instance_id.clone(), service.version.clone()));
+                }
+                if node != agent_id {
+                    continue;
+                }
+                let RuntimeSpec::Process(process) = &service.spec.runtime;
+                let mut resolved = process.clone();
+                let mut missing = None;
+                for value in resolved.env.values_mut() {
+                    match spec::resolve_secrets(value, &|name| secrets::value_in(c, name).ok().flatten()) {
+                        Ok(text) => *value = text,
+                        Err(name) => missing = Some(name),
+                    }
+                }
+                if let Some(name) = missing {
+                    tracing::warn!(instance = %instance_id, secret = %name, "instance not assigned: a secret it references is gone");
+                    continue;
+                }
+                assignments.push(Assignment {
+                    instance_id,
+                    service: slot.service.clone(),
+                    slot: slot.index,
+                    revision: service.revision,
+                    version: service.version.clone(),
+                    process: resolved,
+                    health: service.spec.health.clone(),
+                    kill_timeout_ms: service.spec.kill_timeout_ms,
+                });
+            }
+            Ok((assignments, routed.into_values().collect()))
+        })?)
     }
 
     /// The state database.
@@ -332,6 +393,42 @@ impl PlatformStore {
     pub fn record(&self, entry: &Action<'_>) -> Result<(), PlatformError> {
         Ok(audit::record(&self.db, entry)?)
     }
+}
+
+/// A routed service and its placed instances (id, version), for the routers' tables.
+#[derive(Debug, Clone)]
+pub struct RoutedService {
+    /// The service.
+    pub service: String,
+    /// Its routed port.
+    pub port: u16,
+    /// Every placed instance: id and version.
+    pub instances: Vec<(String, String)>,
+}
+
+/// A service's current revision with its version label.
+struct Running {
+    revision: u64,
+    version: String,
+    spec: ServiceSpec,
+}
+
+fn running(connection: &Connection) -> rusqlite::Result<BTreeMap<String, Running>> {
+    let mut statement = connection.prepare(
+        "SELECT s.name, s.revision, r.version, r.spec FROM services s
+         JOIN revisions r ON r.service = s.name AND r.revision = s.revision",
+    )?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            Running {
+                revision: row.get::<_, i64>(1)? as u64,
+                version: row.get(2)?,
+                spec: json_column(row, 3)?,
+            },
+        ))
+    })?;
+    rows.collect()
 }
 
 /// A plan: the answer, and the new specs by name.

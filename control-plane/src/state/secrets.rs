@@ -52,6 +52,19 @@ pub fn delete(transaction: &Transaction<'_>, name: &str) -> rusqlite::Result<boo
     Ok(transaction.execute("DELETE FROM secrets WHERE name = ?1", [name])? > 0)
 }
 
+/// A secret's value read on `connection` (inside a caller's transaction).
+///
+/// # Errors
+/// SQLite failed.
+pub fn value_in(connection: &rusqlite::Connection, name: &str) -> rusqlite::Result<Option<String>> {
+    connection
+        .query_row("SELECT value FROM secrets WHERE name = ?1", [name], |row| {
+            row.get::<_, Vec<u8>>(0)
+        })
+        .optional()
+        .map(|value| value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+}
+
 /// A secret's value, for starting an instance.
 ///
 /// # Errors

@@ -59,6 +59,8 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(60))
+        // Below the plane's keep-alive idle limit (its 10 s header read timeout), as the agent does.
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .expect("reqwest client")
 }
