@@ -87,6 +87,21 @@ pub struct RawConfig {
     /// How often the agent heartbeats to the plane, ms [default: 5000].
     #[arg(long, env = "GANTRY_AGENT_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
     pub heartbeat_interval_ms: Option<u64>,
+    /// Run the instances the plane places on this node (needs a `node` token) [default: true].
+    #[arg(long, env = "GANTRY_AGENT_RUN_INSTANCES", value_name = "BOOL")]
+    pub run_instances: Option<bool>,
+    /// The address instances listen on and other nodes reach them and this node's routed services at (an address
+    /// of this machine) [default: 127.0.0.1].
+    #[arg(long, env = "GANTRY_AGENT_SERVICE_ADDR", value_name = "IP")]
+    pub service_addr: Option<String>,
+    /// Stop every instance when the agent stops (the demo does; a real node leaves them running) [default: false].
+    #[arg(
+        long,
+        env = "GANTRY_AGENT_STOP_INSTANCES_ON_EXIT",
+        value_name = "BOOL",
+        hide = true
+    )]
+    pub stop_instances_on_exit: Option<bool>,
     /// Labels of the node (`[labels]` in the file; `--label` on the command line).
     #[arg(skip)]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -167,7 +182,7 @@ pub struct RawFileSource {
 pub struct AgentConfig {
     /// Base URL of the plane, without a trailing slash (`http://host:8700`).
     pub plane: String,
-    /// An `ingest` token.
+    /// A `node` token (an `ingest` one ships telemetry, but the plane gives its node no instances).
     pub token: String,
     /// Agent id, buffer, checkpoints, cursor.
     pub data_dir: PathBuf,
@@ -197,6 +212,12 @@ pub struct AgentConfig {
     pub heartbeat_interval: Duration,
     /// Labels of the node, reported with its heartbeat.
     pub labels: BTreeMap<String, String>,
+    /// Run the instances the plane places here.
+    pub run_instances: bool,
+    /// Where instances listen and are reached.
+    pub service_addr: std::net::IpAddr,
+    /// Stop every instance when the agent stops.
+    pub stop_instances_on_exit: bool,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -218,6 +239,8 @@ impl fmt::Debug for AgentConfig {
             .field("otlp_http_addr", &self.otlp_http_addr)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("labels", &self.labels)
+            .field("run_instances", &self.run_instances)
+            .field("service_addr", &self.service_addr)
             .finish()
     }
 }
@@ -245,6 +268,9 @@ pub struct FileSourceConfig {
     pub multiline: Multiline,
     /// Extra parser for lines that are neither JSON nor logfmt.
     pub parse_regex: Option<Regex>,
+    /// The files are instances' output: `service.name`, `service.version` and `service.instance.id` come from
+    /// the `instance.json` beside each file.
+    pub instance_output: bool,
 }
 
 /// How lines are grouped into records.
@@ -305,7 +331,7 @@ impl RawConfig {
         if token.trim().is_empty() {
             return Err(value_error(
                 "token",
-                "missing: pass --token with an ingest token (`gantry token create --role ingest`)",
+                "missing: pass --token with a node token (`gantry token create --role node`)",
             ));
         }
         if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -410,6 +436,19 @@ impl RawConfig {
             .into_iter()
             .map(RawFileSource::validate)
             .collect::<Result<_, _>>()?;
+        let service_addr_text = self.service_addr.as_deref().unwrap_or("127.0.0.1");
+        let service_addr: std::net::IpAddr = service_addr_text.parse().map_err(|_| {
+            value_error(
+                "service_addr",
+                format!("`{service_addr_text}` is not an IP address such as 127.0.0.1 or 10.0.0.5"),
+            )
+        })?;
+        if service_addr.is_unspecified() {
+            return Err(value_error(
+                "service_addr",
+                "must be an address other nodes can reach, not 0.0.0.0",
+            ));
+        }
         Ok(AgentConfig {
             plane,
             token,
@@ -429,6 +468,9 @@ impl RawConfig {
             otlp_http_addr,
             heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
             labels: self.labels,
+            run_instances: self.run_instances.unwrap_or(true),
+            service_addr,
+            stop_instances_on_exit: self.stop_instances_on_exit.unwrap_or(false),
         })
     }
 }
@@ -489,6 +531,7 @@ impl RawFileSource {
             service: self.service,
             multiline,
             parse_regex,
+            instance_output: false,
         })
     }
 }

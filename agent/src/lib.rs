@@ -22,6 +22,7 @@ pub mod config;
 pub mod http;
 pub mod node;
 pub mod receiver;
+pub mod runtime;
 pub mod shipper;
 pub mod sources;
 pub mod telemetry;
@@ -90,8 +91,18 @@ impl Bound {
 ///
 /// # Errors
 /// The data directory, the disk buffer or a listener could not be set up.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(mut config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
+    if config.run_instances {
+        // Instances' stdout and stderr, tagged with their service, version and instance id.
+        config.files.push(config::FileSourceConfig {
+            pattern: format!("{}/instances/*/*.log*", data_dir.display()),
+            service: None,
+            multiline: config::Multiline::Default,
+            parse_regex: None,
+            instance_output: true,
+        });
+    }
     gantry_support::fs::create_private_dir(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let agent_id = agent_id(&data_dir)?;
@@ -259,11 +270,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
     let client = shipper::http_client()?;
     {
+        let mut facts = node::facts(&agent_id, config.labels.clone());
+        if config.run_instances {
+            facts.runtimes.push("process".to_owned());
+        }
         let heartbeat = node::Heartbeat {
             plane: config.plane.clone(),
             token: config.token.clone(),
             interval: config.heartbeat_interval,
-            facts: node::facts(&agent_id, config.labels.clone()),
+            facts,
             docker_reachable: docker_reachable.clone(),
         };
         let (client, telemetry) = (client.clone(), telemetry.clone());
@@ -271,6 +286,57 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             let run = node::run(heartbeat.clone(), client.clone(), telemetry.clone(), stop);
             async move {
                 run.await;
+                Ok(())
+            }
+        });
+    }
+    let instances = Supervisor::new("instances", restarts.clone());
+    if config.run_instances {
+        let runtime_config = runtime::RuntimeConfig {
+            plane: config.plane.clone(),
+            token: config.token.clone(),
+            agent_id: agent_id.clone(),
+            dir: data_dir.join("instances"),
+            host: config.service_addr,
+            otlp_http: config
+                .otlp_http_addr
+                .and_then(|_| endpoints_otlp_http(&endpoints)),
+            report_interval: config
+                .heartbeat_interval
+                .max(std::time::Duration::from_secs(1)),
+        };
+        let manager = runtime::Manager::open(runtime_config.clone(), client.clone())?;
+        let (sender, receiver) = tokio::sync::watch::channel(None);
+        {
+            let (runtime_config, client, sender) =
+                (runtime_config.clone(), client.clone(), sender.clone());
+            instances.spawn("assignments", move |stop| {
+                let run = runtime::poll_assignments(
+                    runtime_config.clone(),
+                    client.clone(),
+                    sender.clone(),
+                    stop,
+                );
+                async move {
+                    run.await;
+                    Ok(())
+                }
+            });
+        }
+        let manager = Mutex::new(Some(manager));
+        let stop_instances = config.stop_instances_on_exit;
+        let client = client.clone();
+        instances.spawn("instances", move |stop| {
+            let first = manager.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let (runtime_config, client, receiver) =
+                (runtime_config.clone(), client.clone(), receiver.clone());
+            async move {
+                let manager = match first {
+                    Some(manager) => manager,
+                    // A restart after a panic: the state file has what the last round saved.
+                    None => runtime::Manager::open(runtime_config, client)?,
+                };
+                manager.run(receiver, stop, stop_instances).await;
                 Ok(())
             }
         });
@@ -315,6 +381,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
 
     shutdown.cancelled().await;
+    // Instances keep running (unless asked otherwise): only the manager stops.
+    instances.stop(None).await;
     tracing::info!("shutting down: flushing sources into the buffer");
     sources.stop(None).await;
     // Every sender went with the sources: the writer ends once it has served the rest.
@@ -355,6 +423,11 @@ pub fn agent_id(data_dir: &Path) -> anyhow::Result<String> {
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// The OTLP/HTTP receiver's bound address, from the endpoints written at start.
+fn endpoints_otlp_http(endpoints: &serde_json::Value) -> Option<SocketAddr> {
+    endpoints["otlp_http"].as_str()?.parse().ok()
 }
 
 fn write_endpoints(data_dir: &Path, endpoints: &serde_json::Value) -> anyhow::Result<()> {

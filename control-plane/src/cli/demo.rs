@@ -57,6 +57,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             token: Some(agent_token.token.clone()),
             data_dir: Some(data_dir.join("agent")),
             http_addr: Some("127.0.0.1:8701".to_owned()),
+            // Ctrl-C ends the demo and every instance it started.
+            stop_instances_on_exit: Some(true),
             ..Default::default()
         }
         .validate()?;

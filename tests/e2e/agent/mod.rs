@@ -4,6 +4,7 @@
 mod docker;
 mod files;
 mod host;
+mod instances;
 mod node;
 mod otlp;
 mod shipping;

@@ -90,6 +90,8 @@ struct Tailer {
     path: PathBuf,
     source: usize,
     service: String,
+    /// Resource attributes beside `service.name` (an instance's version and id).
+    extra: Arc<Vec<(String, String)>>,
     file: std::fs::File,
     framer: Framer,
     /// The patterns no longer match this file (renamed away or deleted).
@@ -114,11 +116,22 @@ impl Tailer {
     }
 }
 
+/// One file's records in a batch: its key, path, service, other resource attributes, and its records encoded as
+/// `ScopeLogs.log_records` entries.
+type Group = (
+    FileKey,
+    PathBuf,
+    String,
+    Arc<Vec<(String, String)>>,
+    Vec<u8>,
+);
+
 /// A batch being filled: records grouped by file, in read order.
 #[derive(Default)]
 struct Batch {
-    /// Per file: its key, path, service and its records encoded as `ScopeLogs.log_records` entries.
-    groups: Vec<(FileKey, PathBuf, String, Vec<u8>)>,
+    /// Per file: its key, path, service, other resource attributes and its records encoded as
+    /// `ScopeLogs.log_records` entries.
+    groups: Vec<Group>,
     records: usize,
     lines: u64,
     bytes: usize,
@@ -483,12 +496,22 @@ impl FileSource {
             offset = original.offset;
         }
         let config = &self.sources[source].1;
-        let service = config.service.clone().unwrap_or_else(|| {
-            path.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "unknown_service".into())
-        });
+        let instance = config
+            .instance_output
+            .then(|| instance_resource(path))
+            .flatten();
+        let (service, extra) = match instance {
+            Some((service, extra)) => (service, extra),
+            None => (
+                config.service.clone().unwrap_or_else(|| {
+                    path.file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| "unknown_service".into())
+                }),
+                Vec::new(),
+            ),
+        };
         tracing::info!(path = %path.display(), offset, service, "tailing file");
         let recent = Recent::read(&file, offset)?;
         self.tailers.push(Tailer {
@@ -499,6 +522,7 @@ impl FileSource {
             path: path.to_path_buf(),
             source,
             service,
+            extra: Arc::new(extra),
             file,
             framer: Framer::new(offset, config.multiline.clone()),
             rotated: orphan,
@@ -621,11 +645,12 @@ impl FileSource {
         self.batch.lines += lines;
         self.batch.started.get_or_insert_with(Instant::now);
         match self.batch.groups.last_mut() {
-            Some((key, _, _, group)) if *key == tailer.key => group.extend_from_slice(&records),
+            Some((key, _, _, _, group)) if *key == tailer.key => group.extend_from_slice(&records),
             _ => self.batch.groups.push((
                 tailer.key,
                 tailer.path.clone(),
                 tailer.service.clone(),
+                tailer.extra.clone(),
                 records,
             )),
         }
@@ -642,13 +667,15 @@ impl FileSource {
         let groups: Vec<(Resource, Vec<u8>)> = batch
             .groups
             .into_iter()
-            .map(|(_, path, service, records)| {
+            .map(|(_, path, service, extra, records)| {
+                let mut attributes = vec![
+                    kv("host.name", &self.host_name),
+                    kv("service.name", &service),
+                    kv("log.file.path", &path.to_string_lossy()),
+                ];
+                attributes.extend(extra.iter().map(|(key, value)| kv(key, value)));
                 let resource = Resource {
-                    attributes: vec![
-                        kv("host.name", &self.host_name),
-                        kv("service.name", &service),
-                        kv("log.file.path", &path.to_string_lossy()),
-                    ],
+                    attributes,
                     ..Default::default()
                 };
                 (resource, records)
@@ -782,3 +809,30 @@ fn restart(
 
 #[cfg(test)]
 mod tests;
+
+/// The resource of an instance's output file, from the `instance.json` beside it: `service.name`, and
+/// `service.version`, `service.instance.id` and `log.iostream` (`stdout` or `stderr`, from the file's name).
+fn instance_resource(path: &Path) -> Option<(String, Vec<(String, String)>)> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        service: String,
+        version: String,
+        instance_id: String,
+    }
+    let text = std::fs::read(path.parent()?.join("instance.json")).ok()?;
+    let meta: Meta = serde_json::from_slice(&text).ok()?;
+    let name = path.file_name()?.to_string_lossy();
+    let stream = if name.starts_with("stderr") {
+        "stderr"
+    } else {
+        "stdout"
+    };
+    Some((
+        meta.service,
+        vec![
+            ("service.version".to_owned(), meta.version),
+            ("service.instance.id".to_owned(), meta.instance_id),
+            ("log.iostream".to_owned(), stream.to_owned()),
+        ],
+    ))
+}
