@@ -22,6 +22,7 @@ pub mod config;
 pub mod http;
 pub mod node;
 pub mod receiver;
+pub mod router;
 pub mod runtime;
 pub mod shipper;
 pub mod sources;
@@ -317,6 +318,17 @@ pub async fn run(mut config: AgentConfig, shutdown: CancellationToken) -> anyhow
                     sender.clone(),
                     stop,
                 );
+                async move {
+                    run.await;
+                    Ok(())
+                }
+            });
+        }
+        {
+            let spans = router::SpanSink::start(sink.clone(), sources::host_name());
+            let (receiver, limits, host) = (receiver.clone(), limits.clone(), config.service_addr);
+            instances.spawn("router", move |stop| {
+                let run = router::run(host, receiver.clone(), spans.clone(), limits.clone(), stop);
                 async move {
                     run.await;
                     Ok(())

@@ -255,6 +255,9 @@ pub struct Revision {
     pub service: String,
     /// Its number, 1 for the first; never reused.
     pub revision: u64,
+    /// The revision whose instance template (the spec but `replicas`) it runs: itself when the template changed,
+    /// the one before's otherwise (a change of `replicas` alone starts no new instances, as in Kubernetes).
+    pub template_revision: u64,
     /// The version label of this revision's instances.
     pub version: String,
     /// The name of the token that applied it.
@@ -348,6 +351,8 @@ pub struct DeployedService {
     pub service: String,
     /// The current revision.
     pub revision: u64,
+    /// The revision whose instance template runs (see [`Revision::template_revision`]); instance ids carry it.
+    pub template_revision: u64,
     /// Its version label.
     pub version: String,
     /// Desired instances.

@@ -207,7 +207,7 @@ async fn spread_constraints_node_loss_and_return() -> Result<()> {
     ensure!(status == 200, "{status} {work}");
     let instances = work["instances"].as_array().context("instances")?;
     ensure!(
-        instances.len() == 1 && instances[0]["instance_id"] == "api-3-r2",
+        instances.len() == 1 && instances[0]["instance_id"] == "api-3-r1",
         "{work}"
     );
     ensure!(
@@ -236,7 +236,7 @@ async fn spread_constraints_node_loss_and_return() -> Result<()> {
     let report = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let state = json!({"instances": [{
-            "instance_id": "api-3-r2", "phase": "healthy", "pid": 4242, "address": "127.0.0.3:41000",
+            "instance_id": "api-3-r1", "phase": "healthy", "pid": 4242, "address": "127.0.0.3:41000",
             "restarts": 1, "last_exit": {"code": 137, "signal": null, "at": "2026-11-29T17:00:00Z"},
             "reason": "", "last_lines": ["boom"], "since": "2026-11-29T17:00:01Z"
         }]});
@@ -262,7 +262,7 @@ async fn spread_constraints_node_loss_and_return() -> Result<()> {
     ensure!(
         route["port"] == 9300
             && route["endpoints"]
-                == json!([{"instance_id": "api-3-r2", "version": "r2", "address": "127.0.0.3:41000"}]),
+                == json!([{"instance_id": "api-3-r1", "version": "r1", "address": "127.0.0.3:41000"}]),
         "{route}"
     );
 

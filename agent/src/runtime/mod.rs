@@ -45,6 +45,9 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 pub const CRASH_LOOP_AFTER: u32 = 3;
 /// A log file is copy-truncated past this size.
 pub const MAX_LOG_BYTES: u64 = 10 << 20;
+/// How long an instance no longer assigned keeps running after it is reported `stopping`, so that every router
+/// has dropped it from its table before it gets SIGTERM (in-flight requests then get `kill_timeout` to finish).
+pub const DRAIN_DELAY: Duration = Duration::from_secs(2);
 /// Output lines kept with a crash report.
 pub const LAST_LINES: usize = 10;
 
@@ -389,7 +392,11 @@ impl Manager {
                     let timeout = Duration::from_millis(record.assignment.kill_timeout_ms);
                     self.background.spawn(async move {
                         let ended = match process {
-                            Some(process) => runtime.stop(process, timeout).await,
+                            Some(process) => {
+                                // Reported `stopping` first: routers drop it before it is asked to end.
+                                tokio::time::sleep(DRAIN_DELAY).await;
+                                runtime.stop(process, timeout).await
+                            }
                             None => Ended {
                                 code: None,
                                 signal: None,

@@ -102,7 +102,10 @@ pub async fn status(
         .into_iter()
         .map(|(slot, stored)| {
             let node = stored.node.as_deref().and_then(|id| state.nodes.get(id));
-            let instance_id = format!("{}-{}-r{}", slot.service, slot.index, deployed.revision);
+            let instance_id = format!(
+                "{}-{}-r{}",
+                slot.service, slot.index, deployed.template_revision
+            );
             let actual = stored
                 .node
                 .as_deref()

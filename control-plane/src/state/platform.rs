@@ -14,7 +14,7 @@ use gantry_proto::platform::{
     ApplyRequest, ApplyResponse, AuditEntry, Change, DeployedService, Revision, RuntimeSpec,
     SecretInfo, ServicePlan, ServiceSpec,
 };
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::audit::{self, Action};
 use super::{StateDb, StateError, now_rfc3339, secrets};
@@ -76,7 +76,7 @@ impl PlatformStore {
             for (slot, stored) in &slots {
                 let Some(node) = &stored.node else { continue };
                 let Some(service) = services.get(&slot.service) else { continue };
-                let instance_id = format!("{}-{}-r{}", slot.service, slot.index, service.revision);
+                let instance_id = format!("{}-{}-r{}", slot.service, slot.index, service.template);
                 if let Some(port) = service.spec.port {
                     routed
                         .entry(&slot.service)
@@ -108,7 +108,7 @@ impl PlatformStore {
                     instance_id,
                     service: slot.service.clone(),
                     slot: slot.index,
-                    revision: service.revision,
+                    revision: service.template,
                     version: service.version.clone(),
                     process: resolved,
                     health: service.spec.health.clone(),
@@ -244,13 +244,14 @@ impl PlatformStore {
     pub fn revisions(&self, service: &str) -> Result<Vec<Revision>, PlatformError> {
         let revisions = self.db.read(|c| {
             let mut statement = c.prepare(
-                "SELECT service, revision, version, author, created, source, diff, spec FROM revisions
+                "SELECT service, revision, version, author, created, source, diff, spec, template FROM revisions
                  WHERE service = ?1 ORDER BY revision DESC",
             )?;
             let rows = statement.query_map([service], |row| {
                 Ok(Revision {
                     service: row.get(0)?,
                     revision: row.get::<_, i64>(1)? as u64,
+                    template_revision: row.get::<_, i64>(8)? as u64,
                     version: row.get(2)?,
                     author: row.get(3)?,
                     created: row.get(4)?,
@@ -276,7 +277,7 @@ impl PlatformStore {
     pub fn deployed(&self) -> Result<Vec<DeployedService>, PlatformError> {
         Ok(self.db.read(|c| {
             let mut statement = c.prepare(
-                "SELECT s.name, s.revision, r.version, s.replicas, r.spec, s.updated FROM services s
+                "SELECT s.name, s.revision, r.version, s.replicas, r.spec, s.updated, r.template FROM services s
                  JOIN revisions r ON r.service = s.name AND r.revision = s.revision ORDER BY s.name",
             )?;
             let rows = statement.query_map([], |row| {
@@ -284,6 +285,7 @@ impl PlatformStore {
                 Ok(DeployedService {
                     service: row.get(0)?,
                     revision: row.get::<_, i64>(1)? as u64,
+                    template_revision: row.get::<_, i64>(6)? as u64,
                     version: row.get(2)?,
                     replicas: row.get::<_, i64>(3)? as u32,
                     port: spec.port,
@@ -408,21 +410,22 @@ pub struct RoutedService {
 
 /// A service's current revision with its version label.
 struct Running {
-    revision: u64,
+    /// The revision whose template runs.
+    template: u64,
     version: String,
     spec: ServiceSpec,
 }
 
 fn running(connection: &Connection) -> rusqlite::Result<BTreeMap<String, Running>> {
     let mut statement = connection.prepare(
-        "SELECT s.name, s.revision, r.version, r.spec FROM services s
+        "SELECT s.name, r.template, r.version, r.spec FROM services s
          JOIN revisions r ON r.service = s.name AND r.revision = s.revision",
     )?;
     let rows = statement.query_map([], |row| {
         Ok((
             row.get::<_, String>(0)?,
             Running {
-                revision: row.get::<_, i64>(1)? as u64,
+                template: row.get::<_, i64>(1)? as u64,
                 version: row.get(2)?,
                 spec: json_column(row, 3)?,
             },
@@ -551,13 +554,32 @@ fn insert_revision(
     source: &str,
     plan: &ServicePlan,
 ) -> rusqlite::Result<()> {
+    // A change of replicas alone keeps the template (and so the instances) of the revision before.
+    let previous: Option<(i64, String)> = connection
+        .query_row(
+            "SELECT template, spec FROM revisions WHERE service = ?1 AND revision = ?2",
+            params![spec.name, revision as i64 - 1],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let template = match previous {
+        Some((template, before)) => {
+            let before: Option<ServiceSpec> = serde_json::from_str(&before).ok();
+            if before.is_some_and(|before| same_template(&before, spec)) {
+                template as u64
+            } else {
+                revision
+            }
+        }
+        None => revision,
+    };
     let version = spec
         .version
         .clone()
-        .unwrap_or_else(|| format!("r{revision}"));
+        .unwrap_or_else(|| format!("r{template}"));
     connection.execute(
-        "INSERT INTO revisions (service, revision, version, author, created, source, diff, spec)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO revisions (service, revision, template, version, author, created, source, diff, spec)
+         VALUES (?1, ?2, ?9, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             spec.name,
             revision as i64,
@@ -566,7 +588,8 @@ fn insert_revision(
             now,
             source,
             json(&plan.diff),
-            json(spec)
+            json(spec),
+            template as i64
         ],
     )?;
     connection.execute(
@@ -576,6 +599,13 @@ fn insert_revision(
         params![spec.name, revision as i64, i64::from(spec.replicas), now],
     )?;
     Ok(())
+}
+
+/// Whether two specs run the same instances: equal but for `replicas`.
+fn same_template(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    let mut a = a.clone();
+    a.replicas = b.replicas;
+    a == *b
 }
 
 /// Plain data as JSON (the proto types always serialize: string keys, no custom serializers).

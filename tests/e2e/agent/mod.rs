@@ -7,6 +7,7 @@ mod host;
 mod instances;
 mod node;
 mod otlp;
+mod routing;
 mod shipping;
 
 use std::fs::OpenOptions;

@@ -11,6 +11,7 @@ CREATE TABLE services (
 CREATE TABLE revisions (
     service  TEXT NOT NULL,
     revision INTEGER NOT NULL,      -- 1, 2, ... per service; never reused, never changed
+    template INTEGER NOT NULL,      -- the revision whose instance template (all but replicas) this one runs
     version  TEXT NOT NULL,         -- the version label of its instances
     author   TEXT NOT NULL,         -- the applying token's name
     created  TEXT NOT NULL,         -- RFC 3339

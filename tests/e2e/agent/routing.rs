@@ -1,0 +1,223 @@
+//! Service routing across three agents standing for three nodes (service addresses 127.0.0.2, .3 and .4): a
+//! request to any node's routed port reaches a healthy instance on any node; a service with no instrumentation gets
+//! RED rows from the routers' spans alone; a caller's trace context is continued; a service with no healthy
+//! instance answers 503 with a clear body; and scaling down under steady requests fails none of them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::json;
+
+use crate::harness::api::wait_until;
+use crate::harness::process::{Agent, Plane, free_port, start_with_tokens};
+use crate::harness::unique;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn apply(plane: &Plane, token: &str, spec: &str) -> Result<()> {
+    let body = json!({"file": "platform.yaml", "content": spec});
+    let (status, answer) = plane
+        .api_send(reqwest::Method::POST, "/api/v1/apply", Some(body), token)
+        .await?;
+    ensure!(status == 200, "apply: {status} {answer}");
+    Ok(())
+}
+
+fn spec(web: &str, port: u16, replicas: u32, down: &str, down_port: u16) -> String {
+    format!(
+        "services:
+  {web}:
+    runtime:
+      process:
+        command: python3
+        args: [-m, http.server, '${{PORT}}', --bind, '${{GANTRY_HOST}}']
+    replicas: {replicas}
+    port: {port}
+    health: {{http: {{path: /}}, interval: 300ms, timeout: 250ms}}
+    kill_timeout: 2s
+  {down}:
+    runtime: {{process: {{command: /bin/sh, args: [-c, 'sleep 600']}}}}
+    port: {down_port}
+    health: {{command: [/bin/false], interval: 300ms}}
+"
+    )
+}
+
+/// Healthy instances of a service, from the plane.
+async fn healthy(plane: &Plane, token: &str, service: &str) -> Result<usize> {
+    let (status, body) = plane
+        .api_get(&format!("/api/v1/services/{service}"), token)
+        .await?;
+    ensure!(status == 200, "{status} {body}");
+    Ok(body["instances"]
+        .as_array()
+        .context("instances")?
+        .iter()
+        .filter(|i| i["actual"]["phase"] == "healthy")
+        .count())
+}
+
+#[tokio::test]
+async fn routers_balance_trace_and_drain_across_three_nodes() -> Result<()> {
+    let suffix = unique("")
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+        .to_ascii_lowercase();
+    let (web, down) = (format!("routed{suffix}"), format!("down{suffix}"));
+    let tmp = tempfile::tempdir()?;
+    let (plane, [deployer, node]) =
+        start_with_tokens(&tmp.path().join("data"), &[], &[], ["deployer", "node"]).await?;
+    let mut agents = Vec::new();
+    for n in 2..=4 {
+        let address = format!("127.0.0.{n}");
+        let mut args: Vec<&str> = Agent::QUIET.to_vec();
+        args.extend([
+            "--heartbeat-interval-ms",
+            "500",
+            "--service-addr",
+            &address,
+            "--stop-instances-on-exit",
+            "true",
+        ]);
+        let dir = tmp.path().join(format!("agent{n}"));
+        agents.push(Agent::start_with(&dir, &plane.endpoints.http_url(), &node, &[], &args).await?);
+    }
+    wait_until(WAIT, "three nodes offering the process runtime", || async {
+        let (_, nodes) = plane.api_get("/api/v1/nodes", &deployer).await?;
+        let ready = nodes["nodes"].as_array().map_or(0, |n| {
+            n.iter()
+                .filter(|n| {
+                    n["status"] == "up" && n["facts"]["runtimes"].to_string().contains("process")
+                })
+                .count()
+        });
+        Ok((ready == 3).then_some(()))
+    })
+    .await?;
+    let (port, down_port) = (free_port()?, free_port()?);
+    apply(&plane, &deployer, &spec(&web, port, 3, &down, down_port)).await?;
+    wait_until(WAIT, "three healthy instances", || async {
+        Ok((healthy(&plane, &deployer, &web).await? == 3).then_some(()))
+    })
+    .await
+    .with_context(|| agents[0].stderr())?;
+
+    // Every node routes; requests spread over the three instances.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    wait_until(WAIT, "every router to know the instances", || async {
+        for n in 2..=4 {
+            let response = client
+                .get(format!("http://127.0.0.{n}:{port}/"))
+                .send()
+                .await?;
+            if response.status() != 200 {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await?;
+
+    // A caller's trace context is continued: the router's span is a child of the caller's.
+    let trace = "5b8efff798038103d269b633813fc60c";
+    let response = client
+        .get(format!("http://127.0.0.2:{port}/"))
+        .header("traceparent", format!("00-{trace}-eee19b7ec3c1b174-01"))
+        .send()
+        .await?;
+    ensure!(response.status() == 200);
+    let found = plane.wait_for_trace(&deployer, trace, 1).await?;
+    let span = &found["spans"][0];
+    ensure!(
+        span["parent_span_id"] == "eee19b7ec3c1b174" && span["kind"] == "server",
+        "the router's span: {found}"
+    );
+    ensure!(
+        span["resource"]["service.name"] == web.as_str()
+            && span["attributes"]["gantry.router"] == true,
+        "{span}"
+    );
+
+    // RED for a service with no instrumentation at all.
+    let red = wait_until(WAIT, "RED rows from the routers", || async {
+        let (_, services) = plane
+            .api_get("/api/v1/services?from=-5m", &deployer)
+            .await?;
+        let row = services["services"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["service"] == web.as_str()).cloned());
+        Ok(row.filter(|r| r["requests"].as_u64() >= Some(4)))
+    })
+    .await?;
+    ensure!(red["version"] == "r1" && red["errors"] == 0, "{red}");
+
+    // No healthy instance: 503 with a body that says so.
+    let response = client
+        .get(format!("http://127.0.0.3:{down_port}/"))
+        .send()
+        .await?;
+    ensure!(response.status() == 503, "{}", response.status());
+    let body = response.text().await?;
+    ensure!(
+        body.contains("no healthy instance") && body.contains(&down),
+        "{body}"
+    );
+
+    // Scale down to one under steady requests: none fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed, client) = (stop.clone(), ok.clone(), failed.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            let mut failures: Vec<String> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let url = format!("http://127.0.0.{}:{port}/", 2 + n % 3);
+                match client.get(&url).send().await {
+                    Ok(response) if response.status() == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(response) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        failures.push(format!("{url}: {}", response.status()));
+                    }
+                    Err(error) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        failures.push(format!("{url}: {error}"));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            failures
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    apply(&plane, &deployer, &spec(&web, port, 1, &down, down_port)).await?;
+    wait_until(WAIT, "two instances gone", || async {
+        let (_, body) = plane
+            .api_get(&format!("/api/v1/services/{web}"), &deployer)
+            .await?;
+        let reported = body["instances"]
+            .as_array()
+            .map_or(0, |i| i.iter().filter(|i| !i["actual"].is_null()).count());
+        Ok((reported == 1 && healthy(&plane, &deployer, &web).await? == 1).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    let failures = load.await?;
+    ensure!(
+        failed.load(Ordering::Relaxed) == 0 && ok.load(Ordering::Relaxed) > 50,
+        "{} ok, {} failed: {failures:?}",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    for agent in &mut agents {
+        agent.terminate().await?;
+    }
+    Ok(())
+}
