@@ -510,15 +510,64 @@ impl Red {
 /// counted once each ([`copies::unique`]). Copies of a span share its start, so they are always in the same
 /// partition. Besides the durations of the range, this holds about 24 bytes per matching span of one partition at a
 /// time.
+///
+/// A routed service (one whose requests pass Gantry's service routers) gets its figures from the routers' spans
+/// alone (`gantry.router: true`): they see every request, and counting the service's own server spans too would
+/// count each request twice. Any other service gets them from its own server and consumer spans.
 pub fn services(
     catalog: &Catalog,
     budget: &Budget,
     range: TimeRange,
 ) -> Result<Vec<ServiceRow>, StoreError> {
+    let router = Query::Term {
+        field: Some("attributes.gantry.router".to_owned()),
+        value: "true".to_owned(),
+    };
+    let routed = red_groups(catalog, budget, &range, &router)?;
+    let own = red_groups(catalog, budget, &range, &Query::Not(Box::new(router)))?;
+    let routed_services: std::collections::HashSet<String> =
+        routed.keys().map(|(service, _)| service.clone()).collect();
+    let mut groups = routed;
+    groups.extend(
+        own.into_iter()
+            .filter(|((service, _), _)| !routed_services.contains(service)),
+    );
+    // A range reaching into the future only counts up to now for the request rate.
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let seconds = ((range.to_ns.min(now_ns) - range.from_ns) as f64 / 1e9).max(1e-3);
+    Ok(groups
+        .into_iter()
+        .map(|((service, version), mut red)| {
+            red.durations_ns.sort_unstable();
+            let requests = red.durations_ns.len() as u64;
+            let quantile = |q: f64| percentile(&red.durations_ns, q) / 1e6;
+            ServiceRow {
+                service,
+                version,
+                requests,
+                errors: red.errors,
+                request_rate: requests as f64 / seconds,
+                error_ratio: red.errors as f64 / requests.max(1) as f64,
+                p50_ms: quantile(0.5),
+                p95_ms: quantile(0.95),
+                p99_ms: quantile(0.99),
+                last_seen: rfc3339(red.last_seen),
+            }
+        })
+        .collect())
+}
+
+/// The RED figures of the server and consumer spans matching `filter` in `range`, by service and version.
+fn red_groups(
+    catalog: &Catalog,
+    budget: &Budget,
+    range: &TimeRange,
+    filter: &Query,
+) -> Result<BTreeMap<(String, String), Red>, StoreError> {
     let fields = catalog.fields(Signal::Traces);
     let kind = fields.kind.expect("spans schema");
     let mut groups: BTreeMap<(String, String), Red> = BTreeMap::new();
-    for partition in catalog.overlapping(Signal::Traces, &range) {
+    for partition in catalog.overlapping(Signal::Traces, range) {
         budget.check()?;
         let searcher = partition.reader.searcher();
         let kinds: Vec<Box<dyn TantivyQuery>> = vec![Box::new(BooleanQuery::new(
@@ -538,7 +587,7 @@ pub fn services(
             fields,
             &searcher,
             budget,
-            &Query::All,
+            filter,
             StdBound::Included(range.from_ns),
             StdBound::Excluded(range.to_ns),
             kinds,
@@ -612,29 +661,7 @@ pub fn services(
                 );
         }
     }
-    // A range reaching into the future only counts up to now for the request rate.
-    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-    let seconds = ((range.to_ns.min(now_ns) - range.from_ns) as f64 / 1e9).max(1e-3);
-    Ok(groups
-        .into_iter()
-        .map(|((service, version), mut red)| {
-            red.durations_ns.sort_unstable();
-            let requests = red.durations_ns.len() as u64;
-            let quantile = |q: f64| percentile(&red.durations_ns, q) / 1e6;
-            ServiceRow {
-                service,
-                version,
-                requests,
-                errors: red.errors,
-                request_rate: requests as f64 / seconds,
-                error_ratio: red.errors as f64 / requests.max(1) as f64,
-                p50_ms: quantile(0.5),
-                p95_ms: quantile(0.95),
-                p99_ms: quantile(0.99),
-                last_seen: rfc3339(red.last_seen),
-            }
-        })
-        .collect())
+    Ok(groups)
 }
 
 /// Nearest-rank percentile of sorted values (0 when empty).

@@ -403,3 +403,56 @@ async fn a_span_stored_twice_is_read_once() {
         assert_eq!(reads_after(batches).await, expected, "{what}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_service_is_counted_from_its_routers_spans_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = start(dir.path(), config(24 * 7, 0)).await;
+    let start_ns = now_ns() - 60 * 1_000_000_000;
+    let router = |trace: u8, ms| {
+        let mut span = span(trace, 1, 2, start_ns, ms, 1);
+        span.attributes.push(KeyValue {
+            key: "gantry.router".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::BoolValue(true)),
+            }),
+            ..KeyValue::default()
+        });
+        span
+    };
+    // `ledger`: two routed requests, each also seen by the service's own (instrumented) server span.
+    let mut own = span(1, 2, 2, start_ns + 1_000, 8, 1);
+    own.parent_span_id = [vec![1], vec![9; 7]].concat();
+    write_spans(&store, "ledger", vec![router(1, 10), router(2, 12), own]).await;
+    // `legacy`: not routed; its own server spans count.
+    write_spans(
+        &store,
+        "legacy",
+        vec![span(3, 1, 2, start_ns, 5, 1), span(4, 1, 2, start_ns, 5, 2)],
+    )
+    .await;
+    let range = TimeRange {
+        from_ns: now_ns() - HOUR_NS,
+        to_ns: now_ns() + HOUR_NS,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = store.services(range).await.unwrap();
+        let requests = |name: &str| {
+            rows.iter()
+                .find(|r| r.service == name)
+                .map(|r| (r.requests, r.errors))
+        };
+        if requests("ledger").is_some() && requests("legacy").is_some() {
+            assert_eq!(requests("ledger"), Some((2, 0)), "each routed request once");
+            assert_eq!(requests("legacy"), Some((2, 1)));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spans never showed: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.shutdown().await;
+}
