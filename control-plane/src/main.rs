@@ -42,8 +42,16 @@ enum Command {
     Apply(cli::platform::ApplyArgs),
     /// The platform's services with their revision and RED, or one service's revisions.
     Services(cli::platform::ServicesArgs),
-    /// Each service's revision and where its instances are placed.
+    /// Each service's revision and where its instances are placed, with what their agents report.
     Status(cli::platform::StatusArgs),
+    /// Set a service's desired instances (no new revision).
+    Scale(cli::platform::ScaleArgs),
+    /// Stop every instance of a service (drained first) until `gantry start`.
+    Stop(cli::platform::ServiceArgs),
+    /// Run a stopped service's replicas again.
+    Start(cli::platform::ServiceArgs),
+    /// A service's log lines, oldest first; `-f` keeps following.
+    Logs(cli::platform::LogsArgs),
     /// Set, list or delete the secrets specs reference as `${secret:NAME}`.
     Secret {
         #[command(subcommand)]
@@ -105,6 +113,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apply(args) => cli::platform::apply(args),
         Command::Services(args) => cli::platform::services(args),
         Command::Status(args) => cli::platform::status(args),
+        Command::Scale(args) => cli::platform::scale(args),
+        Command::Stop(args) => cli::platform::stop_start(args, true),
+        Command::Start(args) => cli::platform::stop_start(args, false),
+        Command::Logs(args) => cli::platform::logs(args),
         Command::Secret { command } => cli::platform::secret(command),
         Command::Audit(args) => cli::platform::audit(args),
     }

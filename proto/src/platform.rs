@@ -355,8 +355,10 @@ pub struct DeployedService {
     pub template_revision: u64,
     /// Its version label.
     pub version: String,
-    /// Desired instances.
+    /// Desired instances (the spec's, or as `gantry scale` set them).
     pub replicas: u32,
+    /// Stopped with `gantry stop`: no instance runs until `gantry start`.
+    pub stopped: bool,
     /// The routed port.
     pub port: Option<u16>,
     /// When the current revision was applied, RFC 3339.
@@ -395,6 +397,14 @@ pub struct InstanceStatus {
     pub reason: String,
     /// When its placement last changed, RFC 3339.
     pub since: String,
+}
+
+/// `POST /api/v1/services/{name}/scale`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// Desired instances, 0 to 1000.
+    pub replicas: u32,
 }
 
 /// A secret's metadata (`GET /api/v1/secrets`); the value is never returned.

@@ -133,6 +133,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/traces/{trace_id}", get(traces::by_id))
         .route("/api/v1/services", get(traces::services))
         .route("/api/v1/services/{name}", get(platform::status))
+        .route("/api/v1/services/{name}/scale", post(platform::scale))
+        .route("/api/v1/services/{name}/stop", post(platform::stop))
+        .route("/api/v1/services/{name}/start", post(platform::start))
         .route(
             "/api/v1/services/{name}/revisions",
             get(platform::revisions),
@@ -404,6 +407,16 @@ impl<R: Requirement> FromRequestParts<AppState> for Caller<R> {
             token: authorize(&state.tokens, authorization, R::ACCESS)?,
             _requirement: PhantomData,
         })
+    }
+}
+
+impl From<Caller<DeployAccess>> for Caller<ReadAccess> {
+    /// A deployer may read: the same caller, for a handler that reads after a change.
+    fn from(caller: Caller<DeployAccess>) -> Self {
+        Caller {
+            token: caller.token,
+            _requirement: PhantomData,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use gantry_proto::platform::{
-    ApplyRequest, ApplyResponse, AuditResponse, InstanceStatus, Revision, SecretInfo,
+    ApplyRequest, ApplyResponse, AuditResponse, InstanceStatus, Revision, ScaleRequest, SecretInfo,
     ServiceStatus, SetSecretRequest,
 };
 use serde::Deserialize;
@@ -72,6 +72,69 @@ pub async fn apply(
         }
     }
     Ok(Json(response))
+}
+
+/// After a change of what should run: agents' long polls answer, and the new slots are placed now rather than at
+/// the next round (the change is committed either way; a failure here is retried by the next round).
+async fn replan(state: &AppState) {
+    state.instances.bump();
+    let scheduler = state.scheduler.clone();
+    match tokio::task::spawn_blocking(move || scheduler.reconcile()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "placement after a change failed; the next round retries")
+        }
+        Err(error) => tracing::error!(%error, "placement after a change panicked"),
+    }
+}
+
+/// `POST /api/v1/services/{name}/scale`: desired instances, without a new revision. 200 with the service.
+pub async fn scale(
+    caller: Caller<DeployAccess>,
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    JsonBody(request): JsonBody<ScaleRequest>,
+) -> Result<Json<ServiceStatus>, ApiError> {
+    let (by, name) = (caller.token.clone(), service.clone());
+    blocking(&state.platform, move |platform| {
+        platform.scale(&name, request.replicas, &by)
+    })
+    .await?;
+    replan(&state).await;
+    status(Caller::from(caller), State(state), Path(service)).await
+}
+
+/// `POST /api/v1/services/{name}/stop`: no instance runs until `start`. 200 with the service.
+pub async fn stop(
+    caller: Caller<DeployAccess>,
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+) -> Result<Json<ServiceStatus>, ApiError> {
+    set_stopped(caller, state, service, true).await
+}
+
+/// `POST /api/v1/services/{name}/start`: its replicas run again. 200 with the service.
+pub async fn start(
+    caller: Caller<DeployAccess>,
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+) -> Result<Json<ServiceStatus>, ApiError> {
+    set_stopped(caller, state, service, false).await
+}
+
+async fn set_stopped(
+    caller: Caller<DeployAccess>,
+    state: AppState,
+    service: String,
+    stopped: bool,
+) -> Result<Json<ServiceStatus>, ApiError> {
+    let (by, name) = (caller.token.clone(), service.clone());
+    blocking(&state.platform, move |platform| {
+        platform.set_stopped(&name, stopped, &by)
+    })
+    .await?;
+    replan(&state).await;
+    status(Caller::from(caller), State(state), Path(service)).await
 }
 
 /// `GET /api/v1/services/{name}/revisions`: newest first.

@@ -115,6 +115,24 @@ fn routes() -> Vec<(Method, String, RequestBody, Who)> {
         get("/api/v1/nodes/nobody/assignments", Who::Nodes),
         (
             Method::POST,
+            "/api/v1/services/nothing/scale".into(),
+            json(serde_json::json!({"replicas": 2})),
+            Who::Deployers,
+        ),
+        (
+            Method::POST,
+            "/api/v1/services/nothing/stop".into(),
+            None,
+            Who::Deployers,
+        ),
+        (
+            Method::POST,
+            "/api/v1/services/nothing/start".into(),
+            None,
+            Who::Deployers,
+        ),
+        (
+            Method::POST,
             "/api/v1/nodes/nobody/instances".into(),
             json(serde_json::json!({"instances": []})),
             Who::Nodes,

@@ -49,6 +49,47 @@ pub struct StatusArgs {
     remote: Remote,
 }
 
+/// `gantry scale SERVICE N`.
+#[derive(Args, Debug)]
+pub struct ScaleArgs {
+    /// The service.
+    service: String,
+    /// Desired instances (0 to 1000).
+    replicas: u32,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// `gantry stop SERVICE` and `gantry start SERVICE`.
+#[derive(Args, Debug)]
+pub struct ServiceArgs {
+    /// The service.
+    service: String,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// `gantry logs SERVICE`.
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The service.
+    service: String,
+    /// Keep printing new lines as they arrive.
+    #[arg(short, long)]
+    follow: bool,
+    /// From when: a duration back from now (`-15m`) or an RFC 3339 time.
+    #[arg(long, default_value = "-15m")]
+    since: String,
+    /// At most this many of the latest lines first.
+    #[arg(long, default_value_t = 100)]
+    tail: usize,
+    /// Also a query (`severity:>=warn`, `instance:...`), ANDed with the service.
+    #[arg(long, short)]
+    query: Option<String>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
 /// `gantry secret ...`.
 #[derive(Subcommand, Debug)]
 pub enum SecretCommand {
@@ -324,6 +365,116 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
             }
         }
         Ok(())
+    })
+}
+
+/// Runs `gantry scale`.
+pub fn scale(args: ScaleArgs) -> anyhow::Result<()> {
+    let request = gantry_proto::platform::ScaleRequest {
+        replicas: args.replicas,
+    };
+    let status: ServiceStatus = runtime()?.block_on(args.remote.call(
+        Method::POST,
+        &["api", "v1", "services", &args.service, "scale"],
+        &[],
+        Some(&request),
+    ))?;
+    if args.remote.json {
+        return Remote::print_json(&status);
+    }
+    eprintln!(
+        "{} scaled to {} replicas",
+        args.service, status.service.replicas
+    );
+    Ok(())
+}
+
+/// Runs `gantry stop` (`stopped`) or `gantry start`.
+pub fn stop_start(args: ServiceArgs, stopped: bool) -> anyhow::Result<()> {
+    let verb = if stopped { "stop" } else { "start" };
+    let status: ServiceStatus = runtime()?.block_on(args.remote.call(
+        Method::POST,
+        &["api", "v1", "services", &args.service, verb],
+        &[],
+        None::<&()>,
+    ))?;
+    if args.remote.json {
+        return Remote::print_json(&status);
+    }
+    if stopped {
+        eprintln!(
+            "{} stopped: its instances are being drained and stopped",
+            args.service
+        );
+    } else {
+        eprintln!(
+            "{} started: {} replicas",
+            args.service, status.service.replicas
+        );
+    }
+    Ok(())
+}
+
+/// Runs `gantry logs`: the service's latest lines, oldest first, then (with `--follow`) new ones each second.
+pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let remote = &args.remote;
+    let query = match &args.query {
+        Some(extra) => format!("service:{} AND ({extra})", args.service),
+        None => format!("service:{}", args.service),
+    };
+    runtime()?.block_on(async {
+        let mut from = args.since.clone();
+        let mut seen: std::collections::HashSet<(i64, String)> = std::collections::HashSet::new();
+        let mut limit = args.tail.clamp(1, 10_000);
+        loop {
+            let page: serde_json::Value = remote
+                .call(
+                    Method::GET,
+                    &["api", "v1", "logs"],
+                    &[
+                        ("q", query.clone()),
+                        ("from", from.clone()),
+                        ("limit", limit.to_string()),
+                    ],
+                    None::<&()>,
+                )
+                .await?;
+            let mut hits: Vec<&serde_json::Value> =
+                page["hits"].as_array().into_iter().flatten().collect();
+            hits.reverse();
+            for hit in hits {
+                let at = hit["timestamp_unix_nano"].as_i64().unwrap_or(0);
+                let body = hit["body"]
+                    .as_str()
+                    .map_or_else(|| hit["body"].to_string(), str::to_owned);
+                if !seen.insert((at, body.clone())) {
+                    continue;
+                }
+                if remote.json {
+                    println!("{hit}");
+                } else {
+                    let instance = hit["resource"]["service.instance.id"]
+                        .as_str()
+                        .unwrap_or("-");
+                    let stream = hit["resource"]["log.iostream"].as_str().unwrap_or("");
+                    println!(
+                        "{} {instance} {stream} {body}",
+                        hit["timestamp"].as_str().unwrap_or("")
+                    );
+                }
+                if let Some(time) = hit["timestamp"].as_str() {
+                    from = time.to_owned();
+                }
+            }
+            if !args.follow {
+                return Ok(());
+            }
+            limit = 1000;
+            if seen.len() > 100_000 {
+                seen.clear();
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
     })
 }
 

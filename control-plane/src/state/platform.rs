@@ -72,7 +72,21 @@ impl PlatformStore {
             let services = running(c)?;
             let slots = super::placements::load(c, None)?;
             let mut assignments = Vec::new();
-            let mut routed: BTreeMap<&str, RoutedService> = BTreeMap::new();
+            // Every service with a routed port keeps its route, instances or not (its routers answer 503).
+            let mut routed: BTreeMap<&str, RoutedService> = services
+                .iter()
+                .filter_map(|(name, service)| {
+                    let port = service.spec.port?;
+                    Some((
+                        name.as_str(),
+                        RoutedService {
+                            service: name.clone(),
+                            port,
+                            instances: Vec::new(),
+                        },
+                    ))
+                })
+                .collect();
             for (slot, stored) in &slots {
                 let Some(node) = &stored.node else { continue };
                 let Some(service) = services.get(&slot.service) else { continue };
@@ -277,7 +291,7 @@ impl PlatformStore {
     pub fn deployed(&self) -> Result<Vec<DeployedService>, PlatformError> {
         Ok(self.db.read(|c| {
             let mut statement = c.prepare(
-                "SELECT s.name, s.revision, r.version, s.replicas, r.spec, s.updated, r.template FROM services s
+                "SELECT s.name, s.revision, r.version, s.replicas, r.spec, s.updated, r.template, s.stopped FROM services s
                  JOIN revisions r ON r.service = s.name AND r.revision = s.revision ORDER BY s.name",
             )?;
             let rows = statement.query_map([], |row| {
@@ -288,12 +302,101 @@ impl PlatformStore {
                     template_revision: row.get::<_, i64>(6)? as u64,
                     version: row.get(2)?,
                     replicas: row.get::<_, i64>(3)? as u32,
+                    stopped: row.get::<_, i64>(7)? != 0,
                     port: spec.port,
                     updated: row.get(5)?,
                 })
             })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?)
+    }
+
+    /// Sets a service's desired instances as `by` (no new revision: the instances' template is unchanged); returns
+    /// the number before. Blocking.
+    ///
+    /// # Errors
+    /// [`PlatformError::NotFound`], [`PlatformError::Invalid`] past [`spec::MAX_REPLICAS`], or the database failed.
+    pub fn scale(
+        &self,
+        service: &str,
+        replicas: u32,
+        by: &TokenInfo,
+    ) -> Result<u32, PlatformError> {
+        if replicas > spec::MAX_REPLICAS {
+            return Err(PlatformError::Invalid(format!(
+                "at most {} replicas per service",
+                spec::MAX_REPLICAS
+            )));
+        }
+        self.db.write(|transaction| {
+            let before: Option<i64> = transaction
+                .query_row(
+                    "SELECT replicas FROM services WHERE name = ?1",
+                    [service],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|e| self.db.error(e))?;
+            let Some(before) = before else {
+                return Ok(Err(not_found(service)));
+            };
+            transaction
+                .execute(
+                    "UPDATE services SET replicas = ?2, updated = ?3 WHERE name = ?1",
+                    params![service, i64::from(replicas), now_rfc3339()],
+                )
+                .map_err(|e| self.db.error(e))?;
+            let detail = format!("replicas {before} -> {replicas}");
+            audit::append(
+                transaction,
+                &Action {
+                    actor: by,
+                    action: "scale",
+                    target: service,
+                    outcome: "ok",
+                    detail: &detail,
+                },
+            )
+            .map_err(|e| self.db.error(e))?;
+            Ok::<_, StateError>(Ok(before as u32))
+        })?
+    }
+
+    /// Stops (`stopped`) or starts a service as `by`: a stopped service runs no instance, whatever its replicas.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// [`PlatformError::NotFound`], or the database failed.
+    pub fn set_stopped(
+        &self,
+        service: &str,
+        stopped: bool,
+        by: &TokenInfo,
+    ) -> Result<(), PlatformError> {
+        self.db.write(|transaction| {
+            let changed = transaction
+                .execute(
+                    "UPDATE services SET stopped = ?2, updated = ?3 WHERE name = ?1",
+                    params![service, i64::from(stopped), now_rfc3339()],
+                )
+                .map_err(|e| self.db.error(e))?;
+            if changed == 0 {
+                return Ok(Err(not_found(service)));
+            }
+            let action = if stopped { "stop" } else { "start" };
+            audit::append(
+                transaction,
+                &Action {
+                    actor: by,
+                    action,
+                    target: service,
+                    outcome: "ok",
+                    detail: "",
+                },
+            )
+            .map_err(|e| self.db.error(e))?;
+            Ok::<_, StateError>(Ok(()))
+        })?
     }
 
     /// Sets a secret as `by`; returns whether it is new. Blocking.
@@ -444,7 +547,7 @@ type Planned = (ApplyResponse, BTreeMap<String, ServiceSpec>);
 /// SQLite failed, or a stored spec does not parse.
 pub fn demands(connection: &Connection) -> rusqlite::Result<Vec<crate::placement::Demand>> {
     let mut statement = connection.prepare(
-        "SELECT s.name, s.replicas, r.spec FROM services s
+        "SELECT s.name, CASE WHEN s.stopped = 0 THEN s.replicas ELSE 0 END, r.spec FROM services s
          JOIN revisions r ON r.service = s.name AND r.revision = s.revision ORDER BY s.name",
     )?;
     let rows = statement.query_map([], |row| {
@@ -599,6 +702,12 @@ fn insert_revision(
         params![spec.name, revision as i64, i64::from(spec.replicas), now],
     )?;
     Ok(())
+}
+
+fn not_found(service: &str) -> PlatformError {
+    PlatformError::NotFound(format!(
+        "no service `{service}`: `gantry services` lists them"
+    ))
 }
 
 /// Whether two specs run the same instances: equal but for `replicas`.

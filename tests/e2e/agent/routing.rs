@@ -1,7 +1,8 @@
 //! Service routing across three agents standing for three nodes (service addresses 127.0.0.2, .3 and .4): a
 //! request to any node's routed port reaches a healthy instance on any node; a service with no instrumentation gets
 //! RED rows from the routers' spans alone; a caller's trace context is continued; a service with no healthy
-//! instance answers 503 with a clear body; and scaling down under steady requests fails none of them.
+//! instance answers 503 with a clear body; scaling down and up under steady requests fails none of them; `gantry
+//! logs`, `stop` and `start` work and are audited.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::json;
 
 use crate::harness::api::wait_until;
-use crate::harness::process::{Agent, Plane, free_port, start_with_tokens};
+use crate::harness::process::{Agent, Plane, free_port, gantry_cli, start_with_tokens};
 use crate::harness::unique;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -196,7 +197,26 @@ async fn routers_balance_trace_and_drain_across_three_nodes() -> Result<()> {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    apply(&plane, &deployer, &spec(&web, port, 1, &down, down_port)).await?;
+    let url = plane.endpoints.http_url();
+    let gantry = |args: Vec<String>| {
+        let mut all = args;
+        all.extend([
+            "--plane".to_owned(),
+            url.clone(),
+            "--token".to_owned(),
+            deployer.clone(),
+        ]);
+        async move {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            gantry_cli(&args).await
+        }
+    };
+    let out = gantry(vec!["scale".into(), web.clone(), "1".into()]).await?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_until(WAIT, "two instances gone", || async {
         let (_, body) = plane
             .api_get(&format!("/api/v1/services/{web}"), &deployer)
@@ -207,6 +227,23 @@ async fn routers_balance_trace_and_drain_across_three_nodes() -> Result<()> {
         Ok((reported == 1 && healthy(&plane, &deployer, &web).await? == 1).then_some(()))
     })
     .await?;
+    let (_, service) = plane
+        .api_get(&format!("/api/v1/services/{web}"), &deployer)
+        .await?;
+    ensure!(
+        service["service"]["revision"] == 1,
+        "scaling makes no revision: {service}"
+    );
+    let out = gantry(vec!["scale".into(), web.clone(), "3".into()]).await?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(WAIT, "three instances again", || async {
+        Ok((healthy(&plane, &deployer, &web).await? == 3).then_some(()))
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop.store(true, Ordering::Relaxed);
     let failures = load.await?;
@@ -215,6 +252,63 @@ async fn routers_balance_trace_and_drain_across_three_nodes() -> Result<()> {
         "{} ok, {} failed: {failures:?}",
         ok.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed)
+    );
+
+    // Its output, through `gantry logs`.
+    let out = gantry(vec![
+        "logs".into(),
+        web.clone(),
+        "--tail".into(),
+        "5".into(),
+    ])
+    .await?;
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success()
+            && lines.contains("GET / HTTP/1.1")
+            && lines.contains(&format!("{web}-")),
+        "{lines}"
+    );
+
+    // Stopped: nothing runs, and the routed port says so; started again: it serves.
+    ensure!(
+        gantry(vec!["stop".into(), web.clone()])
+            .await?
+            .status
+            .success()
+    );
+    wait_until(WAIT, "no instance left", || async {
+        let response = client
+            .get(format!("http://127.0.0.2:{port}/"))
+            .send()
+            .await?;
+        Ok((response.status() == 503).then_some(()))
+    })
+    .await?;
+    ensure!(
+        gantry(vec!["start".into(), web.clone()])
+            .await?
+            .status
+            .success()
+    );
+    wait_until(WAIT, "serving again", || async {
+        let response = client
+            .get(format!("http://127.0.0.4:{port}/"))
+            .send()
+            .await?;
+        Ok((response.status() == 200).then_some(()))
+    })
+    .await?;
+    let (_, audit) = plane.api_get("/api/v1/audit", &deployer).await?;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    ensure!(
+        actions.starts_with(&["start", "stop", "scale", "scale"]),
+        "{actions:?}"
     );
     for agent in &mut agents {
         agent.terminate().await?;

@@ -5,6 +5,7 @@ CREATE TABLE services (
     name     TEXT PRIMARY KEY,
     revision INTEGER NOT NULL,      -- the current revision's number
     replicas INTEGER NOT NULL,      -- desired instances (the spec's, until `gantry scale` changes it)
+    stopped  INTEGER NOT NULL DEFAULT 0,  -- 1 after `gantry stop`: no instance runs until `gantry start`
     updated  TEXT NOT NULL          -- RFC 3339, when `revision` or `replicas` last changed
 ) STRICT;
 
