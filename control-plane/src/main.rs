@@ -38,6 +38,13 @@ enum Command {
     /// Run a plane and this machine's node agent to try Gantry, and print where to reach them with a fresh admin
     /// token.
     Demo(cli::demo::DemoArgs),
+    /// One service of the demo bank (what `gantry demo` runs on its node): gateway, accounts, payments or ledger.
+    #[command(hide = true)]
+    DemoService {
+        /// gateway, accounts, payments or ledger.
+        #[arg(long)]
+        role: gantry_demo::Role,
+    },
     /// Plan (`--dry-run`) or apply a platform spec: a new revision for each changed service.
     Apply(cli::platform::ApplyArgs),
     /// The platform's services with their revision and RED, or one service's revisions.
@@ -110,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             gantry_support::process::raise_open_files_limit();
             cli::demo::run(args)
         }
+        Command::DemoService { role } => cli::runtime()?.block_on(gantry_demo::serve(role)),
         Command::Apply(args) => cli::platform::apply(args),
         Command::Services(args) => cli::platform::services(args),
         Command::Status(args) => cli::platform::status(args),

@@ -691,14 +691,21 @@ fn environment(config: &RuntimeConfig, record: &Record) -> BTreeMap<String, Stri
             a.service, a.version, a.instance_id
         ),
     );
-    for (key, value) in &a.process.env {
-        env.entry(key.clone()).or_insert_with(|| value.clone());
+    let own: Vec<(String, String)> = a
+        .process
+        .env
+        .iter()
+        .map(|(key, value)| (key.clone(), expand(value, &env)))
+        .collect();
+    for (key, value) in own {
+        env.entry(key).or_insert(value);
     }
     env
 }
 
-/// `${PORT}`, `${GANTRY_HOST}`, `${GANTRY_SERVICE}`, `${GANTRY_VERSION}` and `${GANTRY_INSTANCE}` in an argument,
-/// replaced by their values (for programs that take their port as an argument).
+/// `${PORT}`, `${GANTRY_HOST}`, `${GANTRY_SERVICE}`, `${GANTRY_VERSION}` and `${GANTRY_INSTANCE}` in an argument
+/// or an environment value, replaced by their values (for programs that take their port as an argument, or reach
+/// other services through this node's routers at `${GANTRY_HOST}`).
 fn expand(arg: &str, env: &BTreeMap<String, String>) -> String {
     let mut out = arg.to_owned();
     for key in [

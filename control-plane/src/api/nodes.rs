@@ -132,10 +132,32 @@ pub async fn assignments(
         state.instances.generation()
     };
     let node = agent_id.clone();
-    let (instances, routed) =
+    let work =
         super::platform::blocking(&state.platform, move |platform| platform.assignments(&node))
             .await?;
     let ready = state.instances.ready();
+    // Start order: an instance not started yet waits until every service it depends on has a ready instance.
+    let ready_services: std::collections::HashSet<&str> = work
+        .placed
+        .iter()
+        .filter(|(_, id)| ready.contains_key(id))
+        .map(|(service, _)| service.as_str())
+        .collect();
+    let instances =
+        work.assignments
+            .into_iter()
+            .filter(|assignment| {
+                let started = state
+                    .instances
+                    .state(&agent_id, &assignment.instance_id)
+                    .is_some();
+                started
+                    || work.depends_on.get(&assignment.service).is_none_or(|deps| {
+                        deps.iter().all(|dep| ready_services.contains(dep.as_str()))
+                    })
+            })
+            .collect();
+    let routed = work.routed;
     let routes = routed
         .into_iter()
         .map(|service| ServiceRoute {

@@ -1,5 +1,5 @@
-//! `gantry demo`: a plane and this machine's node agent in one process, a fresh admin token, and sample telemetry
-//! sent through the agent (app → agent → plane, as on a real node).
+//! `gantry demo`: a plane and this machine's node agent in one process, a fresh admin token, the demo bank
+//! (`demo/platform.yaml`) launched on the node, and a steady load on its gateway.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,16 +73,25 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             plane_stop.clone(),
         ));
         let agent = tokio::spawn(gantry_agent::run(agent_config, agent_stop.clone()));
-        let feeder = tokio::spawn(feed_sample_telemetry(format!("http://{agent_otlp_http}")));
+        let base = format!("http://{}", endpoints.http);
+        let load_stop = CancellationToken::new();
+        let counts = std::sync::Arc::new(gantry_demo::load::Counts::default());
+        let launched = launch_bank(&base, &admin.token).await;
+        let load = tokio::spawn(gantry_demo::load::run(
+            format!("http://127.0.0.1:{GATEWAY_PORT}/transfer"),
+            LOAD_RATE,
+            counts.clone(),
+            load_stop.clone().cancelled_owned(),
+        ));
         println!();
         println!(
             "Gantry is running (embedded store in {}).",
             data_dir.display()
         );
-        println!("  HTTP API:           http://{}", endpoints.http);
+        println!("  HTTP API:           {base}");
         println!(
-            "  OTLP/HTTP:          http://{}   (also at http://{}/v1/...)",
-            endpoints.otlp_http, endpoints.http
+            "  OTLP/HTTP:          http://{}   (also at {base}/v1/...)",
+            endpoints.otlp_http
         );
         println!("  OTLP/gRPC:          {}", endpoints.otlp_grpc);
         println!(
@@ -90,25 +99,37 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
         println!("  Admin token ({name}), shown once:");
         println!("{}", admin.token);
-        println!(
-            "  Try:  curl -H 'Authorization: Bearer {}' 'http://{}/api/v1/services?from=-1h'",
-            admin.token, endpoints.http
-        );
-        println!(
-            "        curl -H 'Authorization: Bearer {}' 'http://{}/api/v1/nodes'",
-            admin.token, endpoints.http
-        );
-        println!("  Sample logs and traces of 12 generated services go through the agent every second, with this");
-        println!("  machine's host metrics (until the demo platform lands).");
-        println!("Press Ctrl-C to stop.");
+        match &launched {
+            Ok(()) => {
+                println!(
+                    "  The demo bank (demo/platform.yaml: gateway -> accounts, payments -> ledger) runs on this node,"
+                );
+                println!(
+                    "  with {LOAD_RATE} requests/s to http://127.0.0.1:{GATEWAY_PORT}/transfer. Try:"
+                );
+                println!("    export GANTRY_PLANE={base} GANTRY_TOKEN={}", admin.token);
+                println!("    gantry status                 # where each instance runs, and its health");
+                println!("    gantry services               # RED per service and version");
+                println!("    gantry logs gateway -f");
+                println!("    curl -H \"Authorization: Bearer $GANTRY_TOKEN\" '{base}/api/v1/traces?service=gateway&from=-5m'");
+            }
+            Err(error) => println!("  The demo bank could not be launched: {error:#}"),
+        }
+        println!("Press Ctrl-C to stop (every instance the demo started stops with it).");
         println!();
         tokio::select! {
             () = gantry_support::shutdown::termination() => {}
             // The plane stopped on its own (its store failed to start): stop the rest.
             () = plane_stop.cancelled() => {}
         }
-        feeder.abort();
-        // The agent stops first, so that what it holds reaches the plane before the plane drains.
+        load_stop.cancel();
+        let _ = load.await;
+        tracing::info!(
+            ok = counts.ok.load(std::sync::atomic::Ordering::Relaxed),
+            failed = counts.failed.load(std::sync::atomic::Ordering::Relaxed),
+            "demo load generator stopped"
+        );
+        // The agent stops first (and its instances with it), so that what it holds reaches the plane before the plane drains.
         agent_stop.cancel();
         match tokio::time::timeout(AGENT_STOP_TIMEOUT, agent).await {
             Ok(Ok(Err(error))) => tracing::error!(error = %format!("{error:#}"), "the demo's node agent failed"),
@@ -121,30 +142,78 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Sends generated logs and traces over OTLP/HTTP to `base` (the demo's agent), once a second, so there is something
-/// to search.
-async fn feed_sample_telemetry(base: String) {
-    use prost::Message;
+/// The demo bank's spec; `GANTRY_BINARY` stands for this binary's path.
+const PLATFORM: &str = include_str!("../../../demo/platform.yaml");
+/// Where `gateway` is routed on the demo's node.
+const GATEWAY_PORT: u16 = 9101;
+/// Requests per second of the demo's load generator.
+const LOAD_RATE: f64 = 20.0;
+
+/// Waits for the demo's node to offer the process runtime, then applies the demo bank through the API.
+async fn launch_bank(base: &str, token: &str) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find this gantry binary")?;
+    let content = PLATFORM.replace("GANTRY_BINARY", &exe.display().to_string());
     let client = reqwest::Client::new();
-    let mut generator = gantry_bench::generate::Generator::new(42, 12);
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        ticker.tick().await;
-        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-        let batches = [
-            ("logs", generator.logs(40, now).encode_to_vec()),
-            ("traces", generator.traces(3, now).encode_to_vec()),
-        ];
-        for (path, body) in batches {
-            let sent = client
-                .post(format!("{base}/v1/{path}"))
-                .header("content-type", "application/x-protobuf")
-                .body(body)
-                .send()
-                .await;
-            if let Err(error) = sent {
-                tracing::debug!(error = %error, "demo feeder could not send");
-            }
+        let nodes: serde_json::Value = client
+            .get(format!("{base}/api/v1/nodes"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let ready = nodes["nodes"].as_array().is_some_and(|nodes| {
+            nodes.iter().any(|n| {
+                n["status"] == "up" && n["facts"]["runtimes"].to_string().contains("process")
+            })
+        });
+        if ready {
+            break;
         }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the demo's node agent did not come up within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let request = gantry_proto::platform::ApplyRequest {
+        file: "demo/platform.yaml".to_owned(),
+        content,
+        dry_run: false,
+    };
+    let response = client
+        .post(format!("{base}/api/v1/apply"))
+        .bearer_auth(token)
+        .json(&request)
+        .send()
+        .await?;
+    let status = response.status();
+    anyhow::ensure!(
+        status.is_success(),
+        "applying demo/platform.yaml: {status} {}",
+        response.text().await.unwrap_or_default()
+    );
+    // The load starts once the gateway answers, so that the first requests find it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let gateway: serde_json::Value = client
+            .get(format!("{base}/api/v1/services/gateway"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let healthy = gateway["instances"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|i| i["actual"]["phase"] == "healthy"));
+        if healthy {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the demo bank's gateway did not become healthy within 60 s: `gantry status` tells why"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

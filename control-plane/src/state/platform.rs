@@ -64,10 +64,7 @@ impl PlatformStore {
     ///
     /// # Errors
     /// The database failed.
-    pub fn assignments(
-        &self,
-        agent_id: &str,
-    ) -> Result<(Vec<Assignment>, Vec<RoutedService>), PlatformError> {
+    pub fn assignments(&self, agent_id: &str) -> Result<NodeWork, PlatformError> {
         Ok(self.db.read(|c| {
             let services = running(c)?;
             let slots = super::placements::load(c, None)?;
@@ -129,7 +126,27 @@ impl PlatformStore {
                     kill_timeout_ms: service.spec.kill_timeout_ms,
                 });
             }
-            Ok((assignments, routed.into_values().collect()))
+            let placed = slots
+                .iter()
+                .filter(|(_, stored)| stored.node.is_some())
+                .filter_map(|(slot, _)| {
+                    let service = services.get(&slot.service)?;
+                    Some((
+                        slot.service.clone(),
+                        format!("{}-{}-r{}", slot.service, slot.index, service.template),
+                    ))
+                })
+                .collect();
+            let depends_on = services
+                .iter()
+                .map(|(name, service)| (name.clone(), service.spec.depends_on.clone()))
+                .collect();
+            Ok(NodeWork {
+                assignments,
+                routed: routed.into_values().collect(),
+                placed,
+                depends_on,
+            })
         })?)
     }
 
@@ -498,6 +515,19 @@ impl PlatformStore {
     pub fn record(&self, entry: &Action<'_>) -> Result<(), PlatformError> {
         Ok(audit::record(&self.db, entry)?)
     }
+}
+
+/// What a node's agent is told, before readiness is known: see [`PlatformStore::assignments`].
+#[derive(Debug, Clone)]
+pub struct NodeWork {
+    /// The instances placed on the node.
+    pub assignments: Vec<Assignment>,
+    /// Every routed service with its placed instances.
+    pub routed: Vec<RoutedService>,
+    /// Every placed instance on any node: (service, instance id).
+    pub placed: Vec<(String, String)>,
+    /// Each service's dependencies.
+    pub depends_on: BTreeMap<String, Vec<String>>,
 }
 
 /// A routed service and its placed instances (id, version), for the routers' tables.

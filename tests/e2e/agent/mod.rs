@@ -1,6 +1,7 @@
 //! The node agent end to end, one module per source or concern, and the helpers they share: numbered lines
 //! appended to log files and found again in the plane, and facts about this machine.
 
+mod bank;
 mod docker;
 mod files;
 mod host;

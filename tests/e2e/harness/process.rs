@@ -34,7 +34,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The binary `name` of the workspace: `$var`, else `<repo>/target/debug/<name>`.
-fn binary(var: &str, name: &str, package: &str) -> Result<PathBuf> {
+pub fn binary(var: &str, name: &str, package: &str) -> Result<PathBuf> {
     let path = match std::env::var_os(var) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => repo_root().join("target/debug").join(name),

@@ -1,0 +1,162 @@
+//! The demo bank (`demo/platform.yaml`, instrumented with the OpenTelemetry Rust SDK) on three nodes: every
+//! instance placed, spread and healthy, dependencies started first; RED rows for all four services; and the trace of
+//! one gateway request holds spans of all four services and of the routers between them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::json;
+
+use crate::harness::api::wait_until;
+use crate::harness::process::{Agent, binary, repo_root, start_with_tokens};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn the_demo_bank_runs_on_three_nodes_with_red_and_whole_traces() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (plane, [deployer, node]) =
+        start_with_tokens(&tmp.path().join("data"), &[], &[], ["deployer", "node"]).await?;
+    let mut agents = Vec::new();
+    for n in 2..=4 {
+        let address = format!("127.0.0.{n}");
+        let mut args: Vec<&str> = Agent::QUIET.to_vec();
+        args.extend([
+            "--heartbeat-interval-ms",
+            "500",
+            "--service-addr",
+            &address,
+            "--stop-instances-on-exit",
+            "true",
+        ]);
+        let dir = tmp.path().join(format!("agent{n}"));
+        agents.push(Agent::start_with(&dir, &plane.endpoints.http_url(), &node, &[], &args).await?);
+    }
+    wait_until(WAIT, "three nodes offering the process runtime", || async {
+        let (_, nodes) = plane.api_get("/api/v1/nodes", &deployer).await?;
+        let ready = nodes["nodes"].as_array().map_or(0, |n| {
+            n.iter()
+                .filter(|n| {
+                    n["status"] == "up" && n["facts"]["runtimes"].to_string().contains("process")
+                })
+                .count()
+        });
+        Ok((ready == 3).then_some(()))
+    })
+    .await?;
+    // The demo's own file, with this build's binary and ports of its own.
+    let ports: Vec<u16> = (0..4)
+        .map(|_| crate::harness::process::free_port())
+        .collect::<Result<_>>()?;
+    let gantry = binary("GANTRY_BIN", "gantry", "gantry-plane")?;
+    let mut content = std::fs::read_to_string(repo_root().join("demo/platform.yaml"))?
+        .replace("GANTRY_BINARY", &gantry.display().to_string());
+    for (i, port) in ports.iter().enumerate() {
+        content = content.replace(&format!("910{}", i + 1), &port.to_string());
+    }
+    let body = json!({"file": "demo/platform.yaml", "content": content});
+    let (status, answer) = plane
+        .api_send(
+            reqwest::Method::POST,
+            "/api/v1/apply",
+            Some(body),
+            &deployer,
+        )
+        .await?;
+    ensure!(status == 200, "{status} {answer}");
+
+    // Every instance placed, healthy, spread.
+    let services = ["gateway", "accounts", "payments", "ledger"];
+    let placement = wait_until(WAIT, "every demo instance healthy", || async {
+        let mut nodes: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for service in services {
+            let (_, body) = plane
+                .api_get(&format!("/api/v1/services/{service}"), &deployer)
+                .await?;
+            let instances = body["instances"].as_array().cloned().unwrap_or_default();
+            if instances.is_empty() || instances.iter().any(|i| i["actual"]["phase"] != "healthy") {
+                return Ok(None);
+            }
+            nodes.insert(
+                service,
+                instances
+                    .iter()
+                    .filter_map(|i| i["node"].as_str().map(str::to_owned))
+                    .collect(),
+            );
+        }
+        Ok(Some(nodes))
+    })
+    .await
+    .with_context(|| agents[0].stderr())?;
+    for (service, nodes) in &placement {
+        let distinct: BTreeSet<&String> = nodes.iter().collect();
+        ensure!(
+            distinct.len() == nodes.len(),
+            "{service} spread one per node: {placement:?}"
+        );
+    }
+
+    // Requests through any node's gateway address; one with a trace of our own.
+    let client = reqwest::Client::new();
+    for n in 0..30 {
+        let url = format!("http://127.0.0.{}:{}/transfer", 2 + n % 3, ports[0]);
+        let response = client.get(&url).send().await?;
+        ensure!(response.status() == 200, "{url}: {}", response.status());
+    }
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = client
+        .get(format!("http://127.0.0.3:{}/transfer", ports[0]))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await?;
+    ensure!(response.status() == 200);
+    let spans = wait_until(WAIT, "the whole trace of one gateway request", || async {
+        let (status, body) = plane
+            .api_get(&format!("/api/v1/traces/{trace}"), &deployer)
+            .await?;
+        if status != 200 {
+            return Ok(None);
+        }
+        let spans = body["spans"].as_array().cloned().unwrap_or_default();
+        let own: BTreeSet<String> = spans
+            .iter()
+            .filter(|s| s["attributes"]["gantry.router"].is_null() && s["kind"] == "server")
+            .filter_map(|s| s["resource"]["service.name"].as_str().map(str::to_owned))
+            .collect();
+        let routed: BTreeSet<String> = spans
+            .iter()
+            .filter(|s| s["attributes"]["gantry.router"] == true)
+            .filter_map(|s| s["resource"]["service.name"].as_str().map(str::to_owned))
+            .collect();
+        Ok((own.len() == 4 && routed.len() == 4).then_some(spans))
+    })
+    .await?;
+    ensure!(
+        spans.len() >= 10,
+        "router + server spans per service and client spans: {}",
+        spans.len()
+    );
+
+    // RED rows for all four.
+    wait_until(WAIT, "RED rows for the four services", || async {
+        let (_, body) = plane
+            .api_get("/api/v1/services?from=-10m", &deployer)
+            .await?;
+        let rows = body["services"].as_array().cloned().unwrap_or_default();
+        let all = services.iter().all(|service| {
+            rows.iter().any(|r| {
+                r["service"] == *service
+                    && r["version"] == "1.0.0"
+                    && r["requests"].as_u64() > Some(0)
+            })
+        });
+        Ok(all.then_some(()))
+    })
+    .await?;
+    for agent in &mut agents {
+        agent.terminate().await?;
+    }
+    Ok(())
+}
