@@ -74,6 +74,8 @@ enum BenchCommand {
     Ingest(gantry_bench::IngestBench),
     /// A cheap query's and an ingest batch's latency while expensive queries run, with and without the gate.
     Queries(gantry_bench::QueryBench),
+    /// A node's service router against a direct connection: added latency per hop, requests/s, agent CPU and RSS.
+    Router(gantry_bench::RouterBench),
 }
 
 /// `gantry plane`: every setting is a flag, a `GANTRY_*` variable and a key of the TOML file, in that order of
@@ -112,6 +114,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Queries(options),
         } => gantry_bench::run_queries(options),
+        Command::Bench {
+            command: BenchCommand::Router(options),
+        } => gantry_bench::run_router(options),
         Command::Demo(args) => {
             gantry_support::logging::init(cli::LOG_FILTER);
             gantry_support::process::raise_open_files_limit();

@@ -37,6 +37,8 @@ pub enum Role {
     Payments,
     /// `POST /entries`.
     Ledger,
+    /// Answers `ok` to every request, without telemetry: the upstream of `gantry bench router`.
+    Echo,
 }
 
 impl FromStr for Role {
@@ -48,6 +50,7 @@ impl FromStr for Role {
             "accounts" => Ok(Role::Accounts),
             "payments" => Ok(Role::Payments),
             "ledger" => Ok(Role::Ledger),
+            "echo" => Ok(Role::Echo),
             other => Err(format!(
                 "unknown role `{other}`: gateway, accounts, payments or ledger"
             )),
@@ -79,6 +82,14 @@ pub async fn serve(role: Role) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("PORT is not set: demo services run under a Gantry agent"))?
         .parse()?;
     let host = env_or("GANTRY_HOST", "127.0.0.1");
+    if role == Role::Echo {
+        let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
+        let app = Router::new().fallback(|| async { "ok" });
+        axum::serve(listener, app)
+            .with_graceful_shutdown(terminated())
+            .await?;
+        return Ok(());
+    }
     let telemetry = telemetry::init()?;
     let name = format!("{role:?}").to_lowercase();
     let service = Arc::new(Service {
@@ -106,6 +117,7 @@ pub async fn serve(role: Role) -> anyhow::Result<()> {
         Role::Accounts => Router::new().route("/accounts/{id}", get(account)),
         Role::Payments => Router::new().route("/payments", post(payment)),
         Role::Ledger => Router::new().route("/entries", post(entry)),
+        Role::Echo => Router::new(),
     }
     .route("/healthz", get(|| async { "ok" }))
     .with_state(service.clone());
@@ -129,6 +141,21 @@ pub async fn serve(role: Role) -> anyhow::Result<()> {
         .await?;
     telemetry.shutdown();
     Ok(())
+}
+
+/// Resolves at SIGTERM or Ctrl-C.
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn emit(service: &Service, severity: Severity, body: &str, cx: Option<&opentelemetry::Context>) {

@@ -72,13 +72,16 @@ impl Table {
                 .collect(),
             None => candidates,
         };
-        let least = pool
+        // One reading of the counts: other requests change them meanwhile.
+        let loads: Vec<(&Arc<Upstream>, usize)> = pool
             .iter()
-            .map(|u| u.outstanding.load(Ordering::Relaxed))
-            .min()?;
-        let tied: Vec<&&Arc<Upstream>> = pool
+            .map(|u| (*u, u.outstanding.load(Ordering::Relaxed)))
+            .collect();
+        let least = loads.iter().map(|(_, load)| *load).min()?;
+        let tied: Vec<&Arc<Upstream>> = loads
             .iter()
-            .filter(|u| u.outstanding.load(Ordering::Relaxed) == least)
+            .filter(|(_, load)| *load == least)
+            .map(|(u, _)| *u)
             .collect();
         let chosen = tied[rand::rng().random_range(0..tied.len())];
         Some(Arc::clone(chosen))

@@ -1,0 +1,307 @@
+//! `gantry bench router`: what a node's service router adds to a request, against a direct connection to the same
+//! instance in the same run. A plane and a real `gantry-agent` process run one instance of a tiny upstream
+//! (`gantry demo-service --role echo`); requests go to it directly and through the agent's router, interleaved:
+//!
+//! 1. at a fixed rate (`--rate`, 2,000 requests/s by default), latency per request of each path: the added p50 and
+//!    p99 are the router's cost per hop;
+//! 2. at full speed (`--connections` concurrent clients), requests/s through the router against direct, and
+//!    requests per CPU-second of the agent (its `/proc` user + system time over the run);
+//!
+//! and the agent's resident memory with routing on (VmRSS at the end, VmHWM the peak). The load generator shares the
+//! machine with both, alike for both paths.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use gantry_proto::Role;
+
+use crate::ingest::{PlaneProcess, create_token, percentiles};
+
+/// Options of `gantry bench router`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterBench {
+    /// Requests per second of the paced phase, split evenly between the two paths.
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Seconds of each phase and path.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Concurrent clients of the full-speed phase.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Where the plane and the agent keep their data (default: a fresh directory, removed after).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+struct AgentProcess(Child);
+
+impl AgentProcess {
+    fn stat(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap_or_default()
+    }
+
+    /// User + system CPU seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = self.stat();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // After the state (field 3), utime and stime are fields 14 and 15: indexes 11 and 12 here.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    fn memory_mib(&self, field: &str) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Runs the benchmark and prints its figures.
+///
+/// # Errors
+/// The plane, the agent or the instance could not be started, or a request failed.
+pub fn run_router(options: RouterBench) -> anyhow::Result<()> {
+    let (root, temporary) = match &options.data_dir {
+        Some(dir) => (dir.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("gantry-bench-router-{}", std::process::id())),
+            true,
+        ),
+    };
+    let result = run_in(&options, &root);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    result
+}
+
+fn run_in(options: &RouterBench, root: &Path) -> anyhow::Result<()> {
+    let plane_dir = root.join("plane");
+    std::fs::create_dir_all(&plane_dir)?;
+    let deployer = create_token(&plane_dir, Role::Deployer, "bench-deployer")?;
+    let node = create_token(&plane_dir, Role::Node, "bench-node")?;
+    let plane = PlaneProcess::start_with(&plane_dir, &[])?;
+    let base = format!("http://{}", plane.endpoints.http);
+    let exe = std::env::current_exe()?;
+    let agent_exe = exe.with_file_name("gantry-agent");
+    if !agent_exe.is_file() {
+        bail!(
+            "{} not found: build it beside gantry (`cargo build --release -p gantry-agent`)",
+            agent_exe.display()
+        );
+    }
+    let agent = AgentProcess(
+        Command::new(&agent_exe)
+            .args(["--plane", &base, "--token", &node, "--data-dir"])
+            .arg(root.join("agent"))
+            .args([
+                "--http-addr",
+                "127.0.0.1:0",
+                "--otlp-grpc-addr",
+                "127.0.0.1:0",
+                "--otlp-http-addr",
+                "127.0.0.1:0",
+                "--no-docker",
+                "--no-host-metrics",
+                "--heartbeat-interval-ms",
+                "500",
+                "--stop-instances-on-exit",
+                "true",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start gantry-agent")?,
+    );
+    let port = free_port()?;
+    let spec = format!(
+        "services:\n  echo:\n    runtime: {{process: {{command: '{}', args: [demo-service, --role, echo]}}}}\n    port: {port}\n    health: {{http: {{path: /}}, interval: 500ms}}\n",
+        exe.display()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        // The node must be up before the spec is applied, or its slot is unplaced until the next round.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let direct = loop {
+            anyhow::ensure!(Instant::now() < deadline, "the echo instance did not become healthy in 60 s");
+            let nodes: serde_json::Value =
+                client.get(format!("{base}/api/v1/nodes")).bearer_auth(&deployer).send().await?.json().await?;
+            let up = nodes["nodes"].as_array().is_some_and(|n| n.iter().any(|n| n["status"] == "up"));
+            if up {
+                let applied = client
+                    .post(format!("{base}/api/v1/apply"))
+                    .bearer_auth(&deployer)
+                    .json(&serde_json::json!({"file": "bench.yaml", "content": spec}))
+                    .send()
+                    .await?;
+                anyhow::ensure!(applied.status().is_success(), "apply: {}", applied.text().await?);
+                let status: serde_json::Value = client
+                    .get(format!("{base}/api/v1/services/echo"))
+                    .bearer_auth(&deployer)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let instance = &status["instances"][0]["actual"];
+                if instance["phase"] == "healthy" {
+                    break instance["address"].as_str().context("address")?.to_owned();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let direct = format!("http://{direct}/");
+        let routed = format!("http://127.0.0.1:{port}/");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !client.get(&routed).send().await.is_ok_and(|r| r.status().is_success()) {
+            anyhow::ensure!(Instant::now() < deadline, "the router never answered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let paced = paced(&direct, &routed, options.rate, Duration::from_secs(options.seconds)).await?;
+        let seconds = Duration::from_secs(options.seconds);
+        let direct_speed = full_speed(&direct, options.connections, seconds).await?;
+        let cpu_before = agent.cpu_seconds();
+        let routed_speed = full_speed(&routed, options.connections, seconds).await?;
+        let agent_cpu = agent.cpu_seconds() - cpu_before;
+        let rss = agent.memory_mib("VmRSS:");
+        let peak = agent.memory_mib("VmHWM:");
+
+        let (d50, d99) = paced.0;
+        let (r50, r99) = paced.1;
+        println!("gantry bench router: {} requests/s paced for {} s per path, {} connections at full speed", options.rate, options.seconds, options.connections);
+        println!();
+        println!("| figure | direct | through the router | added per hop | target |");
+        println!("|---|---|---|---|---|");
+        println!("| p50 latency at {} req/s | {d50:.3} ms | {r50:.3} ms | {:.3} ms | at most 0.2 ms |", options.rate, r50 - d50);
+        println!("| p99 latency at {} req/s | {d99:.3} ms | {r99:.3} ms | {:.3} ms | at most 1 ms |", options.rate, r99 - d99);
+        println!(
+            "| requests/s at full speed | {direct_speed:.0} | {routed_speed:.0} ({:.2} of direct) | | |",
+            routed_speed / direct_speed.max(1.0)
+        );
+        println!(
+            "| requests per agent CPU-second | | {:.0} | | at least 20,000 |",
+            routed_speed * seconds.as_secs_f64() / agent_cpu.max(1e-6)
+        );
+        println!("| agent RSS with routing on | | {rss:.1} MiB now, {peak:.1} MiB peak | | at most 30 MiB |");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    drop(agent);
+    drop(plane);
+    Ok(())
+}
+
+/// Requests at `rate` per second for `duration`, alternating between the two URLs; the p50 and p99 latency of each,
+/// ms.
+async fn paced(
+    direct: &str,
+    routed: &str,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<((f64, f64), (f64, f64))> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1.0)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let end = Instant::now() + duration * 2;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut n = 0u64;
+    while Instant::now() < end {
+        ticker.tick().await;
+        n += 1;
+        let (client, url, routed_path) = if n.is_multiple_of(2) {
+            (client.clone(), direct.to_owned(), false)
+        } else {
+            (client.clone(), routed.to_owned(), true)
+        };
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let ok = client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            (routed_path, ok, started.elapsed().as_secs_f64() * 1000.0)
+        });
+    }
+    let (mut direct_ms, mut routed_ms) = (Vec::new(), Vec::new());
+    let mut failed = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (routed_path, ok, ms) = done?;
+        if !ok {
+            failed += 1;
+        } else if routed_path {
+            routed_ms.push(ms);
+        } else {
+            direct_ms.push(ms);
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} paced requests failed");
+    Ok((percentiles(direct_ms), percentiles(routed_ms)))
+}
+
+/// Requests per second to `url` from `connections` clients asking back to back for `duration`.
+async fn full_speed(url: &str, connections: usize, duration: Duration) -> anyhow::Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (url, done, failed) = (url.to_owned(), done.clone(), failed.clone());
+        tasks.spawn(async move {
+            let client = reqwest::Client::new();
+            while Instant::now() < end {
+                match client.get(&url).send().await {
+                    Ok(response) if response.status().is_success() => {
+                        let _ = response.bytes().await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    anyhow::ensure!(
+        failed.load(Ordering::Relaxed) == 0,
+        "{} requests failed at full speed",
+        failed.load(Ordering::Relaxed)
+    );
+    Ok(done.load(Ordering::Relaxed) as f64 / duration.as_secs_f64())
+}
