@@ -623,7 +623,7 @@ fn process_cpu_seconds() -> f64 {
 }
 
 /// User + system CPU seconds from a `/proc/PID/stat` file.
-fn cpu_seconds(stat_path: &str) -> f64 {
+pub(crate) fn cpu_seconds(stat_path: &str) -> f64 {
     let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')

@@ -41,23 +41,9 @@ pub struct RouterBench {
 struct AgentProcess(Child);
 
 impl AgentProcess {
-    fn stat(&self) -> String {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap_or_default()
-    }
-
     /// User + system CPU seconds.
     fn cpu_seconds(&self) -> f64 {
-        let stat = self.stat();
-        let after = stat.rsplit(')').next().unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // After the state (field 3), utime and stime are fields 14 and 15: indexes 11 and 12 here.
-        (ticks(11) + ticks(12)) / 100.0
+        crate::ingest::cpu_seconds(&format!("/proc/{}/stat", self.0.id()))
     }
 
     fn memory_mib(&self, field: &str) -> f64 {

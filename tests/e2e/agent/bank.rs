@@ -6,10 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use serde_json::json;
 
 use crate::harness::api::wait_until;
-use crate::harness::process::{Agent, binary, repo_root, start_with_tokens};
+use crate::harness::process::{binary, repo_root, start_with_tokens};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -18,33 +17,7 @@ async fn the_demo_bank_runs_on_three_nodes_with_red_and_whole_traces() -> Result
     let tmp = tempfile::tempdir()?;
     let (plane, [deployer, node]) =
         start_with_tokens(&tmp.path().join("data"), &[], &[], ["deployer", "node"]).await?;
-    let mut agents = Vec::new();
-    for n in 2..=4 {
-        let address = format!("127.0.0.{n}");
-        let mut args: Vec<&str> = Agent::QUIET.to_vec();
-        args.extend([
-            "--heartbeat-interval-ms",
-            "500",
-            "--service-addr",
-            &address,
-            "--stop-instances-on-exit",
-            "true",
-        ]);
-        let dir = tmp.path().join(format!("agent{n}"));
-        agents.push(Agent::start_with(&dir, &plane.endpoints.http_url(), &node, &[], &args).await?);
-    }
-    wait_until(WAIT, "three nodes offering the process runtime", || async {
-        let (_, nodes) = plane.api_get("/api/v1/nodes", &deployer).await?;
-        let ready = nodes["nodes"].as_array().map_or(0, |n| {
-            n.iter()
-                .filter(|n| {
-                    n["status"] == "up" && n["facts"]["runtimes"].to_string().contains("process")
-                })
-                .count()
-        });
-        Ok((ready == 3).then_some(()))
-    })
-    .await?;
+    let mut agents = super::start_nodes(&plane, &node, &deployer, tmp.path(), 3).await?;
     // The demo's own file, with this build's binary and ports of its own.
     let ports: Vec<u16> = (0..4)
         .map(|_| crate::harness::process::free_port())
@@ -55,26 +28,14 @@ async fn the_demo_bank_runs_on_three_nodes_with_red_and_whole_traces() -> Result
     for (i, port) in ports.iter().enumerate() {
         content = content.replace(&format!("910{}", i + 1), &port.to_string());
     }
-    let body = json!({"file": "demo/platform.yaml", "content": content});
-    let (status, answer) = plane
-        .api_send(
-            reqwest::Method::POST,
-            "/api/v1/apply",
-            Some(body),
-            &deployer,
-        )
-        .await?;
-    ensure!(status == 200, "{status} {answer}");
+    super::apply(&plane, &deployer, &content).await?;
 
     // Every instance placed, healthy, spread.
     let services = ["gateway", "accounts", "payments", "ledger"];
     let placement = wait_until(WAIT, "every demo instance healthy", || async {
         let mut nodes: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for service in services {
-            let (_, body) = plane
-                .api_get(&format!("/api/v1/services/{service}"), &deployer)
-                .await?;
-            let instances = body["instances"].as_array().cloned().unwrap_or_default();
+            let instances = super::instances(&plane, &deployer, service).await?;
             if instances.is_empty() || instances.iter().any(|i| i["actual"]["phase"] != "healthy") {
                 return Ok(None);
             }

@@ -70,13 +70,8 @@ impl Drop for Cleanup {
 
 /// Each instance's reported state (`actual`) of a service, by instance id.
 async fn actual(plane: &Plane, token: &str, service: &str) -> Result<BTreeMap<String, Value>> {
-    let (status, body) = plane
-        .api_get(&format!("/api/v1/services/{service}"), token)
-        .await?;
-    ensure!(status == 200, "{status} {body}");
-    Ok(body["instances"]
-        .as_array()
-        .context("instances")?
+    Ok(super::instances(plane, token, service)
+        .await?
         .iter()
         .filter(|i| !i["actual"].is_null())
         .map(|i| {
@@ -111,14 +106,7 @@ async fn healthy(
     .await
 }
 
-async fn apply(plane: &Plane, token: &str, spec: &str) -> Result<()> {
-    let body = json!({"file": "platform.yaml", "content": spec});
-    let (status, answer) = plane
-        .api_send(reqwest::Method::POST, "/api/v1/apply", Some(body), token)
-        .await?;
-    ensure!(status == 200, "apply: {status} {answer}");
-    Ok(())
-}
+use super::apply;
 
 fn spec(web: &str, sleeper: &str, sleepers: u32) -> String {
     format!(

@@ -7,6 +7,7 @@ mod files;
 mod host;
 mod instances;
 mod node;
+mod node_loss;
 mod otlp;
 mod routing;
 mod shipping;
@@ -87,4 +88,86 @@ fn mem_total_bytes() -> Result<u64> {
         .and_then(|n| n.parse().ok())
         .context("no MemTotal in /proc/meminfo")?;
     Ok(kib * 1024)
+}
+
+/// Starts one agent per node on the loopback addresses 127.0.0.2, .3, ... (`nodes` of them, each with its own data
+/// directory under `tmp`), with a `node` token, and waits until the plane sees every node up and offering the
+/// process runtime. The agents stop their instances when they stop (as the demo's does), unless `leave_running`.
+async fn start_nodes(
+    plane: &Plane,
+    node_token: &str,
+    viewer: &str,
+    tmp: &Path,
+    nodes: usize,
+) -> Result<Vec<crate::harness::process::Agent>> {
+    start_nodes_with(plane, node_token, viewer, tmp, nodes, false).await
+}
+
+/// [`start_nodes`], with agents that leave their instances running when they stop when `leave_running`.
+async fn start_nodes_with(
+    plane: &Plane,
+    node_token: &str,
+    viewer: &str,
+    tmp: &Path,
+    nodes: usize,
+    leave_running: bool,
+) -> Result<Vec<crate::harness::process::Agent>> {
+    let mut agents = Vec::new();
+    for n in 2..2 + nodes {
+        let address = format!("127.0.0.{n}");
+        let mut args: Vec<&str> = crate::harness::process::Agent::QUIET.to_vec();
+        args.extend([
+            "--heartbeat-interval-ms",
+            "500",
+            "--service-addr",
+            &address,
+            "--stop-instances-on-exit",
+            if leave_running { "false" } else { "true" },
+        ]);
+        let dir = tmp.join(format!("agent{n}"));
+        let url = plane.endpoints.http_url();
+        agents.push(
+            crate::harness::process::Agent::start_with(&dir, &url, node_token, &[], &args).await?,
+        );
+    }
+    wait_until(
+        INSTANCES_WAIT,
+        "every node up and offering the process runtime",
+        || async {
+            let (_, body) = plane.api_get("/api/v1/nodes", viewer).await?;
+            let ready = body["nodes"].as_array().map_or(0, |n| {
+                n.iter()
+                    .filter(|n| {
+                        n["status"] == "up"
+                            && n["facts"]["runtimes"].to_string().contains("process")
+                    })
+                    .count()
+            });
+            Ok((ready == nodes).then_some(()))
+        },
+    )
+    .await?;
+    Ok(agents)
+}
+
+/// Deadline for instances to start, turn healthy or stop.
+const INSTANCES_WAIT: Duration = Duration::from_secs(60);
+
+/// Applies a platform spec through the API; it must be accepted.
+async fn apply(plane: &Plane, token: &str, spec: &str) -> Result<()> {
+    let body = serde_json::json!({"file": "platform.yaml", "content": spec});
+    let (status, answer) = plane
+        .api_send(reqwest::Method::POST, "/api/v1/apply", Some(body), token)
+        .await?;
+    anyhow::ensure!(status == 200, "apply: {status} {answer}");
+    Ok(())
+}
+
+/// The instances of `GET /api/v1/services/{service}`.
+async fn instances(plane: &Plane, token: &str, service: &str) -> Result<Vec<Value>> {
+    let (status, body) = plane
+        .api_get(&format!("/api/v1/services/{service}"), token)
+        .await?;
+    anyhow::ensure!(status == 200, "{status} {body}");
+    Ok(body["instances"].as_array().cloned().unwrap_or_default())
 }

@@ -9,22 +9,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use serde_json::json;
 
 use crate::harness::api::wait_until;
-use crate::harness::process::{Agent, Plane, free_port, gantry_cli, start_with_tokens};
+use crate::harness::process::{Plane, free_port, gantry_cli, start_with_tokens};
 use crate::harness::unique;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn apply(plane: &Plane, token: &str, spec: &str) -> Result<()> {
-    let body = json!({"file": "platform.yaml", "content": spec});
-    let (status, answer) = plane
-        .api_send(reqwest::Method::POST, "/api/v1/apply", Some(body), token)
-        .await?;
-    ensure!(status == 200, "apply: {status} {answer}");
-    Ok(())
-}
+use super::apply;
 
 fn spec(web: &str, port: u16, replicas: u32, down: &str, down_port: u16) -> String {
     format!(
@@ -48,13 +40,8 @@ fn spec(web: &str, port: u16, replicas: u32, down: &str, down_port: u16) -> Stri
 
 /// Healthy instances of a service, from the plane.
 async fn healthy(plane: &Plane, token: &str, service: &str) -> Result<usize> {
-    let (status, body) = plane
-        .api_get(&format!("/api/v1/services/{service}"), token)
-        .await?;
-    ensure!(status == 200, "{status} {body}");
-    Ok(body["instances"]
-        .as_array()
-        .context("instances")?
+    let instances = super::instances(plane, token, service).await?;
+    Ok(instances
         .iter()
         .filter(|i| i["actual"]["phase"] == "healthy")
         .count())
@@ -69,33 +56,7 @@ async fn routers_balance_trace_and_drain_across_three_nodes() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (plane, [deployer, node]) =
         start_with_tokens(&tmp.path().join("data"), &[], &[], ["deployer", "node"]).await?;
-    let mut agents = Vec::new();
-    for n in 2..=4 {
-        let address = format!("127.0.0.{n}");
-        let mut args: Vec<&str> = Agent::QUIET.to_vec();
-        args.extend([
-            "--heartbeat-interval-ms",
-            "500",
-            "--service-addr",
-            &address,
-            "--stop-instances-on-exit",
-            "true",
-        ]);
-        let dir = tmp.path().join(format!("agent{n}"));
-        agents.push(Agent::start_with(&dir, &plane.endpoints.http_url(), &node, &[], &args).await?);
-    }
-    wait_until(WAIT, "three nodes offering the process runtime", || async {
-        let (_, nodes) = plane.api_get("/api/v1/nodes", &deployer).await?;
-        let ready = nodes["nodes"].as_array().map_or(0, |n| {
-            n.iter()
-                .filter(|n| {
-                    n["status"] == "up" && n["facts"]["runtimes"].to_string().contains("process")
-                })
-                .count()
-        });
-        Ok((ready == 3).then_some(()))
-    })
-    .await?;
+    let mut agents = super::start_nodes(&plane, &node, &deployer, tmp.path(), 3).await?;
     let (port, down_port) = (free_port()?, free_port()?);
     apply(&plane, &deployer, &spec(&web, port, 3, &down, down_port)).await?;
     wait_until(WAIT, "three healthy instances", || async {
