@@ -34,7 +34,7 @@ pub struct ServicesArgs {
     /// A service: list its revisions, newest first, with what changed in each.
     service: Option<String>,
     /// The RED window: a duration back from now (`-1h`) or an RFC 3339 time.
-    #[arg(long, default_value = "-15m")]
+    #[arg(long, default_value = "-15m", allow_hyphen_values = true)]
     from: String,
     #[command(flatten)]
     remote: Remote,
@@ -78,7 +78,7 @@ pub struct LogsArgs {
     #[arg(short, long)]
     follow: bool,
     /// From when: a duration back from now (`-15m`) or an RFC 3339 time.
-    #[arg(long, default_value = "-15m")]
+    #[arg(long, default_value = "-15m", allow_hyphen_values = true)]
     since: String,
     /// At most this many of the latest lines first.
     #[arg(long, default_value_t = 100)]
