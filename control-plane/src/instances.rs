@@ -64,8 +64,8 @@ impl InstanceRegistry {
     }
 
     /// Stores a node's report; bumps the generation when the set of ready instances or their addresses changed
-    /// (routers on every node need the new set).
-    pub fn report(&self, agent_id: &str, report: InstanceReport) {
+    /// (routers on every node need the new set), and returns whether it did.
+    pub fn report(&self, agent_id: &str, report: InstanceReport) -> bool {
         let ready =
             |states: Option<&BTreeMap<String, InstanceState>>| -> Vec<(String, Option<String>)> {
                 states
@@ -90,6 +90,7 @@ impl InstanceRegistry {
         if changed {
             self.bump();
         }
+        changed
     }
 
     /// The last reported state of an instance, on whichever node reported it.

@@ -57,6 +57,10 @@ enum Command {
     Stop(cli::platform::ServiceArgs),
     /// Run a stopped service's replicas again.
     Start(cli::platform::ServiceArgs),
+    /// Replace every instance of a service, a few at a time, each new one healthy before the old one stops.
+    Restart(cli::platform::ServiceArgs),
+    /// The nodes, or drain one (its instances move elsewhere) or activate it again.
+    Nodes(cli::platform::NodesArgs),
     /// A service's log lines, oldest first; `-f` keeps following.
     Logs(cli::platform::LogsArgs),
     /// Set, list or delete the secrets specs reference as `${secret:NAME}`.
@@ -130,6 +134,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stop(args) => cli::platform::stop_start(args, true),
         Command::Start(args) => cli::platform::stop_start(args, false),
         Command::Logs(args) => cli::platform::logs(args),
+        Command::Restart(args) => cli::platform::restart(args),
+        Command::Nodes(args) => cli::platform::nodes(args),
         Command::Secret { command } => cli::platform::secret(command),
         Command::Audit(args) => cli::platform::audit(args),
     }

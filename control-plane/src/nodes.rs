@@ -441,7 +441,10 @@ impl NodeRegistry {
         nodes.sort_by(|a, b| {
             (&a.facts.hostname, &a.facts.agent_id).cmp(&(&b.facts.hostname, &b.facts.agent_id))
         });
-        NodesResponse { nodes }
+        NodesResponse {
+            nodes,
+            drained: Vec::new(),
+        }
     }
 
     /// The id of the token that registered each node, by agent id.

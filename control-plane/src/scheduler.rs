@@ -102,16 +102,27 @@ impl Scheduler {
     /// # Errors
     /// The state database failed; nothing changed.
     pub fn reconcile(&self) -> Result<Changes, StateError> {
-        let nodes = self.node_views();
+        let mut nodes = self.node_views();
         let changes = self.db.write(|transaction| {
-            let demands = platform::demands(transaction).map_err(|e| self.db.error(e))?;
+            let error = |e| self.db.error(e);
+            // A drained node keeps what it runs until each replacement is healthy, and takes nothing new.
+            let drained = placements::drained(transaction).map_err(error)?;
+            for node in &mut nodes {
+                if drained.contains(&node.id) && node.state == NodeState::Ready {
+                    node.state = NodeState::Down;
+                }
+            }
+            let demands = platform::demands(transaction).map_err(error)?;
             let current = placements::load(transaction, None)
-                .map_err(|e| self.db.error(e))?
+                .map_err(error)?
                 .into_iter()
                 .filter_map(|(slot, stored)| stored.node.map(|node| (slot, node)))
                 .collect();
             let plan = placement::place(&nodes, &demands, &current);
-            placements::store(transaction, &plan).map_err(|e| self.db.error(e))
+            let mut changes = placements::store(transaction, &plan).map_err(error)?;
+            self.replace(transaction, &nodes, &demands, &drained, &mut changes)
+                .map_err(error)?;
+            Ok::<_, StateError>(changes)
         })?;
         for (slot, from, to) in &changes.moved {
             match (from, to) {
@@ -126,10 +137,103 @@ impl Scheduler {
         for slot in &changes.removed {
             tracing::info!(%slot, "instance no longer wanted");
         }
-        if !changes.moved.is_empty() || !changes.removed.is_empty() {
+        for slot in &changes.replaced {
+            tracing::info!(%slot, "instance replacement started or completed");
+        }
+        if changes.any() {
             self.instances.bump();
         }
         Ok(changes)
+    }
+
+    /// Restarts and drains: completes each replacement whose new instance is healthy, and starts new ones while the
+    /// service's surge allows (without surge, its `max_unavailable`: the old instance stops first).
+    fn replace(
+        &self,
+        transaction: &rusqlite::Transaction<'_>,
+        nodes: &[NodeView],
+        demands: &[placement::Demand],
+        drained: &std::collections::BTreeSet<String>,
+        changes: &mut Changes,
+    ) -> rusqlite::Result<()> {
+        let services = platform::replacing(transaction)?;
+        let slots = placements::load(transaction, None)?;
+        let mut in_flight: HashMap<String, u32> = HashMap::new();
+        for (slot, stored) in &slots {
+            let (Some((next_node, next_epoch)), Some(service)) =
+                (&stored.next, services.get(&slot.service))
+            else {
+                continue;
+            };
+            let id =
+                placements::instance_id(&slot.service, slot.index, service.template, *next_epoch);
+            let healthy = self
+                .instances
+                .state(next_node, &id)
+                .is_some_and(|state| state.phase == gantry_proto::instances::Phase::Healthy);
+            if healthy {
+                placements::complete_replacement(transaction, slot)?;
+                changes.replaced.push(slot.clone());
+            } else {
+                *in_flight.entry(slot.service.clone()).or_default() += 1;
+            }
+        }
+        // Where a drained node's slots go: the planner's answer with drained nodes lost.
+        let without_drained: Vec<NodeView> = nodes
+            .iter()
+            .cloned()
+            .map(|mut node| {
+                if drained.contains(&node.id) {
+                    node.state = NodeState::Lost;
+                }
+                node
+            })
+            .collect();
+        let current = slots
+            .iter()
+            .filter_map(|(slot, stored)| stored.node.clone().map(|node| (slot.clone(), node)))
+            .collect();
+        let elsewhere = placement::place(&without_drained, demands, &current);
+        for (slot, stored) in &slots {
+            let (Some(node), None, Some(service)) =
+                (&stored.node, &stored.next, services.get(&slot.service))
+            else {
+                continue;
+            };
+            let restarting = stored.epoch < service.restart_epoch;
+            let draining = drained.contains(node);
+            if !restarting && !draining {
+                continue;
+            }
+            let replicas = service.replicas.max(1);
+            let surge = service.rollout.max_surge.resolve(replicas, true);
+            let batch = if surge > 0 {
+                surge
+            } else {
+                service
+                    .rollout
+                    .max_unavailable
+                    .resolve(replicas, false)
+                    .max(1)
+            };
+            let busy = in_flight.entry(slot.service.clone()).or_default();
+            if *busy >= batch {
+                continue;
+            }
+            let target = if draining {
+                match elsewhere.placements.get(slot) {
+                    Some(target) if target != node => target.clone(),
+                    _ => continue,
+                }
+            } else {
+                node.clone()
+            };
+            let epoch = (stored.epoch + 1).max(service.restart_epoch);
+            placements::begin_replacement(transaction, slot, &target, epoch)?;
+            changes.replaced.push(slot.clone());
+            *busy += 1;
+        }
+        Ok(())
     }
 
     /// Plans every [`INTERVAL`] until `shutdown`.

@@ -77,6 +77,9 @@ pub struct ServiceRoute {
     pub endpoints: Vec<Endpoint>,
     /// Share of requests per version, percent (empty: spread over every endpoint alike).
     pub weights: BTreeMap<String, f64>,
+    /// Stickiness, when the service asks for it.
+    #[serde(default)]
+    pub sticky: Option<crate::platform::Sticky>,
 }
 
 /// One ready instance of a routed service.

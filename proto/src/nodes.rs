@@ -108,4 +108,7 @@ pub struct NodeInfo {
 pub struct NodesResponse {
     /// Every known node, by host name then agent id.
     pub nodes: Vec<NodeInfo>,
+    /// The agent ids of the nodes being drained (`gantry nodes drain`): they take no new instances.
+    #[serde(default)]
+    pub drained: Vec<String>,
 }

@@ -37,6 +37,19 @@ pub struct ServiceSpec {
     pub kill_timeout_ms: u64,
     /// How a new revision replaces the running one.
     pub rollout: RolloutPolicy,
+    /// Requests with the same value of this header or cookie go to the same instance while it is ready.
+    #[serde(default)]
+    pub sticky: Option<Sticky>,
+}
+
+/// What keeps a caller on one instance: the hash of a header's or a cookie's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sticky {
+    /// A request header, e.g. `x-session-id`.
+    Header(String),
+    /// A cookie, e.g. `session`.
+    Cookie(String),
 }
 
 /// How an instance is run: one runtime per service. Docker and Kubernetes come later behind the same trait.
@@ -391,6 +404,8 @@ pub struct InstanceStatus {
     pub state: String,
     /// The id of the instance that fills the slot at the current revision.
     pub instance_id: String,
+    /// The instance being started to replace it (`gantry restart`, a drain): its id and node.
+    pub replacement: Option<(String, String)>,
     /// What the node's agent last reported of it (`None`: nothing yet).
     pub actual: Option<crate::instances::InstanceState>,
     /// Why no node takes it (empty when placed).

@@ -43,11 +43,15 @@ pub struct Table {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Share of requests per version, percent (empty: all endpoints alike).
     pub weights: BTreeMap<String, f64>,
+    /// Stickiness: requests with the same key go to the same endpoint while it is in the table.
+    pub sticky: Option<gantry_proto::platform::Sticky>,
 }
 
 impl Table {
-    /// Picks an endpoint for one request (see the module), skipping `avoid` when another is available.
-    pub fn pick(&self, avoid: Option<&str>) -> Option<Arc<Upstream>> {
+    /// Picks an endpoint for one request (see the module), skipping `avoid` when another is available. With a
+    /// stickiness `key`, the version and the endpoint are drawn from the key's hash instead (rendezvous hashing:
+    /// when an endpoint leaves, only its keys move).
+    pub fn pick(&self, avoid: Option<&str>, key: Option<&[u8]>) -> Option<Arc<Upstream>> {
         let candidates: Vec<&Arc<Upstream>> = {
             let usable: Vec<&Arc<Upstream>> = self
                 .upstreams
@@ -63,7 +67,8 @@ impl Table {
         if candidates.is_empty() {
             return None;
         }
-        let version = self.pick_version(&candidates);
+        let draw = key.map(|key| f64::from(crc32fast::hash(key)) / f64::from(u32::MAX));
+        let version = self.pick_version(&candidates, draw);
         let pool: Vec<&Arc<Upstream>> = match &version {
             Some(version) => candidates
                 .iter()
@@ -72,6 +77,15 @@ impl Table {
                 .collect(),
             None => candidates,
         };
+        if let Some(key) = key {
+            let score = |u: &Arc<Upstream>| {
+                let mut hasher = crc32fast::Hasher::new();
+                hasher.update(key);
+                hasher.update(u.instance_id.as_bytes());
+                hasher.finalize()
+            };
+            return pool.iter().max_by_key(|u| score(u)).map(|u| Arc::clone(*u));
+        }
         // One reading of the counts: other requests change them meanwhile.
         let loads: Vec<(&Arc<Upstream>, usize)> = pool
             .iter()
@@ -87,8 +101,9 @@ impl Table {
         Some(Arc::clone(chosen))
     }
 
-    /// A version drawn by the weights among the versions that have endpoints; `None` without weights.
-    fn pick_version(&self, candidates: &[&Arc<Upstream>]) -> Option<String> {
+    /// A version drawn by the weights among the versions that have endpoints (at `draw` in [0, 1] when given, at
+    /// random otherwise); `None` without weights.
+    fn pick_version(&self, candidates: &[&Arc<Upstream>], draw: Option<f64>) -> Option<String> {
         if self.weights.is_empty() {
             return None;
         }
@@ -104,7 +119,10 @@ impl Table {
         if total <= 0.0 {
             return None;
         }
-        let mut draw = rand::rng().random_range(0.0..total);
+        let mut draw = match draw {
+            Some(fraction) => fraction.clamp(0.0, 1.0) * total * (1.0 - f64::EPSILON),
+            None => rand::rng().random_range(0.0..total),
+        };
         for (version, weight) in &available {
             if draw < *weight {
                 return Some((*version).clone());
@@ -234,6 +252,7 @@ fn update(tables: &Tables, routes: &[ServiceRoute], listeners: impl FnOnce(&[Ser
                 Arc::new(Table {
                     upstreams,
                     weights: route.weights.clone(),
+                    sticky: route.sticky.clone(),
                 }),
             );
         }
@@ -264,32 +283,87 @@ mod tests {
                 upstream("c", "1", 2),
             ],
             weights: BTreeMap::new(),
+            sticky: None,
         };
         for _ in 0..20 {
-            assert_eq!(table.pick(None).unwrap().instance_id, "b");
+            assert_eq!(table.pick(None, None).unwrap().instance_id, "b");
         }
         assert_eq!(
-            table.pick(Some("b")).unwrap().instance_id,
+            table.pick(Some("b"), None).unwrap().instance_id,
             "c",
             "a retry avoids the endpoint that failed"
         );
         let weighted = Table {
             upstreams: vec![upstream("old", "1", 0), upstream("new", "2", 0)],
             weights: BTreeMap::from([("1".to_owned(), 90.0), ("2".to_owned(), 10.0)]),
+            sticky: None,
         };
         let new = (0..10_000)
-            .filter(|_| weighted.pick(None).unwrap().version == "2")
+            .filter(|_| weighted.pick(None, None).unwrap().version == "2")
             .count();
         assert!((700..1300).contains(&new), "about 10% to the canary: {new}");
         let only_old = Table {
             upstreams: vec![upstream("old", "1", 0)],
             weights: BTreeMap::from([("1".to_owned(), 0.0), ("2".to_owned(), 100.0)]),
+            sticky: None,
         };
         assert_eq!(
-            only_old.pick(None).unwrap().version,
+            only_old.pick(None, None).unwrap().version,
             "1",
             "a version without endpoints is skipped"
         );
-        assert!(Table::default().pick(None).is_none());
+        assert!(Table::default().pick(None, None).is_none());
+    }
+
+    #[test]
+    fn a_sticky_key_keeps_its_endpoint_and_only_a_leaving_ones_keys_move() {
+        let all = vec![
+            upstream("a", "1", 0),
+            upstream("b", "1", 0),
+            upstream("c", "1", 0),
+        ];
+        let table = Table {
+            upstreams: all.clone(),
+            weights: BTreeMap::new(),
+            sticky: None,
+        };
+        let keys: Vec<String> = (0..300).map(|n| format!("user-{n}")).collect();
+        let before: Vec<String> = keys
+            .iter()
+            .map(|k| {
+                table
+                    .pick(None, Some(k.as_bytes()))
+                    .unwrap()
+                    .instance_id
+                    .clone()
+            })
+            .collect();
+        for (key, first) in keys.iter().zip(&before) {
+            assert_eq!(
+                &table.pick(None, Some(key.as_bytes())).unwrap().instance_id,
+                first,
+                "same key, same endpoint"
+            );
+        }
+        let spread = ["a", "b", "c"].map(|id| before.iter().filter(|b| *b == id).count());
+        assert!(
+            spread.iter().all(|n| *n > 50),
+            "keys spread over endpoints: {spread:?}"
+        );
+        let fewer = Table {
+            upstreams: all[..2].to_vec(),
+            weights: BTreeMap::new(),
+            sticky: None,
+        };
+        for (key, first) in keys.iter().zip(&before) {
+            let now = fewer
+                .pick(None, Some(key.as_bytes()))
+                .unwrap()
+                .instance_id
+                .clone();
+            if first != "c" {
+                assert_eq!(&now, first, "a key whose endpoint stayed does not move");
+            }
+        }
     }
 }

@@ -134,8 +134,15 @@ async fn handle(
         .unwrap_or_else(|p| p.into_inner())
         .get(&state.service)
         .cloned();
+    let key = table
+        .as_ref()
+        .and_then(|t| t.sticky.as_ref())
+        .and_then(|sticky| sticky_key(sticky, &parts.headers));
     for attempt in 0..2 {
-        let Some(upstream) = table.as_ref().and_then(|t| t.pick(avoid.as_deref())) else {
+        let Some(upstream) = table
+            .as_ref()
+            .and_then(|t| t.pick(avoid.as_deref(), key.as_deref()))
+        else {
             let message = format!(
                 "no healthy instance of `{}`: `gantry status {}` shows why\n",
                 state.service, state.service
@@ -225,6 +232,24 @@ async fn handle(
         "upstream_failed",
         "no instance answered\n".into(),
     )
+}
+
+/// The stickiness key of a request: the header's value, or the cookie's (RFC 6265, section 5.4: `name=value`
+/// pairs separated by `; ` in one or more `Cookie` headers).
+fn sticky_key(sticky: &gantry_proto::platform::Sticky, headers: &HeaderMap) -> Option<Vec<u8>> {
+    match sticky {
+        gantry_proto::platform::Sticky::Header(name) => {
+            headers.get(name.as_str()).map(|v| v.as_bytes().to_vec())
+        }
+        gantry_proto::platform::Sticky::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_bytes().to_vec()),
+    }
 }
 
 /// Decrements an endpoint's in-flight count when dropped.

@@ -135,6 +135,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/services/{name}", get(platform::status))
         .route("/api/v1/services/{name}/scale", post(platform::scale))
         .route("/api/v1/services/{name}/stop", post(platform::stop))
+        .route("/api/v1/services/{name}/restart", post(platform::restart))
+        .route("/api/v1/nodes/{agent_id}/drain", post(nodes::drain))
+        .route("/api/v1/nodes/{agent_id}/activate", post(nodes::activate))
         .route("/api/v1/services/{name}/start", post(platform::start))
         .route(
             "/api/v1/services/{name}/revisions",

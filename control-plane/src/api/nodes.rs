@@ -80,7 +80,51 @@ pub async fn list(
     let listed = tokio::task::spawn_blocking(move || nodes.list())
         .await
         .map_err(|error| ApiError::Internal(format!("node listing failed: {error}")))?;
+    let mut listed = listed;
+    listed.drained = super::platform::blocking(&state.platform, |platform| platform.drained())
+        .await?
+        .into_iter()
+        .collect();
     Ok(Json(listed))
+}
+
+/// `POST /api/v1/nodes/{agent_id}/drain`: its instances move elsewhere (each replacement healthy before the old one
+/// stops) and it takes no new ones, until `activate`. 204.
+pub async fn drain(
+    caller: Caller<super::DeployAccess>,
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    set_drained(caller, state, agent_id, true).await
+}
+
+/// `POST /api/v1/nodes/{agent_id}/activate`: the node takes instances again. 204.
+pub async fn activate(
+    caller: Caller<super::DeployAccess>,
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    set_drained(caller, state, agent_id, false).await
+}
+
+async fn set_drained(
+    caller: Caller<super::DeployAccess>,
+    state: AppState,
+    agent_id: String,
+    drained: bool,
+) -> Result<axum::http::StatusCode, ApiError> {
+    if state.nodes.get(&agent_id).is_none() {
+        return Err(ApiError::NotFound(format!(
+            "no node `{agent_id}`: `gantry nodes` lists them"
+        )));
+    }
+    let by = caller.token.clone();
+    super::platform::blocking(&state.platform, move |platform| {
+        platform.drain(&agent_id, drained, &by)
+    })
+    .await?;
+    super::platform::replan(&state).await;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/v1/nodes/{agent_id}`.
@@ -175,6 +219,7 @@ pub async fn assignments(
             service: service.service,
             port: service.port,
             weights: Default::default(),
+            sticky: service.sticky,
         })
         .collect();
     Ok(Json(Assignments {
@@ -197,6 +242,15 @@ pub async fn report_instances(
             "at most 10000 instances per report".to_owned(),
         ));
     }
-    state.instances.report(&agent_id, report);
+    if state.instances.report(&agent_id, report) {
+        // A replacement may have become healthy: the next restart or drain step need not wait for the round.
+        let scheduler = state.scheduler.clone();
+        tokio::spawn(async move {
+            if let Ok(Err(error)) = tokio::task::spawn_blocking(move || scheduler.reconcile()).await
+            {
+                tracing::warn!(%error, "placement after a report failed; the next round retries");
+            }
+        });
+    }
     Ok(axum::http::StatusCode::NO_CONTENT)
 }

@@ -76,7 +76,7 @@ pub async fn apply(
 
 /// After a change of what should run: agents' long polls answer, and the new slots are placed now rather than at
 /// the next round (the change is committed either way; a failure here is retried by the next round).
-async fn replan(state: &AppState) {
+pub(super) async fn replan(state: &AppState) {
     state.instances.bump();
     let scheduler = state.scheduler.clone();
     match tokio::task::spawn_blocking(move || scheduler.reconcile()).await {
@@ -98,6 +98,22 @@ pub async fn scale(
     let (by, name) = (caller.token.clone(), service.clone());
     blocking(&state.platform, move |platform| {
         platform.scale(&name, request.replicas, &by)
+    })
+    .await?;
+    replan(&state).await;
+    status(Caller::from(caller), State(state), Path(service)).await
+}
+
+/// `POST /api/v1/services/{name}/restart`: every instance replaced, a few at a time, each new one healthy before
+/// the old one stops. 200 with the service.
+pub async fn restart(
+    caller: Caller<DeployAccess>,
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+) -> Result<Json<ServiceStatus>, ApiError> {
+    let (by, name) = (caller.token.clone(), service.clone());
+    blocking(&state.platform, move |platform| {
+        platform.restart(&name, &by)
     })
     .await?;
     replan(&state).await;
@@ -165,16 +181,28 @@ pub async fn status(
         .into_iter()
         .map(|(slot, stored)| {
             let node = stored.node.as_deref().and_then(|id| state.nodes.get(id));
-            let instance_id = format!(
-                "{}-{}-r{}",
-                slot.service, slot.index, deployed.template_revision
+            let instance_id = crate::state::placements::instance_id(
+                &slot.service,
+                slot.index,
+                deployed.template_revision,
+                stored.epoch,
             );
+            let replacement = stored.next.as_ref().map(|(node, epoch)| {
+                let id = crate::state::placements::instance_id(
+                    &slot.service,
+                    slot.index,
+                    deployed.template_revision,
+                    *epoch,
+                );
+                (id, node.clone())
+            });
             let actual = stored
                 .node
                 .as_deref()
                 .and_then(|node| state.instances.state(node, &instance_id));
             InstanceStatus {
                 instance_id,
+                replacement,
                 actual,
                 instance: slot.to_string(),
                 slot: slot.index,

@@ -121,6 +121,24 @@ fn routes() -> Vec<(Method, String, RequestBody, Who)> {
         ),
         (
             Method::POST,
+            "/api/v1/services/nothing/restart".into(),
+            None,
+            Who::Deployers,
+        ),
+        (
+            Method::POST,
+            "/api/v1/nodes/nobody/drain".into(),
+            None,
+            Who::Deployers,
+        ),
+        (
+            Method::POST,
+            "/api/v1/nodes/nobody/activate".into(),
+            None,
+            Who::Deployers,
+        ),
+        (
+            Method::POST,
             "/api/v1/services/nothing/stop".into(),
             None,
             Who::Deployers,

@@ -69,6 +69,30 @@ pub struct ServiceArgs {
     remote: Remote,
 }
 
+/// `gantry nodes [drain|activate NODE]`.
+#[derive(Args, Debug)]
+pub struct NodesArgs {
+    #[command(subcommand)]
+    command: Option<NodesCommand>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// What `gantry nodes` does to a node.
+#[derive(Subcommand, Debug)]
+pub enum NodesCommand {
+    /// Move a node's instances elsewhere (each replacement healthy before the old one stops); it takes no new ones.
+    Drain {
+        /// The node's agent id.
+        node: String,
+    },
+    /// Let a drained node take instances again.
+    Activate {
+        /// The node's agent id.
+        node: String,
+    },
+}
+
 /// `gantry logs SERVICE`.
 #[derive(Args, Debug)]
 pub struct LogsArgs {
@@ -413,6 +437,91 @@ pub fn stop_start(args: ServiceArgs, stopped: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs `gantry restart`: every instance replaced a few at a time, each new one healthy before the old one stops.
+pub fn restart(args: ServiceArgs) -> anyhow::Result<()> {
+    let status: ServiceStatus = runtime()?.block_on(args.remote.call(
+        Method::POST,
+        &["api", "v1", "services", &args.service, "restart"],
+        &[],
+        None::<&()>,
+    ))?;
+    if args.remote.json {
+        return Remote::print_json(&status);
+    }
+    eprintln!(
+        "{} restarting: each of its {} instances is replaced once its successor is healthy (`gantry status {}`)",
+        args.service, status.service.replicas, args.service
+    );
+    Ok(())
+}
+
+/// Runs `gantry nodes`: the list, or a drain or an activation.
+pub fn nodes(args: NodesArgs) -> anyhow::Result<()> {
+    let remote = &args.remote;
+    runtime()?.block_on(async {
+        match &args.command {
+            Some(NodesCommand::Drain { node }) | Some(NodesCommand::Activate { node }) => {
+                let drain = matches!(args.command, Some(NodesCommand::Drain { .. }));
+                let verb = if drain { "drain" } else { "activate" };
+                let () = remote
+                    .call(
+                        Method::POST,
+                        &["api", "v1", "nodes", node, verb],
+                        &[],
+                        None::<&()>,
+                    )
+                    .await?;
+                if drain {
+                    eprintln!("{node} draining: its instances move elsewhere, new ones first");
+                } else {
+                    eprintln!("{node} takes instances again");
+                }
+                Ok(())
+            }
+            None => {
+                let list: gantry_proto::NodesResponse = remote
+                    .call(Method::GET, &["api", "v1", "nodes"], &[], None::<&()>)
+                    .await?;
+                if remote.json {
+                    return Remote::print_json(&list);
+                }
+                println!(
+                    "{:<18} {:<24} {:<6} {:<10} {:>5} {:>9}  LABELS",
+                    "NODE", "HOST", "STATUS", "SCHEDULING", "CPUS", "MEMORY"
+                );
+                for node in &list.nodes {
+                    let facts = &node.facts;
+                    let scheduling = if list.drained.contains(&facts.agent_id) {
+                        "draining"
+                    } else {
+                        "eligible"
+                    };
+                    let status = serde_json::to_value(node.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    let labels: Vec<String> = facts
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    println!(
+                        "{:<18} {:<24} {:<6} {:<10} {:>5} {:>6} MiB  {}",
+                        facts.agent_id,
+                        facts.hostname,
+                        status,
+                        scheduling,
+                        facts.cpus,
+                        facts.memory_bytes >> 20,
+                        labels.join(",")
+                    );
+                }
+                Ok(())
+            }
+        }
+    })
 }
 
 /// Runs `gantry logs`: the service's latest lines, oldest first, then (with `--follow`) new ones each second.

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use gantry_proto::SpecLocation;
 use gantry_proto::platform::{
     CanaryStep, HealthCheck, IntOrPercent, JudgePolicy, Pause, Probe, ProcessSpec, Resources,
-    RolloutPolicy, RuntimeSpec, ServiceSpec, Strategy,
+    RolloutPolicy, RuntimeSpec, ServiceSpec, Sticky, Strategy,
 };
 use serde_saphyr::{Location, Spanned};
 
@@ -281,6 +281,42 @@ impl Checker<'_> {
                 );
             }
         }
+        let sticky = match raw.routing.as_ref().and_then(|r| r.value.sticky.as_ref()) {
+            None => None,
+            Some(sticky) => {
+                let field = field("routing.sticky");
+                let valid = |name: &str| {
+                    !name.is_empty()
+                        && name.len() <= 256
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_graphic() && b != b';' && b != b'=')
+                };
+                match (&sticky.value.header, &sticky.value.cookie) {
+                    (Some(header), None) if valid(header) => {
+                        Some(Sticky::Header(header.to_ascii_lowercase()))
+                    }
+                    (None, Some(cookie)) if valid(cookie) => Some(Sticky::Cookie(cookie.clone())),
+                    (Some(_), None) | (None, Some(_)) => {
+                        return self.error(sticky.referenced, field, "not a header or cookie name");
+                    }
+                    _ => {
+                        return self.error(
+                            sticky.referenced,
+                            field,
+                            "stickiness needs exactly one of `header: NAME` or `cookie: NAME`",
+                        );
+                    }
+                }
+            }
+        };
+        if sticky.is_some() && raw.port.is_none() {
+            return self.error(
+                service.referenced,
+                field("routing.sticky"),
+                "stickiness needs a routed `port`",
+            );
+        }
         let rollout = match &raw.rollout {
             Some(rollout) => self.rollout(name, &rollout.value, rollout.referenced)?,
             None => self.rollout(name, &RawRollout::default(), service.referenced)?,
@@ -300,6 +336,7 @@ impl Checker<'_> {
             constraints: raw.constraints.clone(),
             kill_timeout_ms: raw.kill_timeout.map_or(10_000, |timeout| timeout.0),
             rollout,
+            sticky,
         })
     }
 

@@ -61,6 +61,22 @@ pub struct RawService {
     pub kill_timeout: Option<Millis>,
     #[serde(default)]
     pub rollout: Option<Spanned<RawRollout>>,
+    pub routing: Option<Spanned<RawRouting>>,
+}
+
+/// `routing:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    pub sticky: Option<Spanned<RawSticky>>,
+}
+
+/// `routing.sticky`: one of `header` or `cookie`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
 }
 
 /// `runtime:`, one key of `process` (and, later, `docker` or `kubernetes`).

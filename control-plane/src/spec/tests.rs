@@ -304,6 +304,33 @@ fn what_the_shape_cannot_say() {
 }
 
 #[test]
+fn stickiness() {
+    let sticky = |routing: &str| format!("{HEAD}    port: 9000\n    routing: {routing}\n");
+    let spec = parse("p.yaml", &sticky("{sticky: {header: X-User}}"), &secrets).unwrap();
+    assert_eq!(
+        spec[0].sticky,
+        Some(Sticky::Header("x-user".into())),
+        "header names are case-insensitive"
+    );
+    let spec = parse("p.yaml", &sticky("{sticky: {cookie: session}}"), &secrets).unwrap();
+    assert_eq!(spec[0].sticky, Some(Sticky::Cookie("session".into())));
+    refused(
+        &sticky("{sticky: {header: a, cookie: b}}"),
+        5,
+        23,
+        "services.api.routing.sticky",
+        "exactly one",
+    );
+    refused(
+        &format!("{HEAD}    routing: {{sticky: {{header: x}}}}\n"),
+        3,
+        5,
+        "services.api.routing.sticky",
+        "needs a routed `port`",
+    );
+}
+
+#[test]
 fn secret_references_resolve() {
     assert_eq!(
         secret_references("a ${secret:x} b ${secret:y.z}").unwrap(),

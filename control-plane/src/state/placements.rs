@@ -1,14 +1,15 @@
-//! The `placements` table: the placement planner's answer, one row per slot. Written only where it changed, in one
-//! transaction per planning round.
+//! The `placements` table: the placement planner's answer, one row per slot, with the slot's instance generation
+//! (`epoch`) and the replacement being started for it (`next_node`, `next_epoch`) during a restart or a drain;
+//! and the `drained_nodes` table. Written only where it changed, in one transaction per planning round.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{Connection, params};
 
 use super::now_rfc3339;
 use crate::placement::{Plan, Slot};
 
-/// A stored slot: its node, or why it has none.
+/// A stored slot: its node, or why it has none, and a replacement in progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSlot {
     /// The agent id, when placed.
@@ -17,6 +18,20 @@ pub struct StoredSlot {
     pub reason: String,
     /// When it last changed, RFC 3339.
     pub updated: String,
+    /// The generation of its instance: 0 at first, one more at each restart or move.
+    pub epoch: u64,
+    /// The replacement being started (node, generation), while the current instance still serves.
+    pub next: Option<(String, u64)>,
+}
+
+/// The id of the instance of a slot: `<service>-<slot>-r<template revision>`, and `-e<epoch>` after its first
+/// replacement. Unique per process lineage, so that a repeated answer never starts a second one.
+pub fn instance_id(service: &str, slot: u32, template: u64, epoch: u64) -> String {
+    if epoch == 0 {
+        format!("{service}-{slot}-r{template}")
+    } else {
+        format!("{service}-{slot}-r{template}-e{epoch}")
+    }
 }
 
 /// Every stored slot, of every service or of one.
@@ -28,9 +43,12 @@ pub fn load(
     service: Option<&str>,
 ) -> rusqlite::Result<BTreeMap<Slot, StoredSlot>> {
     let mut statement = connection.prepare(
-        "SELECT service, slot, node, reason, updated FROM placements WHERE ?1 IS NULL OR service = ?1",
+        "SELECT service, slot, node, reason, updated, epoch, next_node, next_epoch FROM placements
+         WHERE ?1 IS NULL OR service = ?1",
     )?;
     let rows = statement.query_map([service], |row| {
+        let next_node: Option<String> = row.get(6)?;
+        let next_epoch: Option<i64> = row.get(7)?;
         Ok((
             Slot {
                 service: row.get(0)?,
@@ -40,6 +58,8 @@ pub fn load(
                 node: row.get(2)?,
                 reason: row.get(3)?,
                 updated: row.get(4)?,
+                epoch: row.get::<_, i64>(5)? as u64,
+                next: next_node.zip(next_epoch.map(|e| e as u64)),
             },
         ))
     })?;
@@ -53,9 +73,19 @@ pub struct Changes {
     pub moved: Vec<(Slot, Option<String>, Option<String>)>,
     /// Slots removed (their service shrank or is gone).
     pub removed: Vec<Slot>,
+    /// Replacements started or completed.
+    pub replaced: Vec<Slot>,
 }
 
-/// Writes `plan` over the stored slots inside the caller's transaction, touching only rows that changed.
+impl Changes {
+    /// Whether anything changed.
+    pub fn any(&self) -> bool {
+        !self.moved.is_empty() || !self.removed.is_empty() || !self.replaced.is_empty()
+    }
+}
+
+/// Writes `plan` over the stored slots inside the caller's transaction, touching only rows that changed. A slot
+/// that moves gets a new generation, and loses a replacement in progress.
 ///
 /// # Errors
 /// SQLite failed.
@@ -77,14 +107,18 @@ pub fn store(connection: &Connection, plan: &Plan) -> rusqlite::Result<Changes> 
         if before.is_some_and(|b| b.node.as_deref() == node && b.reason == reason) {
             continue;
         }
-        connection.execute(
-            "INSERT INTO placements (service, slot, node, reason, updated) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (service, slot) DO UPDATE SET node = excluded.node, reason = excluded.reason,
-             updated = excluded.updated",
-            params![slot.service, i64::from(slot.index), node, reason, now],
-        )?;
         let from = before.and_then(|b| b.node.clone());
-        if from.as_deref() != node {
+        let moved = from.as_deref() != node;
+        let epoch = before.map_or(0, |b| b.epoch) + u64::from(moved && from.is_some());
+        connection.execute(
+            "INSERT INTO placements (service, slot, node, reason, updated, epoch) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (service, slot) DO UPDATE SET node = excluded.node, reason = excluded.reason,
+             updated = excluded.updated, epoch = excluded.epoch,
+             next_node = CASE WHEN placements.node IS excluded.node THEN placements.next_node END,
+             next_epoch = CASE WHEN placements.node IS excluded.node THEN placements.next_epoch END",
+            params![slot.service, i64::from(slot.index), node, reason, now, epoch as i64],
+        )?;
+        if moved {
             changes
                 .moved
                 .push((slot.clone(), from, node.map(str::to_owned)));
@@ -100,4 +134,75 @@ pub fn store(connection: &Connection, plan: &Plan) -> rusqlite::Result<Changes> 
         }
     }
     Ok(changes)
+}
+
+/// Starts a replacement of `slot` on `node` with generation `epoch`.
+///
+/// # Errors
+/// SQLite failed.
+pub fn begin_replacement(
+    connection: &Connection,
+    slot: &Slot,
+    node: &str,
+    epoch: u64,
+) -> rusqlite::Result<()> {
+    connection.execute(
+        "UPDATE placements SET next_node = ?3, next_epoch = ?4, updated = ?5 WHERE service = ?1 AND slot = ?2",
+        params![slot.service, i64::from(slot.index), node, epoch as i64, now_rfc3339()],
+    )?;
+    Ok(())
+}
+
+/// Makes the replacement of `slot` its instance (the old one is no longer assigned: drained, then stopped).
+///
+/// # Errors
+/// SQLite failed.
+pub fn complete_replacement(connection: &Connection, slot: &Slot) -> rusqlite::Result<()> {
+    connection.execute(
+        "UPDATE placements SET node = next_node, epoch = next_epoch, next_node = NULL, next_epoch = NULL,
+         updated = ?3 WHERE service = ?1 AND slot = ?2 AND next_node IS NOT NULL",
+        params![slot.service, i64::from(slot.index), now_rfc3339()],
+    )?;
+    Ok(())
+}
+
+/// The drained nodes' agent ids.
+///
+/// # Errors
+/// SQLite failed.
+pub fn drained(connection: &Connection) -> rusqlite::Result<BTreeSet<String>> {
+    let mut statement = connection.prepare("SELECT agent_id FROM drained_nodes")?;
+    let rows = statement.query_map([], |row| row.get(0))?;
+    rows.collect()
+}
+
+/// Marks a node drained (`true`) or eligible again; returns whether that changed anything.
+///
+/// # Errors
+/// SQLite failed.
+pub fn set_drained(
+    connection: &Connection,
+    agent_id: &str,
+    drained: bool,
+) -> rusqlite::Result<bool> {
+    let changed = if drained {
+        connection.execute(
+            "INSERT INTO drained_nodes (agent_id, since) VALUES (?1, ?2) ON CONFLICT (agent_id) DO NOTHING",
+            params![agent_id, now_rfc3339()],
+        )?
+    } else {
+        connection.execute("DELETE FROM drained_nodes WHERE agent_id = ?1", [agent_id])?
+    };
+    Ok(changed > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_id;
+
+    #[test]
+    fn instance_ids_name_the_generation_after_the_first() {
+        assert_eq!(instance_id("api", 2, 3, 0), "api-2-r3");
+        assert_eq!(instance_id("api", 2, 3, 1), "api-2-r3-e1");
+    }
 }

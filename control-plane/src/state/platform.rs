@@ -69,6 +69,7 @@ impl PlatformStore {
             let services = running(c)?;
             let slots = super::placements::load(c, None)?;
             let mut assignments = Vec::new();
+            let mut placed = Vec::new();
             // Every service with a routed port keeps its route, instances or not (its routers answer 503).
             let mut routed: BTreeMap<&str, RoutedService> = services
                 .iter()
@@ -80,6 +81,7 @@ impl PlatformStore {
                             service: name.clone(),
                             port,
                             instances: Vec::new(),
+                            sticky: service.spec.sticky.clone(),
                         },
                     ))
                 })
@@ -87,56 +89,63 @@ impl PlatformStore {
             for (slot, stored) in &slots {
                 let Some(node) = &stored.node else { continue };
                 let Some(service) = services.get(&slot.service) else { continue };
-                let instance_id = format!("{}-{}-r{}", slot.service, slot.index, service.template);
-                if let Some(port) = service.spec.port {
-                    routed
-                        .entry(&slot.service)
-                        .or_insert_with(|| RoutedService {
-                            service: slot.service.clone(),
-                            port,
-                            instances: Vec::new(),
-                        })
-                        .instances
-                        .push((instance_id.clone(), service.version.clone()));
+                // The current instance, and the replacement being started; without surge the current one goes
+                // first.
+                let surge = service
+                    .spec
+                    .rollout
+                    .max_surge
+                    .resolve(service.spec.replicas.max(1), true);
+                let mut lineage = Vec::new();
+                if stored.next.is_none() || surge > 0 {
+                    lineage.push((node.clone(), stored.epoch));
                 }
-                if node != agent_id {
-                    continue;
+                if let Some((next_node, next_epoch)) = &stored.next {
+                    lineage.push((next_node.clone(), *next_epoch));
                 }
-                let RuntimeSpec::Process(process) = &service.spec.runtime;
-                let mut resolved = process.clone();
-                let mut missing = None;
-                for value in resolved.env.values_mut() {
-                    match spec::resolve_secrets(value, &|name| secrets::value_in(c, name).ok().flatten()) {
-                        Ok(text) => *value = text,
-                        Err(name) => missing = Some(name),
+                for (on, epoch) in lineage {
+                    let instance_id = super::placements::instance_id(&slot.service, slot.index, service.template, epoch);
+                    if let Some(port) = service.spec.port {
+                        routed
+                            .entry(&slot.service)
+                            .or_insert_with(|| RoutedService {
+                                service: slot.service.clone(),
+                                port,
+                                instances: Vec::new(),
+                                sticky: service.spec.sticky.clone(),
+                            })
+                            .instances
+                            .push((instance_id.clone(), service.version.clone()));
                     }
+                    placed.push((slot.service.clone(), instance_id.clone()));
+                    if on != agent_id {
+                        continue;
+                    }
+                    let RuntimeSpec::Process(process) = &service.spec.runtime;
+                    let mut resolved = process.clone();
+                    let mut missing = None;
+                    for value in resolved.env.values_mut() {
+                        match spec::resolve_secrets(value, &|name| secrets::value_in(c, name).ok().flatten()) {
+                            Ok(text) => *value = text,
+                            Err(name) => missing = Some(name),
+                        }
+                    }
+                    if let Some(name) = missing {
+                        tracing::warn!(instance = %instance_id, secret = %name, "instance not assigned: a secret it references is gone");
+                        continue;
+                    }
+                    assignments.push(Assignment {
+                        instance_id,
+                        service: slot.service.clone(),
+                        slot: slot.index,
+                        revision: service.template,
+                        version: service.version.clone(),
+                        process: resolved,
+                        health: service.spec.health.clone(),
+                        kill_timeout_ms: service.spec.kill_timeout_ms,
+                    });
                 }
-                if let Some(name) = missing {
-                    tracing::warn!(instance = %instance_id, secret = %name, "instance not assigned: a secret it references is gone");
-                    continue;
-                }
-                assignments.push(Assignment {
-                    instance_id,
-                    service: slot.service.clone(),
-                    slot: slot.index,
-                    revision: service.template,
-                    version: service.version.clone(),
-                    process: resolved,
-                    health: service.spec.health.clone(),
-                    kill_timeout_ms: service.spec.kill_timeout_ms,
-                });
             }
-            let placed = slots
-                .iter()
-                .filter(|(_, stored)| stored.node.is_some())
-                .filter_map(|(slot, _)| {
-                    let service = services.get(&slot.service)?;
-                    Some((
-                        slot.service.clone(),
-                        format!("{}-{}-r{}", slot.service, slot.index, service.template),
-                    ))
-                })
-                .collect();
             let depends_on = services
                 .iter()
                 .map(|(name, service)| (name.clone(), service.spec.depends_on.clone()))
@@ -416,6 +425,85 @@ impl PlatformStore {
         })?
     }
 
+    /// Asks for every instance of `service` to be replaced, a few at a time (as its rollout policy's surge allows),
+    /// each new instance healthy before the old one stops. Blocking.
+    ///
+    /// # Errors
+    /// [`PlatformError::NotFound`], or the database failed.
+    pub fn restart(&self, service: &str, by: &TokenInfo) -> Result<u64, PlatformError> {
+        self.db.write(|transaction| {
+            let newest: Option<i64> = transaction
+                .query_row(
+                    "SELECT MAX(s.restart_epoch, COALESCE((SELECT MAX(epoch) FROM placements WHERE service = s.name), 0))
+                     FROM services s WHERE s.name = ?1",
+                    [service],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|e| self.db.error(e))?;
+            let Some(newest) = newest else {
+                return Ok(Err(not_found(service)));
+            };
+            let epoch = newest + 1;
+            transaction
+                .execute(
+                    "UPDATE services SET restart_epoch = ?2, updated = ?3 WHERE name = ?1",
+                    params![service, epoch, now_rfc3339()],
+                )
+                .map_err(|e| self.db.error(e))?;
+            let detail = format!("generation {epoch}");
+            audit::append(
+                transaction,
+                &Action { actor: by, action: "restart", target: service, outcome: "ok", detail: &detail },
+            )
+            .map_err(|e| self.db.error(e))?;
+            Ok::<_, StateError>(Ok(epoch as u64))
+        })?
+    }
+
+    /// Drains a node (its instances move elsewhere, each replacement healthy before the old one stops; it takes no
+    /// new ones) or makes it eligible again, as `by`. Blocking.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn drain(
+        &self,
+        agent_id: &str,
+        drained: bool,
+        by: &TokenInfo,
+    ) -> Result<bool, PlatformError> {
+        Ok(self.db.write(|transaction| {
+            let changed = super::placements::set_drained(transaction, agent_id, drained)
+                .map_err(|e| self.db.error(e))?;
+            let action = if drained {
+                "node.drain"
+            } else {
+                "node.activate"
+            };
+            let detail = if changed { "" } else { "no change" };
+            audit::append(
+                transaction,
+                &Action {
+                    actor: by,
+                    action,
+                    target: agent_id,
+                    outcome: "ok",
+                    detail,
+                },
+            )
+            .map_err(|e| self.db.error(e))?;
+            Ok::<_, StateError>(changed)
+        })?)
+    }
+
+    /// The drained nodes.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn drained(&self) -> Result<std::collections::BTreeSet<String>, PlatformError> {
+        Ok(self.db.read(super::placements::drained)?)
+    }
+
     /// Sets a secret as `by`; returns whether it is new. Blocking.
     ///
     /// # Errors
@@ -539,6 +627,8 @@ pub struct RoutedService {
     pub port: u16,
     /// Every placed instance: id and version.
     pub instances: Vec<(String, String)>,
+    /// Its stickiness.
+    pub sticky: Option<gantry_proto::platform::Sticky>,
 }
 
 /// A service's current revision with its version label.
@@ -561,6 +651,44 @@ fn running(connection: &Connection) -> rusqlite::Result<BTreeMap<String, Running
                 template: row.get::<_, i64>(1)? as u64,
                 version: row.get(2)?,
                 spec: json_column(row, 3)?,
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+/// What a restart or a drain needs of a service: its template revision, the generation every instance must reach
+/// (`gantry restart` raises it), its rollout policy and replicas.
+#[derive(Debug, Clone)]
+pub struct Replacing {
+    /// The template revision (instance ids carry it).
+    pub template: u64,
+    /// Every slot's instance must be of this generation or later.
+    pub restart_epoch: u64,
+    /// How many may be replaced at once.
+    pub rollout: gantry_proto::platform::RolloutPolicy,
+    /// Desired instances.
+    pub replicas: u32,
+}
+
+/// Every service's [`Replacing`], by name.
+///
+/// # Errors
+/// SQLite failed, or a stored spec does not parse.
+pub fn replacing(connection: &Connection) -> rusqlite::Result<BTreeMap<String, Replacing>> {
+    let mut statement = connection.prepare(
+        "SELECT s.name, r.template, s.restart_epoch, r.spec, s.replicas FROM services s
+         JOIN revisions r ON r.service = s.name AND r.revision = s.revision",
+    )?;
+    let rows = statement.query_map([], |row| {
+        let spec: ServiceSpec = json_column(row, 3)?;
+        Ok((
+            row.get::<_, String>(0)?,
+            Replacing {
+                template: row.get::<_, i64>(1)? as u64,
+                restart_epoch: row.get::<_, i64>(2)? as u64,
+                rollout: spec.rollout,
+                replicas: row.get::<_, i64>(4)? as u32,
             },
         ))
     })?;

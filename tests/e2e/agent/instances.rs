@@ -1,8 +1,8 @@
 //! The process runtime end to end: the real plane places a service on a real agent (`node` token), which starts
 //! the instances in sessions of their own with their environment and port, checks their health, restarts one
 //! killed with SIGKILL, keeps them running across a SIGKILL of the agent and re-adopts them without duplicates,
-//! restarts one that died while it was away, ships their output tagged with service and instance, and stops a
-//! removed instance with everything it started.
+//! restarts one that died while it was away, keeps running through a SIGKILL of the plane, ships their output tagged
+//! with service and instance, and stops a removed instance with everything it started.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -152,8 +152,15 @@ async fn instances_run_restart_survive_the_agent_and_stop_with_their_group() -> 
     let (web, sleeper) = (format!("web{suffix}"), format!("sleeper{suffix}"));
     let _cleanup = (Cleanup(format!("{web}-")), Cleanup(format!("{sleeper}-")));
     let tmp = tempfile::tempdir()?;
-    let (plane, [deployer, node]) =
-        start_with_tokens(&tmp.path().join("data"), &[], &[], ["deployer", "node"]).await?;
+    // A fixed API address, so that the agent finds the plane again after it restarts.
+    let api = format!("127.0.0.1:{}", crate::harness::process::free_port()?);
+    let (mut plane, [deployer, node]) = start_with_tokens(
+        &tmp.path().join("data"),
+        &["--http-addr", &api],
+        &[],
+        ["deployer", "node"],
+    )
+    .await?;
     let mut args: Vec<&str> = Agent::QUIET.to_vec();
     args.extend(["--heartbeat-interval-ms", "500"]);
     let mut agent = Agent::start_with(
@@ -271,6 +278,18 @@ async fn instances_run_restart_survive_the_agent_and_stop_with_their_group() -> 
     ensure!(
         running.len() == 2,
         "exactly one process per instance, no duplicates: {running:?}"
+    );
+
+    // The plane SIGKILLed and restarted: agents pull again, instances run on untouched, their state comes back.
+    plane.restart().await?;
+    let again = healthy(&plane, &deployer, &web, 2).await?;
+    ensure!(
+        again == after,
+        "the instances ran on through the plane's restart: {again:?} {after:?}"
+    );
+    ensure!(
+        instance_processes(&format!("{web}-")) == running,
+        "no instance started or stopped"
     );
 
     // Removing the sleeper stops its whole process group, its child included.

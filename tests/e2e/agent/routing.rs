@@ -28,6 +28,7 @@ fn spec(web: &str, port: u16, replicas: u32, down: &str, down_port: u16) -> Stri
         args: [-m, http.server, '${{PORT}}', --bind, '${{GANTRY_HOST}}']
     replicas: {replicas}
     port: {port}
+    routing: {{sticky: {{header: x-user}}}}
     health: {{http: {{path: /}}, interval: 300ms, timeout: 250ms}}
     kill_timeout: 2s
   {down}:
@@ -102,6 +103,27 @@ async fn routers_balance_trace_and_drain_across_three_nodes() -> Result<()> {
             && span["attributes"]["gantry.router"] == true,
         "{span}"
     );
+
+    // Stickiness by header: one user's requests land on one instance, whichever node they enter by.
+    let mut served = std::collections::BTreeSet::new();
+    for n in 0..6u8 {
+        let trace = format!("{n:02x}{}", "ab".repeat(15));
+        let response = client
+            .get(format!("http://127.0.0.{}:{port}/", 2 + n % 3))
+            .header("x-user", "alice")
+            .header("traceparent", format!("00-{trace}-eee19b7ec3c1b174-01"))
+            .send()
+            .await?;
+        ensure!(response.status() == 200);
+        let found = plane.wait_for_trace(&deployer, &trace, 1).await?;
+        served.insert(
+            found["spans"][0]["resource"]["service.instance.id"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        );
+    }
+    ensure!(served.len() == 1, "alice's requests went to {served:?}");
 
     // RED for a service with no instrumentation at all.
     let red = wait_until(WAIT, "RED rows from the routers", || async {
@@ -205,6 +227,61 @@ async fn routers_balance_trace_and_drain_across_three_nodes() -> Result<()> {
         Ok((healthy(&plane, &deployer, &web).await? == 3).then_some(()))
     })
     .await?;
+
+    // A rolling restart under the same load: every instance replaced, each new one healthy before the old one goes.
+    let ids = |instances: Vec<serde_json::Value>| -> Vec<(String, String)> {
+        instances
+            .iter()
+            .filter(|i| i["actual"]["phase"] == "healthy" && i["replacement"].is_null())
+            .filter_map(|i| {
+                Some((
+                    i["instance_id"].as_str()?.to_owned(),
+                    i["node"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    };
+    let out = gantry(vec!["restart".into(), web.clone()]).await?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(WAIT, "every instance replaced", || async {
+        let now = ids(super::instances(&plane, &deployer, &web).await?);
+        Ok((now.len() == 3 && now.iter().all(|(id, _)| id.ends_with("-e1"))).then_some(()))
+    })
+    .await?;
+
+    // Draining the first node under the same load: its instance moves to the others, new first.
+    let first_node = std::fs::read_to_string(tmp.path().join("agent2/agent-id"))?
+        .trim()
+        .to_owned();
+    let out = gantry(vec!["nodes".into(), "drain".into(), first_node.clone()]).await?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(WAIT, "nothing left on the drained node", || async {
+        let now = ids(super::instances(&plane, &deployer, &web).await?);
+        Ok((now.len() == 3 && now.iter().all(|(_, node)| *node != first_node)).then_some(()))
+    })
+    .await?;
+    let listing = gantry(vec!["nodes".into()]).await?;
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    ensure!(
+        listing
+            .lines()
+            .any(|l| l.starts_with(&first_node) && l.contains("draining")),
+        "{listing}"
+    );
+    ensure!(
+        gantry(vec!["nodes".into(), "activate".into(), first_node.clone()])
+            .await?
+            .status
+            .success()
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop.store(true, Ordering::Relaxed);
     let failures = load.await?;
@@ -268,7 +345,15 @@ async fn routers_balance_trace_and_drain_across_three_nodes() -> Result<()> {
         .filter_map(|e| e["action"].as_str())
         .collect();
     ensure!(
-        actions.starts_with(&["start", "stop", "scale", "scale"]),
+        actions.starts_with(&[
+            "start",
+            "stop",
+            "node.activate",
+            "node.drain",
+            "restart",
+            "scale",
+            "scale"
+        ]),
         "{actions:?}"
     );
     for agent in &mut agents {

@@ -6,6 +6,7 @@ CREATE TABLE services (
     revision INTEGER NOT NULL,      -- the current revision's number
     replicas INTEGER NOT NULL,      -- desired instances (the spec's, until `gantry scale` changes it)
     stopped  INTEGER NOT NULL DEFAULT 0,  -- 1 after `gantry stop`: no instance runs until `gantry start`
+    restart_epoch INTEGER NOT NULL DEFAULT 0,  -- `gantry restart`: every slot's instance of an older generation is replaced
     updated  TEXT NOT NULL          -- RFC 3339, when `revision` or `replicas` last changed
 ) STRICT;
 
