@@ -14,13 +14,18 @@ pub struct Counts {
     pub failed: AtomicU64,
 }
 
-/// Sends `rate` requests per second to `url` until `stop` resolves; returns the counts as they go.
+/// Sends `rate` requests per second to `url` (none when `rate` is 0) until `stop` resolves, counting outcomes in
+/// `counts` as they come.
 pub async fn run(
     url: String,
     rate: f64,
     counts: Arc<Counts>,
     stop: impl std::future::Future<Output = ()>,
 ) {
+    if rate <= 0.0 {
+        stop.await;
+        return;
+    }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -26,6 +26,9 @@ pub struct DemoArgs {
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:8700")]
     http_addr: String,
+    /// Requests per second the load generator sends to the demo bank's gateway (0: none).
+    #[arg(long, default_value_t = 20.0)]
+    load_rate: f64,
 }
 
 /// Runs the demo until Ctrl-C or SIGTERM.
@@ -33,6 +36,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let DemoArgs {
         data_dir,
         http_addr,
+        load_rate,
     } = args;
     let config = RawConfig {
         data_dir: Some(data_dir.clone()),
@@ -79,7 +83,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let launched = launch_bank(&base, &admin.token).await;
         let load = tokio::spawn(gantry_demo::load::run(
             format!("http://127.0.0.1:{GATEWAY_PORT}/transfer"),
-            LOAD_RATE,
+            load_rate,
             counts.clone(),
             load_stop.clone().cancelled_owned(),
         ));
@@ -105,7 +109,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                     "  The demo bank (demo/platform.yaml: gateway -> accounts, payments -> ledger) runs on this node,"
                 );
                 println!(
-                    "  with {LOAD_RATE} requests/s to http://127.0.0.1:{GATEWAY_PORT}/transfer. Try:"
+                    "  with {load_rate} requests/s to http://127.0.0.1:{GATEWAY_PORT}/transfer (--load-rate). Try:"
                 );
                 println!("    export GANTRY_PLANE={base} GANTRY_TOKEN={}", admin.token);
                 println!("    gantry status                 # where each instance runs, and its health");
@@ -146,8 +150,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 const PLATFORM: &str = include_str!("../../../demo/platform.yaml");
 /// Where `gateway` is routed on the demo's node.
 const GATEWAY_PORT: u16 = 9101;
-/// Requests per second of the demo's load generator.
-const LOAD_RATE: f64 = 20.0;
 
 /// Waits for the demo's node to offer the process runtime, then applies the demo bank through the API.
 async fn launch_bank(base: &str, token: &str) -> anyhow::Result<()> {
