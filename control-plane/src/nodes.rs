@@ -456,6 +456,14 @@ impl NodeRegistry {
             .collect()
     }
 
+    /// The id of the token that registered a node.
+    pub fn owner(&self, agent_id: &str) -> Option<String> {
+        self.lock()
+            .by_id
+            .get(agent_id)
+            .map(|node| node.token_id.clone())
+    }
+
     /// One node by agent id.
     pub fn get(&self, agent_id: &str) -> Option<NodeInfo> {
         self.get_at(agent_id, Instant::now())

@@ -156,7 +156,7 @@ impl Scheduler {
         drained: &std::collections::BTreeSet<String>,
         changes: &mut Changes,
     ) -> rusqlite::Result<()> {
-        let services = platform::replacing(transaction)?;
+        let services = platform::current(transaction)?;
         let slots = placements::load(transaction, None)?;
         let mut in_flight: HashMap<String, u32> = HashMap::new();
         for (slot, stored) in &slots {
@@ -206,11 +206,12 @@ impl Scheduler {
                 continue;
             }
             let replicas = service.replicas.max(1);
-            let surge = service.rollout.max_surge.resolve(replicas, true);
+            let surge = service.spec.rollout.max_surge.resolve(replicas, true);
             let batch = if surge > 0 {
                 surge
             } else {
                 service
+                    .spec
                     .rollout
                     .max_unavailable
                     .resolve(replicas, false)

@@ -121,6 +121,26 @@ impl AppState {
     }
 }
 
+/// Runs `work` on a state store (tokens, the platform) on a blocking thread: a committed write fsyncs.
+///
+/// # Errors
+/// `work`'s error as an [`ApiError`]; a panic of the task is a 500.
+pub async fn blocking<S, T, E>(
+    store: &S,
+    work: impl FnOnce(&S) -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    S: Clone + Send + 'static,
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .map_err(|error| ApiError::Internal(format!("state task failed: {error}")))?
+        .map_err(Into::into)
+}
+
 /// The whole HTTP application of the API port.
 pub fn app(state: AppState) -> Router {
     Router::new()

@@ -81,7 +81,7 @@ pub async fn list(
         .await
         .map_err(|error| ApiError::Internal(format!("node listing failed: {error}")))?;
     let mut listed = listed;
-    listed.drained = super::platform::blocking(&state.platform, |platform| platform.drained())
+    listed.drained = super::blocking(&state.platform, |platform| platform.drained())
         .await?
         .into_iter()
         .collect();
@@ -119,7 +119,7 @@ async fn set_drained(
         )));
     }
     let by = caller.token.clone();
-    super::platform::blocking(&state.platform, move |platform| {
+    super::blocking(&state.platform, move |platform| {
         platform.drain(&agent_id, drained, &by)
     })
     .await?;
@@ -146,7 +146,7 @@ fn own_node(
     caller: &gantry_proto::TokenInfo,
     agent_id: &str,
 ) -> Result<(), ApiError> {
-    let Some(owner) = state.nodes.owners().remove(agent_id) else {
+    let Some(owner) = state.nodes.owner(agent_id) else {
         return Err(ApiError::NotFound(format!(
             "no node `{agent_id}`: an agent heartbeats before it asks for work"
         )));
@@ -177,8 +177,7 @@ pub async fn assignments(
     };
     let node = agent_id.clone();
     let work =
-        super::platform::blocking(&state.platform, move |platform| platform.assignments(&node))
-            .await?;
+        super::blocking(&state.platform, move |platform| platform.assignments(&node)).await?;
     let ready = state.instances.ready();
     // Start order: an instance not started yet waits until every service it depends on has a ready instance.
     let ready_services: std::collections::HashSet<&str> = work

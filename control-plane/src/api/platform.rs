@@ -14,20 +14,8 @@ use gantry_proto::platform::{
 };
 use serde::Deserialize;
 
-use super::{ApiError, AppState, Caller, DeployAccess, JsonBody, Params, ReadAccess};
-use crate::state::platform::{PlatformError, PlatformStore};
-
-/// Runs blocking platform work off the async threads.
-pub async fn blocking<T: Send + 'static>(
-    platform: &PlatformStore,
-    work: impl FnOnce(&PlatformStore) -> Result<T, PlatformError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let platform = platform.clone();
-    tokio::task::spawn_blocking(move || work(&platform))
-        .await
-        .map_err(|error| ApiError::Internal(format!("platform task failed: {error}")))?
-        .map_err(ApiError::from)
-}
+use super::{ApiError, AppState, Caller, DeployAccess, JsonBody, Params, ReadAccess, blocking};
+use crate::state::platform::PlatformError;
 
 impl From<PlatformError> for ApiError {
     fn from(error: PlatformError) -> Self {

@@ -7,20 +7,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use gantry_proto::{CreateTokenRequest, CreatedToken, TokenInfo};
 
-use super::{AdminAccess, ApiError, AppState, Caller, JsonBody};
+use super::{AdminAccess, ApiError, AppState, Caller, JsonBody, blocking};
 use crate::state::audit::Action;
-use crate::state::tokens::{TokenError, TokenStore};
-
-async fn blocking<T: Send + 'static>(
-    tokens: &TokenStore,
-    work: impl FnOnce(&TokenStore) -> Result<T, TokenError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let tokens = tokens.clone();
-    tokio::task::spawn_blocking(move || work(&tokens))
-        .await
-        .map_err(|error| ApiError::Internal(format!("token task failed: {error}")))?
-        .map_err(ApiError::from)
-}
 
 /// `POST /api/v1/tokens`.
 pub async fn create(
@@ -68,7 +56,7 @@ async fn audit(
     detail: &str,
 ) {
     let (actor, target, detail) = (caller.token.clone(), target.to_owned(), detail.to_owned());
-    let recorded = super::platform::blocking(&state.platform, move |platform| {
+    let recorded = blocking(&state.platform, move |platform| {
         platform.record(&Action {
             actor: &actor,
             action,

@@ -102,8 +102,7 @@ pub async fn services(
     let started = Instant::now();
     let range = parse_range(params.from.as_deref(), params.to.as_deref())?;
     let services = state.store.services(range).await?;
-    let deployed =
-        super::platform::blocking(&state.platform, |platform| platform.deployed()).await?;
+    let deployed = super::blocking(&state.platform, |platform| platform.deployed()).await?;
     let took_ms = state.query_done("services", started);
     Ok(Json(ServicesResponse {
         services,

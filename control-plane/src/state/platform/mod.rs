@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use gantry_proto::TokenInfo;
-use gantry_proto::instances::Assignment;
 use gantry_proto::platform::{
     ApplyRequest, ApplyResponse, AuditEntry, Change, DeployedService, Revision, RuntimeSpec,
     SecretInfo, ServicePlan, ServiceSpec,
@@ -19,6 +18,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::audit::{self, Action};
 use super::{StateDb, StateError, now_rfc3339, secrets};
 use crate::spec::{self, SpecError, diff::diff};
+
+mod assignments;
+
+pub use assignments::{NodeWork, RoutedService};
 
 /// Why a platform change was not made.
 #[derive(Debug, thiserror::Error)]
@@ -46,117 +49,32 @@ pub struct PlatformStore {
     db: Arc<StateDb>,
 }
 
-/// A service's current revision.
+/// A service as it stands: its current revision, with the service row's settings. Every view of the current
+/// services (plans, placement demands, assignments, restarts, listings) is derived from this one read.
 #[derive(Debug, Clone)]
-struct Current {
-    revision: u64,
-    spec: ServiceSpec,
+pub struct CurrentService {
+    /// The current revision.
+    pub revision: u64,
+    /// The revision whose instance template runs (instance ids carry it).
+    pub template: u64,
+    /// The revision's version label.
+    pub version: String,
+    /// Desired instances (the spec's, or `gantry scale`'s).
+    pub replicas: u32,
+    /// Stopped with `gantry stop`.
+    pub stopped: bool,
+    /// Every slot's instance must be of this generation or later (`gantry restart` raises it).
+    pub restart_epoch: u64,
+    /// When the revision or replicas last changed, RFC 3339.
+    pub updated: String,
+    /// The revision's spec.
+    pub spec: ServiceSpec,
 }
 
 impl PlatformStore {
     /// The platform in `db`.
     pub fn new(db: Arc<StateDb>) -> PlatformStore {
         PlatformStore { db }
-    }
-
-    /// What `agent_id` should run (its placed slots at each service's current revision, secrets resolved) and
-    /// every routed service with the instance ids of all its placed slots.
-    ///
-    /// # Errors
-    /// The database failed.
-    pub fn assignments(&self, agent_id: &str) -> Result<NodeWork, PlatformError> {
-        Ok(self.db.read(|c| {
-            let services = running(c)?;
-            let slots = super::placements::load(c, None)?;
-            let mut assignments = Vec::new();
-            let mut placed = Vec::new();
-            // Every service with a routed port keeps its route, instances or not (its routers answer 503).
-            let mut routed: BTreeMap<&str, RoutedService> = services
-                .iter()
-                .filter_map(|(name, service)| {
-                    let port = service.spec.port?;
-                    Some((
-                        name.as_str(),
-                        RoutedService {
-                            service: name.clone(),
-                            port,
-                            instances: Vec::new(),
-                            sticky: service.spec.sticky.clone(),
-                        },
-                    ))
-                })
-                .collect();
-            for (slot, stored) in &slots {
-                let Some(node) = &stored.node else { continue };
-                let Some(service) = services.get(&slot.service) else { continue };
-                // The current instance, and the replacement being started; without surge the current one goes
-                // first.
-                let surge = service
-                    .spec
-                    .rollout
-                    .max_surge
-                    .resolve(service.spec.replicas.max(1), true);
-                let mut lineage = Vec::new();
-                if stored.next.is_none() || surge > 0 {
-                    lineage.push((node.clone(), stored.epoch));
-                }
-                if let Some((next_node, next_epoch)) = &stored.next {
-                    lineage.push((next_node.clone(), *next_epoch));
-                }
-                for (on, epoch) in lineage {
-                    let instance_id = super::placements::instance_id(&slot.service, slot.index, service.template, epoch);
-                    if let Some(port) = service.spec.port {
-                        routed
-                            .entry(&slot.service)
-                            .or_insert_with(|| RoutedService {
-                                service: slot.service.clone(),
-                                port,
-                                instances: Vec::new(),
-                                sticky: service.spec.sticky.clone(),
-                            })
-                            .instances
-                            .push((instance_id.clone(), service.version.clone()));
-                    }
-                    placed.push((slot.service.clone(), instance_id.clone()));
-                    if on != agent_id {
-                        continue;
-                    }
-                    let RuntimeSpec::Process(process) = &service.spec.runtime;
-                    let mut resolved = process.clone();
-                    let mut missing = None;
-                    for value in resolved.env.values_mut() {
-                        match spec::resolve_secrets(value, &|name| secrets::value_in(c, name).ok().flatten()) {
-                            Ok(text) => *value = text,
-                            Err(name) => missing = Some(name),
-                        }
-                    }
-                    if let Some(name) = missing {
-                        tracing::warn!(instance = %instance_id, secret = %name, "instance not assigned: a secret it references is gone");
-                        continue;
-                    }
-                    assignments.push(Assignment {
-                        instance_id,
-                        service: slot.service.clone(),
-                        slot: slot.index,
-                        revision: service.template,
-                        version: service.version.clone(),
-                        process: resolved,
-                        health: service.spec.health.clone(),
-                        kill_timeout_ms: service.spec.kill_timeout_ms,
-                    });
-                }
-            }
-            let depends_on = services
-                .iter()
-                .map(|(name, service)| (name.clone(), service.spec.depends_on.clone()))
-                .collect();
-            Ok(NodeWork {
-                assignments,
-                routed: routed.into_values().collect(),
-                placed,
-                depends_on,
-            })
-        })?)
     }
 
     /// The state database.
@@ -315,26 +233,20 @@ impl PlatformStore {
     /// # Errors
     /// The database failed.
     pub fn deployed(&self) -> Result<Vec<DeployedService>, PlatformError> {
-        Ok(self.db.read(|c| {
-            let mut statement = c.prepare(
-                "SELECT s.name, s.revision, r.version, s.replicas, r.spec, s.updated, r.template, s.stopped FROM services s
-                 JOIN revisions r ON r.service = s.name AND r.revision = s.revision ORDER BY s.name",
-            )?;
-            let rows = statement.query_map([], |row| {
-                let spec: ServiceSpec = json_column(row, 4)?;
-                Ok(DeployedService {
-                    service: row.get(0)?,
-                    revision: row.get::<_, i64>(1)? as u64,
-                    template_revision: row.get::<_, i64>(6)? as u64,
-                    version: row.get(2)?,
-                    replicas: row.get::<_, i64>(3)? as u32,
-                    stopped: row.get::<_, i64>(7)? != 0,
-                    port: spec.port,
-                    updated: row.get(5)?,
-                })
-            })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })?)
+        let services = self.db.read(current)?;
+        Ok(services
+            .into_iter()
+            .map(|(name, service)| DeployedService {
+                service: name,
+                revision: service.revision,
+                template_revision: service.template,
+                version: service.version,
+                replicas: service.replicas,
+                stopped: service.stopped,
+                port: service.spec.port,
+                updated: service.updated,
+            })
+            .collect())
     }
 
     /// Sets a service's desired instances as `by` (no new revision: the instances' template is unchanged); returns
@@ -605,96 +517,6 @@ impl PlatformStore {
     }
 }
 
-/// What a node's agent is told, before readiness is known: see [`PlatformStore::assignments`].
-#[derive(Debug, Clone)]
-pub struct NodeWork {
-    /// The instances placed on the node.
-    pub assignments: Vec<Assignment>,
-    /// Every routed service with its placed instances.
-    pub routed: Vec<RoutedService>,
-    /// Every placed instance on any node: (service, instance id).
-    pub placed: Vec<(String, String)>,
-    /// Each service's dependencies.
-    pub depends_on: BTreeMap<String, Vec<String>>,
-}
-
-/// A routed service and its placed instances (id, version), for the routers' tables.
-#[derive(Debug, Clone)]
-pub struct RoutedService {
-    /// The service.
-    pub service: String,
-    /// Its routed port.
-    pub port: u16,
-    /// Every placed instance: id and version.
-    pub instances: Vec<(String, String)>,
-    /// Its stickiness.
-    pub sticky: Option<gantry_proto::platform::Sticky>,
-}
-
-/// A service's current revision with its version label.
-struct Running {
-    /// The revision whose template runs.
-    template: u64,
-    version: String,
-    spec: ServiceSpec,
-}
-
-fn running(connection: &Connection) -> rusqlite::Result<BTreeMap<String, Running>> {
-    let mut statement = connection.prepare(
-        "SELECT s.name, r.template, r.version, r.spec FROM services s
-         JOIN revisions r ON r.service = s.name AND r.revision = s.revision",
-    )?;
-    let rows = statement.query_map([], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            Running {
-                template: row.get::<_, i64>(1)? as u64,
-                version: row.get(2)?,
-                spec: json_column(row, 3)?,
-            },
-        ))
-    })?;
-    rows.collect()
-}
-
-/// What a restart or a drain needs of a service: its template revision, the generation every instance must reach
-/// (`gantry restart` raises it), its rollout policy and replicas.
-#[derive(Debug, Clone)]
-pub struct Replacing {
-    /// The template revision (instance ids carry it).
-    pub template: u64,
-    /// Every slot's instance must be of this generation or later.
-    pub restart_epoch: u64,
-    /// How many may be replaced at once.
-    pub rollout: gantry_proto::platform::RolloutPolicy,
-    /// Desired instances.
-    pub replicas: u32,
-}
-
-/// Every service's [`Replacing`], by name.
-///
-/// # Errors
-/// SQLite failed, or a stored spec does not parse.
-pub fn replacing(connection: &Connection) -> rusqlite::Result<BTreeMap<String, Replacing>> {
-    let mut statement = connection.prepare(
-        "SELECT s.name, r.template, s.restart_epoch, r.spec, s.replicas FROM services s
-         JOIN revisions r ON r.service = s.name AND r.revision = s.revision",
-    )?;
-    let rows = statement.query_map([], |row| {
-        let spec: ServiceSpec = json_column(row, 3)?;
-        Ok((
-            row.get::<_, String>(0)?,
-            Replacing {
-                template: row.get::<_, i64>(1)? as u64,
-                restart_epoch: row.get::<_, i64>(2)? as u64,
-                rollout: spec.rollout,
-                replicas: row.get::<_, i64>(4)? as u32,
-            },
-        ))
-    })?;
-    rows.collect()
-}
-
 /// A plan: the answer, and the new specs by name.
 type Planned = (ApplyResponse, BTreeMap<String, ServiceSpec>);
 
@@ -704,20 +526,15 @@ type Planned = (ApplyResponse, BTreeMap<String, ServiceSpec>);
 /// # Errors
 /// SQLite failed, or a stored spec does not parse.
 pub fn demands(connection: &Connection) -> rusqlite::Result<Vec<crate::placement::Demand>> {
-    let mut statement = connection.prepare(
-        "SELECT s.name, CASE WHEN s.stopped = 0 THEN s.replicas ELSE 0 END, r.spec FROM services s
-         JOIN revisions r ON r.service = s.name AND r.revision = s.revision ORDER BY s.name",
-    )?;
-    let rows = statement.query_map([], |row| {
-        let spec: ServiceSpec = json_column(row, 2)?;
-        Ok(crate::placement::Demand {
-            service: row.get(0)?,
-            replicas: row.get::<_, i64>(1)?.clamp(0, i64::from(u32::MAX)) as u32,
-            resources: spec.resources,
-            constraints: spec.constraints,
+    Ok(current(connection)?
+        .into_iter()
+        .map(|(name, service)| crate::placement::Demand {
+            service: name,
+            replicas: if service.stopped { 0 } else { service.replicas },
+            resources: service.spec.resources,
+            constraints: service.spec.constraints,
         })
-    })?;
-    rows.collect()
+        .collect())
 }
 
 /// Parses and plans `request` against the state `connection` sees.
@@ -748,7 +565,7 @@ fn plan_in(
 }
 
 /// What applying `specs` does to each service: pure.
-fn plan(current: &BTreeMap<String, Current>, specs: &[ServiceSpec]) -> Vec<ServicePlan> {
+fn plan(current: &BTreeMap<String, CurrentService>, specs: &[ServiceSpec]) -> Vec<ServicePlan> {
     let mut plans: Vec<ServicePlan> = specs
         .iter()
         .map(|spec| match current.get(&spec.name) {
@@ -789,17 +606,27 @@ fn plan(current: &BTreeMap<String, Current>, specs: &[ServiceSpec]) -> Vec<Servi
     plans
 }
 
-fn current(connection: &Connection) -> rusqlite::Result<BTreeMap<String, Current>> {
+/// Every service as it stands, by name (one read of `services` joined with their current revisions).
+///
+/// # Errors
+/// SQLite failed, or a stored spec does not parse.
+pub fn current(connection: &Connection) -> rusqlite::Result<BTreeMap<String, CurrentService>> {
     let mut statement = connection.prepare(
-        "SELECT s.name, s.revision, r.spec FROM services s
-         JOIN revisions r ON r.service = s.name AND r.revision = s.revision",
+        "SELECT s.name, s.revision, r.template, r.version, s.replicas, s.stopped, s.restart_epoch, s.updated, r.spec
+         FROM services s JOIN revisions r ON r.service = s.name AND r.revision = s.revision",
     )?;
     let rows = statement.query_map([], |row| {
         Ok((
             row.get::<_, String>(0)?,
-            Current {
+            CurrentService {
                 revision: row.get::<_, i64>(1)? as u64,
-                spec: json_column(row, 2)?,
+                template: row.get::<_, i64>(2)? as u64,
+                version: row.get(3)?,
+                replicas: row.get::<_, i64>(4)?.clamp(0, i64::from(u32::MAX)) as u32,
+                stopped: row.get::<_, i64>(5)? != 0,
+                restart_epoch: row.get::<_, i64>(6)? as u64,
+                updated: row.get(7)?,
+                spec: json_column(row, 8)?,
             },
         ))
     })?;
