@@ -205,18 +205,7 @@ impl Scheduler {
             if !restarting && !draining {
                 continue;
             }
-            let replicas = service.replicas.max(1);
-            let surge = service.spec.rollout.max_surge.resolve(replicas, true);
-            let batch = if surge > 0 {
-                surge
-            } else {
-                service
-                    .spec
-                    .rollout
-                    .max_unavailable
-                    .resolve(replicas, false)
-                    .max(1)
-            };
+            let (batch, _) = service.replacement_batch();
             let busy = in_flight.entry(slot.service.clone()).or_default();
             if *busy >= batch {
                 continue;

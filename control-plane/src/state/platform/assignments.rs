@@ -44,13 +44,9 @@ impl PlatformStore {
                 let Some(service) = services.get(&slot.service) else { continue };
                 // The current instance, and the replacement being started; without surge the current one goes
                 // first.
-                let surge = service
-                    .spec
-                    .rollout
-                    .max_surge
-                    .resolve(service.spec.replicas.max(1), true);
+                let (_, surge) = service.replacement_batch();
                 let mut lineage = Vec::new();
-                if stored.next.is_none() || surge > 0 {
+                if stored.next.is_none() || surge {
                     lineage.push((node.clone(), stored.epoch));
                 }
                 if let Some((next_node, next_epoch)) = &stored.next {

@@ -606,6 +606,23 @@ fn plan(current: &BTreeMap<String, CurrentService>, specs: &[ServiceSpec]) -> Ve
     plans
 }
 
+impl CurrentService {
+    /// How many of its instances may be replaced at once during a restart or a drain, and whether the new ones
+    /// start beside the old (surge) rather than after them: `max_surge` of its desired replicas when above 0
+    /// (rounded up), else `max_unavailable` (rounded down, at least 1), as Kubernetes resolves them.
+    pub fn replacement_batch(&self) -> (u32, bool) {
+        let replicas = self.replicas.max(1);
+        let rollout = &self.spec.rollout;
+        match rollout.max_surge.resolve(replicas, true) {
+            0 => (
+                rollout.max_unavailable.resolve(replicas, false).max(1),
+                false,
+            ),
+            surge => (surge, true),
+        }
+    }
+}
+
 /// Every service as it stands, by name (one read of `services` joined with their current revisions).
 ///
 /// # Errors
@@ -728,4 +745,49 @@ fn references(spec: &ServiceSpec, secret: &str) -> bool {
         .env
         .values()
         .any(|value| spec::secret_references(value).is_ok_and(|names| names.contains(&secret)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CurrentService;
+
+    fn service(rollout: &str, replicas: u32) -> CurrentService {
+        let yaml = format!(
+            "services:\n  api:\n    runtime: {{process: {{command: x}}}}\n    rollout: {rollout}\n"
+        );
+        let spec = crate::spec::parse("t.yaml", &yaml, &|_| true)
+            .unwrap()
+            .remove(0);
+        CurrentService {
+            revision: 1,
+            template: 1,
+            version: "r1".into(),
+            replicas,
+            stopped: false,
+            restart_epoch: 0,
+            updated: String::new(),
+            spec,
+        }
+    }
+
+    #[test]
+    fn replacement_batches_follow_the_desired_replicas() {
+        assert_eq!(
+            service("{}", 8).replacement_batch(),
+            (2, true),
+            "25% surge of 8"
+        );
+        assert_eq!(
+            service("{}", 1).replacement_batch(),
+            (1, true),
+            "surge rounds up"
+        );
+        let no_surge = "{max_surge: 0, max_unavailable: 50%}";
+        assert_eq!(service(no_surge, 8).replacement_batch(), (4, false));
+        assert_eq!(
+            service(no_surge, 1).replacement_batch(),
+            (1, false),
+            "at least one"
+        );
+    }
 }
