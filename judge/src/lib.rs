@@ -1,0 +1,480 @@
+//! Gantry's canary judge: a canary version against its stable version, judged on every request as it arrives, with
+//! tests whose false-alarm rate holds however often they are looked at.
+//!
+//! - **Errors**: who gets each error, given the routers' weights ([`evalue::ErrorTest`]). Needs no estimate of
+//!   either version's error ratio, and compares the two over the same time window by construction.
+//! - **Latency**: a sign test on pairs of canary and stable requests close in time ([`evalue::LatencyTest`]), with
+//!   an optional allowed relative increase.
+//!
+//! The false-rollback rate `α` (default 1% per deployment) is split evenly between the two tests; each test is a
+//! test supermartingale under its null, so the chance that either ever crosses `1/α_m` for a canary no worse than
+//! its stable is at most `α` (Ville's inequality). A verdict is [`Verdict::Fail`] the moment a test crosses,
+//! [`Verdict::Pass`] once the step's minimum exposure is reached without a crossing, and
+//! [`Verdict::Inconclusive`] when the step's deadline comes first: never a silent pass.
+//!
+//! Everything here is pure and serializable: the plane keeps a judge in its state database and resumes it after a
+//! restart. `sim` simulates request streams for the tests and `gantry bench judge`.
+
+pub mod evalue;
+pub mod histogram;
+pub mod interval;
+pub mod sim;
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use evalue::{ErrorTest, LatencyTest};
+use histogram::Histogram;
+use interval::Interval;
+
+/// Canary requests kept waiting for a stable request to pair with, and stable requests kept for pairing, at most.
+const PAIRING_QUEUE: usize = 64;
+/// The error test's share of `α`; the latency test has the rest. Errors get more: they are what a bad release
+/// shows first, and detection in a handful of requests is where the threshold costs most.
+pub const ERROR_SHARE: f64 = 0.7;
+/// Exemplar trace ids a record carries, at most.
+pub const EXEMPLARS: usize = 5;
+
+/// What the judge is asked to tolerate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct JudgeConfig {
+    /// The false-rollback rate per deployment, in (0, 1): 0.01 by default.
+    pub alpha: f64,
+    /// An error-ratio increase (canary minus stable, absolute: 0.01 is one percentage point) too small to fail a
+    /// canary for, even when it is certain; `None`: any certain increase fails it.
+    pub max_error_ratio_increase: Option<f64>,
+    /// The allowed relative latency increase (0.1: 10% slower); `None`: 0.
+    pub max_latency_increase: Option<f64>,
+}
+
+impl Default for JudgeConfig {
+    fn default() -> JudgeConfig {
+        JudgeConfig {
+            alpha: 0.01,
+            max_error_ratio_increase: None,
+            max_latency_increase: None,
+        }
+    }
+}
+
+/// One request, as the judge sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Whether the canary served it (else the stable version).
+    pub canary: bool,
+    /// The probability, in [0, 1], that the router sent it to the canary (the canary's weight share when it was
+    /// routed).
+    pub canary_share: f64,
+    /// Whether it failed (a 5xx, or no answer).
+    pub error: bool,
+    /// Its duration, nanoseconds.
+    pub latency_ns: u64,
+    /// Its trace id, hex (an exemplar when it is a failed or slow canary request).
+    pub trace_id: String,
+    /// When it ended, ns since the Unix epoch.
+    pub time_ns: u64,
+}
+
+/// A judged metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// The error ratio.
+    Errors,
+    /// Latency.
+    Latency,
+}
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Metric::Errors => "error ratio",
+            Metric::Latency => "latency",
+        })
+    }
+}
+
+/// A step's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "verdict", content = "reason")]
+pub enum Verdict {
+    /// Not decided yet.
+    Continue,
+    /// The minimum exposure is reached and no regression was found.
+    Pass,
+    /// A regression is established: abort at once.
+    Fail(String),
+    /// Too few canary requests by the step's deadline: hold and ask a human.
+    Inconclusive(String),
+}
+
+/// What a step must see before it may pass, and how long it may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exposure {
+    /// Canary requests at this step's weight.
+    pub min_requests: u64,
+    /// Time at this weight, milliseconds.
+    pub min_duration_ms: u64,
+    /// Past this time at this weight without enough requests, the step is inconclusive, milliseconds.
+    pub deadline_ms: u64,
+    /// Time at this weight so far, milliseconds.
+    pub elapsed_ms: u64,
+}
+
+/// Per version: requests, errors and latency (of the requests that did not fail).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct VersionStats {
+    requests: u64,
+    errors: u64,
+    latency: Histogram,
+}
+
+/// A judge over one deployment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Judge {
+    config: JudgeConfig,
+    errors: ErrorTest,
+    latency: LatencyTest,
+    canary: VersionStats,
+    stable: VersionStats,
+    /// Canary requests since the current step began.
+    step_requests: u64,
+    /// Stable latencies waiting to be paired, newest last.
+    stable_waiting: VecDeque<u64>,
+    /// Canary latencies waiting to be paired, oldest first.
+    canary_waiting: VecDeque<u64>,
+    /// Failed canary requests' trace ids, first ones.
+    failed: Vec<String>,
+    /// The slowest canary requests: (latency ns, trace id).
+    slowest: Vec<(u64, String)>,
+    /// The first and last observation, ns since the epoch.
+    window: Option<(u64, u64)>,
+    /// The first metric to cross its threshold, once one has.
+    failure: Option<Metric>,
+}
+
+impl Judge {
+    /// A judge with no observation.
+    pub fn new(config: JudgeConfig) -> Judge {
+        Judge {
+            config,
+            errors: ErrorTest::default(),
+            latency: LatencyTest::default(),
+            canary: VersionStats::default(),
+            stable: VersionStats::default(),
+            step_requests: 0,
+            stable_waiting: VecDeque::new(),
+            canary_waiting: VecDeque::new(),
+            failed: Vec::new(),
+            slowest: Vec::new(),
+            window: None,
+            failure: None,
+        }
+    }
+
+    /// The error test's share of the false-rollback rate: `ERROR_SHARE · α`.
+    pub fn error_alpha(&self) -> f64 {
+        self.config.alpha * ERROR_SHARE
+    }
+
+    /// The latency test's share: the rest of `α`.
+    pub fn latency_alpha(&self) -> f64 {
+        self.config.alpha * (1.0 - ERROR_SHARE)
+    }
+
+    /// Counts one request and re-tests; returns the metric that crossed, the first time one does.
+    pub fn observe(&mut self, observation: &Observation) -> Option<Metric> {
+        self.window = Some(match self.window {
+            None => (observation.time_ns, observation.time_ns),
+            Some((first, last)) => (
+                first.min(observation.time_ns),
+                last.max(observation.time_ns),
+            ),
+        });
+        let stats = if observation.canary {
+            self.step_requests += 1;
+            &mut self.canary
+        } else {
+            &mut self.stable
+        };
+        stats.requests += 1;
+        if observation.error {
+            stats.errors += 1;
+            if observation.canary_share > 0.0 && observation.canary_share < 1.0 {
+                self.errors
+                    .error(observation.canary_share, observation.canary);
+            }
+            if observation.canary && self.failed.len() < EXEMPLARS {
+                self.failed.push(observation.trace_id.clone());
+            }
+        } else {
+            stats.latency.record(observation.latency_ns);
+            if observation.canary {
+                self.canary_waiting.push_back(observation.latency_ns);
+                self.keep_slowest(observation);
+            } else {
+                self.stable_waiting.push_back(observation.latency_ns);
+            }
+            self.pair();
+        }
+        if self.failure.is_none() {
+            self.failure = self.crossed();
+            return self.failure;
+        }
+        None
+    }
+
+    /// Pairs waiting canary requests with the newest waiting stable ones (the pairing never looks at the values).
+    fn pair(&mut self) {
+        let factor = 1.0 + self.config.max_latency_increase.unwrap_or(0.0).max(0.0);
+        while !self.canary_waiting.is_empty() && !self.stable_waiting.is_empty() {
+            let (Some(canary), Some(stable)) = (
+                self.canary_waiting.pop_front(),
+                self.stable_waiting.pop_back(),
+            ) else {
+                break;
+            };
+            self.latency.pair(canary as f64 > stable as f64 * factor);
+        }
+        while self.stable_waiting.len() > PAIRING_QUEUE {
+            self.stable_waiting.pop_front();
+        }
+        while self.canary_waiting.len() > PAIRING_QUEUE {
+            self.canary_waiting.pop_front();
+        }
+    }
+
+    fn keep_slowest(&mut self, observation: &Observation) {
+        self.slowest
+            .push((observation.latency_ns, observation.trace_id.clone()));
+        self.slowest.sort_by(|a, b| b.0.cmp(&a.0));
+        self.slowest.truncate(EXEMPLARS);
+    }
+
+    /// The metric whose test crossed its threshold (errors first), if any.
+    fn crossed(&self) -> Option<Metric> {
+        let increase = self.ratio(&self.canary) - self.ratio(&self.stable);
+        let large_enough = self
+            .config
+            .max_error_ratio_increase
+            .is_none_or(|allowed| increase > allowed);
+        if self.errors.e_value() >= 1.0 / self.error_alpha() && large_enough {
+            return Some(Metric::Errors);
+        }
+        if self.latency.e_value() >= 1.0 / self.latency_alpha() {
+            return Some(Metric::Latency);
+        }
+        None
+    }
+
+    fn ratio(&self, stats: &VersionStats) -> f64 {
+        if stats.requests == 0 {
+            0.0
+        } else {
+            stats.errors as f64 / stats.requests as f64
+        }
+    }
+
+    /// Starts a new step: exposure counts from here (the tests go on over the whole deployment).
+    pub fn begin_step(&mut self) {
+        self.step_requests = 0;
+    }
+
+    /// Canary requests since the step began.
+    pub fn step_requests(&self) -> u64 {
+        self.step_requests
+    }
+
+    /// Canary requests over the deployment.
+    pub fn canary_requests(&self) -> u64 {
+        self.canary.requests
+    }
+
+    /// The first metric that crossed, if one has.
+    pub fn failure(&self) -> Option<Metric> {
+        self.failure
+    }
+
+    /// The step's verdict given its exposure so far.
+    pub fn verdict(&self, exposure: Exposure) -> Verdict {
+        if let Some(metric) = self.failure {
+            let record = self.record();
+            return Verdict::Fail(match metric {
+                Metric::Errors => format!(
+                    "the canary's error ratio {:.2}% is above the stable's {:.2}% (e-value {:.0} >= {:.0})",
+                    record.errors.canary.ratio * 100.0,
+                    record.errors.stable.ratio * 100.0,
+                    record.errors.e_value,
+                    record.errors.threshold
+                ),
+                Metric::Latency => format!(
+                    "the canary is slower than the stable: {} of {} paired requests slower{} (e-value {:.0} >= {:.0}); p99 {:.1} ms against {:.1} ms",
+                    record.latency.slower,
+                    record.latency.pairs,
+                    match self.config.max_latency_increase {
+                        Some(allowed) => format!(" by more than {:.0}%", allowed * 100.0),
+                        None => String::new(),
+                    },
+                    record.latency.e_value,
+                    record.latency.threshold,
+                    record.latency.canary.p99_ms,
+                    record.latency.stable.p99_ms
+                ),
+            });
+        }
+        if self.step_requests >= exposure.min_requests
+            && exposure.elapsed_ms >= exposure.min_duration_ms
+        {
+            return Verdict::Pass;
+        }
+        if exposure.elapsed_ms >= exposure.deadline_ms {
+            return Verdict::Inconclusive(format!(
+                "the canary served {} of the {} requests this step needs within its deadline of {} s: too few to judge",
+                self.step_requests,
+                exposure.min_requests,
+                exposure.deadline_ms / 1000
+            ));
+        }
+        Verdict::Continue
+    }
+
+    /// The decision record of the judge's state now: each metric's estimates for both versions with their
+    /// anytime-valid intervals, the e-values and thresholds, counts, the window and exemplars.
+    pub fn record(&self) -> Record {
+        let (error_alpha, latency_alpha) = (self.error_alpha(), self.latency_alpha());
+        let rate = |stats: &VersionStats| Rate {
+            requests: stats.requests,
+            errors: stats.errors,
+            ratio: self.ratio(stats),
+            interval: interval::proportion(stats.errors, stats.requests, error_alpha),
+        };
+        let latency = |stats: &VersionStats| Latency {
+            samples: stats.latency.count(),
+            p50_ms: stats.latency.quantile(0.5) / 1e6,
+            p99_ms: stats.latency.quantile(0.99) / 1e6,
+            p99_interval_ms: {
+                let ns = interval::quantile(&stats.latency, 0.99, latency_alpha);
+                Interval {
+                    low: ns.low / 1e6,
+                    high: ns.high / 1e6,
+                }
+            },
+        };
+        let mut exemplars = self.failed.clone();
+        for (_, trace) in &self.slowest {
+            if exemplars.len() >= EXEMPLARS {
+                break;
+            }
+            if !exemplars.contains(trace) {
+                exemplars.push(trace.clone());
+            }
+        }
+        Record {
+            alpha: self.config.alpha,
+            window_start_ns: self.window.map_or(0, |w| w.0),
+            window_end_ns: self.window.map_or(0, |w| w.1),
+            errors: ErrorRecord {
+                canary: rate(&self.canary),
+                stable: rate(&self.stable),
+                e_value: self.errors.e_value(),
+                threshold: 1.0 / error_alpha,
+                max_increase: self.config.max_error_ratio_increase,
+            },
+            latency: LatencyRecord {
+                canary: latency(&self.canary),
+                stable: latency(&self.stable),
+                pairs: self.latency.pairs,
+                slower: self.latency.slower,
+                slower_interval: interval::proportion(
+                    self.latency.slower,
+                    self.latency.pairs,
+                    latency_alpha,
+                ),
+                e_value: self.latency.e_value(),
+                threshold: 1.0 / latency_alpha,
+                max_increase: self.config.max_latency_increase,
+            },
+            exemplars,
+        }
+    }
+}
+
+/// What the judge knew at a verdict: see [`Judge::record`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The deployment's false-rollback rate (each metric's test and intervals use its share).
+    pub alpha: f64,
+    /// The first observation's end time, ns since the epoch (0: none yet).
+    pub window_start_ns: u64,
+    /// The last observation's end time, ns since the epoch.
+    pub window_end_ns: u64,
+    /// The error ratio.
+    pub errors: ErrorRecord,
+    /// Latency.
+    pub latency: LatencyRecord,
+    /// Trace ids of failed canary requests, then of the slowest ones, at most [`EXEMPLARS`].
+    pub exemplars: Vec<String>,
+}
+
+/// One version's error ratio.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    /// Requests.
+    pub requests: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// `errors / requests` (0 without requests).
+    pub ratio: f64,
+    /// Its anytime-valid interval.
+    pub interval: Interval,
+}
+
+/// The error test's part of a record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorRecord {
+    /// The canary.
+    pub canary: Rate,
+    /// The stable version, over the same window.
+    pub stable: Rate,
+    /// The e-value.
+    pub e_value: f64,
+    /// The e-value that fails the canary: `1 / (ERROR_SHARE · α)`.
+    pub threshold: f64,
+    /// The smallest increase that may fail the canary, absolute.
+    pub max_increase: Option<f64>,
+}
+
+/// One version's latency (of requests that did not fail).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Requests measured.
+    pub samples: u64,
+    /// Median, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub p99_ms: f64,
+    /// The 99th percentile's anytime-valid interval, milliseconds.
+    pub p99_interval_ms: Interval,
+}
+
+/// The latency test's part of a record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyRecord {
+    /// The canary.
+    pub canary: Latency,
+    /// The stable version, over the same window.
+    pub stable: Latency,
+    /// Pairs scored.
+    pub pairs: u64,
+    /// Pairs where the canary was slower (than the stable times `1 + max_increase`).
+    pub slower: u64,
+    /// The anytime-valid interval of the share of pairs where the canary is slower (0.5: no difference).
+    pub slower_interval: Interval,
+    /// The e-value.
+    pub e_value: f64,
+    /// The e-value that fails the canary.
+    pub threshold: f64,
+    /// The allowed relative increase.
+    pub max_increase: Option<f64>,
+}
