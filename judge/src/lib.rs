@@ -248,7 +248,7 @@ impl Judge {
     fn keep_slowest(&mut self, observation: &Observation) {
         self.slowest
             .push((observation.latency_ns, observation.trace_id.clone()));
-        self.slowest.sort_by(|a, b| b.0.cmp(&a.0));
+        self.slowest.sort_by_key(|(latency, _)| std::cmp::Reverse(*latency));
         self.slowest.truncate(EXEMPLARS);
     }
 
