@@ -26,6 +26,8 @@ pub struct PlaneIntake {
     pub tokens: TokenStore,
     /// Counters for `/metrics`.
     pub metrics: Arc<SelfMetrics>,
+    /// The canary judge's feed: router spans of services under a canary, once durable.
+    pub feed: Arc<crate::rollout::feed::Feed>,
 }
 
 impl From<AuthError> for Refusal {
@@ -131,6 +133,7 @@ impl Intake for PlaneIntake {
     async fn accept(&self, received: Received) -> Result<Accepted, Refusal> {
         let signal = received.request.signal();
         let services = items_by_service(&received.request);
+        let observations = self.feed.extract(&received.request);
         let bytes = match &received.encoded {
             Some(encoded) => encoded.len() as u64,
             None => received.request.encoded_len() as u64,
@@ -148,6 +151,7 @@ impl Intake for PlaneIntake {
         let protocol = received.protocol.as_str();
         match written.outcome {
             WriteOutcome::Stored => {
+                self.feed.push(observations);
                 self.metrics.batch(signal, protocol, "stored");
                 self.metrics
                     .stored(signal, bytes, started.elapsed().as_secs_f64());

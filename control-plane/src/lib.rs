@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod instances;
 pub mod nodes;
 pub mod placement;
+pub mod rollout;
 pub mod scheduler;
 pub mod server;
 pub mod spec;

@@ -70,6 +70,23 @@ enum Command {
     },
     /// Who changed what, when, with which outcome.
     Audit(cli::platform::AuditArgs),
+    /// Roll out a new version of a service (its rollout policy's strategy, or `--strategy`); `--wait` follows it
+    /// and exits 0 succeeded, 1 rolled back by the canary judge, 2 bad usage or auth, 3 timed out waiting (the
+    /// rollout goes on) or plane unreachable, 4 refused (another rollout running, invalid change, settings rolled
+    /// back before), 5 rolled back for health, progress deadline or by hand, 6 paused waiting for a human.
+    Deploy(cli::deploy::DeployArgs),
+    /// Roll a service back: abort its rollout under way, or roll out an earlier revision again (fast-tracked).
+    Rollback(cli::deploy::RollbackArgs),
+    /// Hold a service's rollout where it is.
+    Pause(cli::deploy::ControlArgs),
+    /// Go on with a paused rollout (an inconclusive step is judged again).
+    Resume(cli::deploy::ControlArgs),
+    /// Skip a rollout to its next step, or with `--full` to 100%.
+    Promote(cli::deploy::ControlArgs),
+    /// Stop a rollout and roll back to the stable revision.
+    Abort(cli::deploy::ControlArgs),
+    /// The deployment history (deploy markers), or one deployment with its decision records (`--id`).
+    Deployments(cli::deploy::DeploymentsArgs),
 }
 
 #[derive(Subcommand)]
@@ -95,11 +112,12 @@ struct PlaneArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    cli::remote::exit_code(run(cli))
+    cli::remote::exit_code(run(cli.command))
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+/// Runs a command (`deploy` and `rollback` end the process with exit codes of their own).
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Plane(args) => {
             gantry_support::logging::init(cli::LOG_FILTER);
             let open_files = gantry_support::process::raise_open_files_limit();
@@ -138,5 +156,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Nodes(args) => cli::platform::nodes(args),
         Command::Secret { command } => cli::platform::secret(command),
         Command::Audit(args) => cli::platform::audit(args),
+        Command::Pause(args) => cli::deploy::control("pause", args),
+        Command::Resume(args) => cli::deploy::control("resume", args),
+        Command::Promote(args) => cli::deploy::control("promote", args),
+        Command::Abort(args) => cli::deploy::control("abort", args),
+        Command::Deployments(args) => cli::deploy::list(args),
+        Command::Deploy(args) => std::process::exit(cli::deploy::deploy(args).into()),
+        Command::Rollback(args) => std::process::exit(cli::deploy::rollback(args).into()),
     }
 }

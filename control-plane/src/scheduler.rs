@@ -16,7 +16,7 @@ use crate::nodes::NodeRegistry;
 use crate::placement::{self, NodeState, NodeView};
 use crate::state::placements::{self, Changes};
 use crate::state::tokens::TokenStore;
-use crate::state::{StateDb, StateError, platform};
+use crate::state::{StateDb, StateError, deployments, platform};
 
 /// How often the loop plans when nothing asks it to.
 pub const INTERVAL: Duration = Duration::from_secs(5);
@@ -119,7 +119,8 @@ impl Scheduler {
                 .filter_map(|(slot, stored)| stored.node.map(|node| (slot, node)))
                 .collect();
             let plan = placement::place(&nodes, &demands, &current);
-            let mut changes = placements::store(transaction, &plan).map_err(error)?;
+            let templates = deployments::slot_templates(transaction).map_err(error)?;
+            let mut changes = placements::store(transaction, &plan, &templates).map_err(error)?;
             self.replace(transaction, &nodes, &demands, &drained, &mut changes)
                 .map_err(error)?;
             Ok::<_, StateError>(changes)
@@ -147,7 +148,8 @@ impl Scheduler {
     }
 
     /// Restarts and drains: completes each replacement whose new instance is healthy, and starts new ones while the
-    /// service's surge allows (without surge, its `max_unavailable`: the old instance stops first).
+    /// service's surge allows (without surge, its `max_unavailable`: the old instance stops first). A service with
+    /// a rollout in progress is left to the rollout, which owns its replacements.
     fn replace(
         &self,
         transaction: &rusqlite::Transaction<'_>,
@@ -157,19 +159,20 @@ impl Scheduler {
         changes: &mut Changes,
     ) -> rusqlite::Result<()> {
         let services = platform::current(transaction)?;
+        let rolling_out = deployments::active_services(transaction)?;
         let slots = placements::load(transaction, None)?;
         let mut in_flight: HashMap<String, u32> = HashMap::new();
         for (slot, stored) in &slots {
-            let (Some((next_node, next_epoch)), Some(service)) =
-                (&stored.next, services.get(&slot.service))
-            else {
+            let Some(next) = &stored.next else { continue };
+            if next.template != stored.template || rolling_out.contains(&slot.service) {
+                continue;
+            }
+            let Some(id) = stored.next_instance_id(slot) else {
                 continue;
             };
-            let id =
-                placements::instance_id(&slot.service, slot.index, service.template, *next_epoch);
             let healthy = self
                 .instances
-                .state(next_node, &id)
+                .state(&next.node, &id)
                 .is_some_and(|state| state.phase == gantry_proto::instances::Phase::Healthy);
             if healthy {
                 placements::complete_replacement(transaction, slot)?;
@@ -200,6 +203,9 @@ impl Scheduler {
             else {
                 continue;
             };
+            if rolling_out.contains(&slot.service) {
+                continue;
+            }
             let restarting = stored.epoch < service.restart_epoch;
             let draining = drained.contains(node);
             if !restarting && !draining {
@@ -219,7 +225,7 @@ impl Scheduler {
                 node.clone()
             };
             let epoch = (stored.epoch + 1).max(service.restart_epoch);
-            placements::begin_replacement(transaction, slot, &target, epoch)?;
+            placements::begin_replacement(transaction, slot, &target, epoch, stored.template)?;
             changes.replaced.push(slot.clone());
             *busy += 1;
         }

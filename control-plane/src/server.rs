@@ -128,6 +128,7 @@ pub async fn serve(
     }
     tasks.spawn(nodes.clone().watch(shutdown.clone().cancelled_owned()));
     tasks.spawn(state.scheduler.clone().run(shutdown.clone()));
+    tasks.spawn(state.rollouts.clone().run(shutdown.clone()));
     let limits = config.listener_limits();
     tracing::info!(
         max_connections = limits.connections.max(),

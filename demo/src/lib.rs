@@ -83,8 +83,23 @@ pub async fn serve(role: Role) -> anyhow::Result<()> {
         .parse()?;
     let host = env_or("GANTRY_HOST", "127.0.0.1");
     if role == Role::Echo {
+        // Uninstrumented: its RED and its canary verdicts come from the routers' spans alone. The same knobs.
         let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
-        let app = Router::new().fallback(|| async { "ok" });
+        let error_rate: f64 = env_or("ERROR_RATE", "0").parse().unwrap_or(0.0);
+        let extra = Duration::from_millis(env_or("EXTRA_LATENCY_MS", "0").parse().unwrap_or(0));
+        let app = Router::new().fallback(move || async move {
+            if !extra.is_zero() {
+                tokio::time::sleep(extra).await;
+            }
+            if rand::random::<f64>() < error_rate {
+                (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "injected error",
+                )
+            } else {
+                (axum::http::StatusCode::OK, "ok")
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(terminated())
             .await?;

@@ -150,6 +150,9 @@ pub struct Judge {
     slowest: Vec<(u64, String)>,
     /// The first and last observation, ns since the epoch.
     window: Option<(u64, u64)>,
+    /// The first canary request's end, ns since the epoch.
+    #[serde(default)]
+    canary_first_ns: Option<u64>,
     /// The first metric to cross its threshold, once one has.
     failure: Option<Metric>,
 }
@@ -169,6 +172,7 @@ impl Judge {
             failed: Vec::new(),
             slowest: Vec::new(),
             window: None,
+            canary_first_ns: None,
             failure: None,
         }
     }
@@ -194,6 +198,10 @@ impl Judge {
         });
         let stats = if observation.canary {
             self.step_requests += 1;
+            self.canary_first_ns = Some(
+                self.canary_first_ns
+                    .map_or(observation.time_ns, |first| first.min(observation.time_ns)),
+            );
             &mut self.canary
         } else {
             &mut self.stable
@@ -248,7 +256,8 @@ impl Judge {
     fn keep_slowest(&mut self, observation: &Observation) {
         self.slowest
             .push((observation.latency_ns, observation.trace_id.clone()));
-        self.slowest.sort_by_key(|(latency, _)| std::cmp::Reverse(*latency));
+        self.slowest
+            .sort_by_key(|(latency, _)| std::cmp::Reverse(*latency));
         self.slowest.truncate(EXEMPLARS);
     }
 
@@ -302,21 +311,25 @@ impl Judge {
             let record = self.record();
             return Verdict::Fail(match metric {
                 Metric::Errors => format!(
-                    "the canary's error ratio {:.2}% is above the stable's {:.2}% (e-value {:.0} >= {:.0})",
+                    "the canary's error ratio {:.2}% ({} of {}) is above the stable's {:.2}% ({} of {}) (e-value {} >= {:.0})",
                     record.errors.canary.ratio * 100.0,
+                    record.errors.canary.errors,
+                    record.errors.canary.requests,
                     record.errors.stable.ratio * 100.0,
-                    record.errors.e_value,
+                    record.errors.stable.errors,
+                    record.errors.stable.requests,
+                    compact(record.errors.e_value),
                     record.errors.threshold
                 ),
                 Metric::Latency => format!(
-                    "the canary is slower than the stable: {} of {} paired requests slower{} (e-value {:.0} >= {:.0}); p99 {:.1} ms against {:.1} ms",
+                    "the canary is slower than the stable: {} of {} paired requests slower{} (e-value {} >= {:.0}); p99 {:.1} ms against {:.1} ms",
                     record.latency.slower,
                     record.latency.pairs,
                     match self.config.max_latency_increase {
                         Some(allowed) => format!(" by more than {:.0}%", allowed * 100.0),
                         None => String::new(),
                     },
-                    record.latency.e_value,
+                    compact(record.latency.e_value),
                     record.latency.threshold,
                     record.latency.canary.p99_ms,
                     record.latency.stable.p99_ms
@@ -374,6 +387,7 @@ impl Judge {
             alpha: self.config.alpha,
             window_start_ns: self.window.map_or(0, |w| w.0),
             window_end_ns: self.window.map_or(0, |w| w.1),
+            canary_first_ns: self.canary_first_ns.unwrap_or(0),
             errors: ErrorRecord {
                 canary: rate(&self.canary),
                 stable: rate(&self.stable),
@@ -400,6 +414,17 @@ impl Judge {
     }
 }
 
+/// An e-value for people: `1234`, or `3.2e9` past a million.
+pub fn compact(e_value: f64) -> String {
+    if e_value >= 1e6 {
+        format!("{e_value:.1e}")
+    } else if e_value >= 10.0 {
+        format!("{e_value:.0}")
+    } else {
+        format!("{e_value:.2}")
+    }
+}
+
 /// What the judge knew at a verdict: see [`Judge::record`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -409,6 +434,9 @@ pub struct Record {
     pub window_start_ns: u64,
     /// The last observation's end time, ns since the epoch.
     pub window_end_ns: u64,
+    /// The canary's first request's end time, ns since the epoch (0: none yet).
+    #[serde(default)]
+    pub canary_first_ns: u64,
     /// The error ratio.
     pub errors: ErrorRecord,
     /// Latency.

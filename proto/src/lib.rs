@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod deployments;
 pub mod instances;
 pub mod logs;
 pub mod metrics;

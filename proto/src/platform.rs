@@ -268,8 +268,9 @@ pub struct Revision {
     pub service: String,
     /// Its number, 1 for the first; never reused.
     pub revision: u64,
-    /// The revision whose instance template (the spec but `replicas`) it runs: itself when the template changed,
-    /// the one before's otherwise (a change of `replicas` alone starts no new instances, as in Kubernetes).
+    /// The revision whose instance template (the spec but `replicas` and `rollout`) it runs: itself when the
+    /// template changed, the one before's otherwise (a change of `replicas` or of the rollout policy alone starts
+    /// no new instances, as in Kubernetes).
     pub template_revision: u64,
     /// The version label of this revision's instances.
     pub version: String,
@@ -317,6 +318,9 @@ pub struct ApplyRequest {
     /// Plan only: change nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Apply even a service's template that was rolled back before.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// What an apply did (or, for a dry run, would do) to each service.

@@ -52,6 +52,19 @@ impl Table {
     /// stickiness `key`, the version and the endpoint are drawn from the key's hash instead (rendezvous hashing:
     /// when an endpoint leaves, only its keys move).
     pub fn pick(&self, avoid: Option<&str>, key: Option<&[u8]>) -> Option<Arc<Upstream>> {
+        self.pick_with_share(avoid, key, None)
+            .map(|(upstream, _)| upstream)
+    }
+
+    /// [`Table::pick`], honouring a requested `version` (the `x-gantry-version` header: blue-green's preview)
+    /// when it has endpoints, and also giving the probability the chosen version had of being picked (the
+    /// canary judge's `gantry.route.share`): `None` when the table has no weights.
+    pub fn pick_with_share(
+        &self,
+        avoid: Option<&str>,
+        key: Option<&[u8]>,
+        version: Option<&str>,
+    ) -> Option<(Arc<Upstream>, Option<f64>)> {
         let candidates: Vec<&Arc<Upstream>> = {
             let usable: Vec<&Arc<Upstream>> = self
                 .upstreams
@@ -68,7 +81,14 @@ impl Table {
             return None;
         }
         let draw = key.map(|key| f64::from(crc32fast::hash(key)) / f64::from(u32::MAX));
-        let version = self.pick_version(&candidates, draw);
+        let requested = version.filter(|v| candidates.iter().any(|u| u.version == *v));
+        let (version, share) = match requested {
+            Some(version) => (Some(version.to_owned()), Some(1.0)),
+            None => match self.pick_version(&candidates, draw) {
+                Some((version, share)) => (Some(version), Some(share)),
+                None => (None, None),
+            },
+        };
         let pool: Vec<&Arc<Upstream>> = match &version {
             Some(version) => candidates
                 .iter()
@@ -84,7 +104,10 @@ impl Table {
                 hasher.update(u.instance_id.as_bytes());
                 hasher.finalize()
             };
-            return pool.iter().max_by_key(|u| score(u)).map(|u| Arc::clone(*u));
+            return pool
+                .iter()
+                .max_by_key(|u| score(u))
+                .map(|u| (Arc::clone(*u), share));
         }
         // One reading of the counts: other requests change them meanwhile.
         let loads: Vec<(&Arc<Upstream>, usize)> = pool
@@ -98,12 +121,16 @@ impl Table {
             .map(|(u, _)| *u)
             .collect();
         let chosen = tied[rand::rng().random_range(0..tied.len())];
-        Some(Arc::clone(chosen))
+        Some((Arc::clone(chosen), share))
     }
 
     /// A version drawn by the weights among the versions that have endpoints (at `draw` in [0, 1] when given, at
-    /// random otherwise); `None` without weights.
-    fn pick_version(&self, candidates: &[&Arc<Upstream>], draw: Option<f64>) -> Option<String> {
+    /// random otherwise), with its share of the weights; `None` without weights.
+    fn pick_version(
+        &self,
+        candidates: &[&Arc<Upstream>],
+        draw: Option<f64>,
+    ) -> Option<(String, f64)> {
         if self.weights.is_empty() {
             return None;
         }
@@ -125,11 +152,13 @@ impl Table {
         };
         for (version, weight) in &available {
             if draw < *weight {
-                return Some((*version).clone());
+                return Some(((*version).clone(), weight / total));
             }
             draw -= weight;
         }
-        available.last().map(|(v, _)| (*v).clone())
+        available
+            .last()
+            .map(|(v, weight)| ((*v).clone(), weight / total))
     }
 }
 

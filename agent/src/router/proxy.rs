@@ -124,6 +124,7 @@ async fn handle(
         end_ns: 0,
         peer: String::new(),
         error: None,
+        share: None,
     };
     let bodyless = http_body::Body::size_hint(&body).exact() == Some(0);
     let mut body = Some(body);
@@ -138,11 +139,16 @@ async fn handle(
         .as_ref()
         .and_then(|t| t.sticky.as_ref())
         .and_then(|sticky| sticky_key(sticky, &parts.headers));
+    // Blue-green's preview: a request may ask for a version.
+    let requested = parts
+        .headers
+        .get("x-gantry-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     for attempt in 0..2 {
-        let Some(upstream) = table
-            .as_ref()
-            .and_then(|t| t.pick(avoid.as_deref(), key.as_deref()))
-        else {
+        let Some((upstream, share)) = table.as_ref().and_then(|t| {
+            t.pick_with_share(avoid.as_deref(), key.as_deref(), requested.as_deref())
+        }) else {
             let message = format!(
                 "no healthy instance of `{}`: `gantry status {}` shows why\n",
                 state.service, state.service
@@ -157,6 +163,7 @@ async fn handle(
             );
         };
         span.version = upstream.version.clone();
+        span.share = share;
         span.instance_id = upstream.instance_id.clone();
         span.peer = upstream.address.clone();
         let Ok(uri) =

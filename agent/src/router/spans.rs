@@ -1,6 +1,7 @@
 //! The routers' spans: one per routed request, kind `SERVER`, under the target service's resource
 //! (`service.name`, `service.version`, `service.instance.id` of the instance that answered) with the HTTP
-//! semantic-convention attributes, and `gantry.router: true`. They are batched (up to 512, or each second) into
+//! semantic-convention attributes, `gantry.router: true`, and during a weighted rollout `gantry.route.share` (the
+//! probability the answering version had of being picked, which the canary judge needs). They are batched (up to 512, or each second) into
 //! OTLP export requests appended to the node's disk buffer like any other telemetry, so they reach the plane at
 //! least once. W3C trace context (`traceparent`) is continued when the caller sent one, started otherwise, and
 //! passed on to the instance with the router's span as parent.
@@ -53,6 +54,9 @@ pub struct RouterSpan {
     pub peer: String,
     /// Why the router answered itself (no instance, upstream failure), when it did.
     pub error: Option<String>,
+    /// The probability the answering version had of being picked, when the route has weights (the canary
+    /// judge's `gantry.route.share`).
+    pub share: Option<f64>,
 }
 
 /// Where routers send their spans.
@@ -151,6 +155,12 @@ pub fn encode(spans: &[RouterSpan], host_name: &str) -> ExportTraceServiceReques
                 ];
                 if !span.peer.is_empty() {
                     attributes.push(text("network.peer.address", &span.peer));
+                }
+                if let Some(share) = span.share {
+                    attributes.push(kv(
+                        "gantry.route.share",
+                        any_value::Value::DoubleValue(share),
+                    ));
                 }
                 if let Some(error) = &span.error {
                     attributes.push(text("error.type", error));
@@ -282,6 +292,7 @@ mod tests {
             end_ns: 20,
             peer: "127.0.0.1:1".into(),
             error: None,
+            share: None,
         };
         let request = encode(&[span("a", 200), span("a", 503), span("b", 404)], "node-1");
         assert_eq!(request.resource_spans.len(), 2);

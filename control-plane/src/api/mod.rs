@@ -1,6 +1,7 @@
 //! The HTTP API: one router for `/api/v1`, the OTLP/HTTP paths, health and `/metrics`; the error type every handler
 //! returns; and the extractor that checks the caller's token and role on every route.
 
+mod deployments;
 mod health;
 mod logs;
 mod metrics;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub platform: PlatformStore,
     /// The placement loop.
     pub scheduler: Arc<Scheduler>,
+    /// The rollout engine.
+    pub rollouts: Arc<crate::rollout::Rollouts>,
     /// What agents report their instances doing, and the generation their long polls wait on.
     pub instances: Arc<InstanceRegistry>,
     /// The nodes that heartbeat.
@@ -73,6 +76,12 @@ impl AppState {
         let tokens = TokenStore::new(db.clone());
         let platform = PlatformStore::new(db.clone());
         let instances = Arc::new(InstanceRegistry::default());
+        let feed = Arc::new(crate::rollout::feed::Feed::default());
+        let rollouts = Arc::new(crate::rollout::Rollouts::new(
+            db.clone(),
+            instances.clone(),
+            feed.clone(),
+        ));
         let scheduler = Arc::new(Scheduler::new(
             db,
             nodes.clone(),
@@ -85,6 +94,7 @@ impl AppState {
                 store: store.clone(),
                 tokens: tokens.clone(),
                 metrics: metrics.clone(),
+                feed,
             }),
             gantry_otlp::ReceiverConfig::new(crate::ingest::MAX_IN_FLIGHT, max_body_bytes),
         );
@@ -93,6 +103,7 @@ impl AppState {
             tokens,
             platform,
             scheduler,
+            rollouts,
             instances,
             nodes,
             metrics,
@@ -109,6 +120,11 @@ impl AppState {
             self.nodes.clone(),
             self.instances.clone(),
             grace,
+        ));
+        self.rollouts = Arc::new(crate::rollout::Rollouts::new(
+            self.platform.db().clone(),
+            self.instances.clone(),
+            self.rollouts.feed.clone(),
         ));
         self
     }
@@ -164,6 +180,20 @@ pub fn app(state: AppState) -> Router {
             get(platform::revisions),
         )
         .route("/api/v1/apply", post(platform::apply))
+        .route(
+            "/api/v1/deployments",
+            get(deployments::list).post(deployments::create),
+        )
+        .route("/api/v1/deployments/{id}", get(deployments::get))
+        .route("/api/v1/deployments/{id}/events", get(deployments::events))
+        .route(
+            "/api/v1/deployments/{id}/{action}",
+            post(deployments::control),
+        )
+        .route(
+            "/api/v1/services/{name}/rollback",
+            post(deployments::rollback),
+        )
         .route("/api/v1/secrets", get(platform::list_secrets))
         .route(
             "/api/v1/secrets/{name}",

@@ -217,7 +217,7 @@ pub async fn assignments(
                 .collect(),
             service: service.service,
             port: service.port,
-            weights: Default::default(),
+            weights: service.weights,
             sticky: service.sticky,
         })
         .collect();

@@ -169,21 +169,10 @@ pub async fn status(
         .into_iter()
         .map(|(slot, stored)| {
             let node = stored.node.as_deref().and_then(|id| state.nodes.get(id));
-            let instance_id = crate::state::placements::instance_id(
-                &slot.service,
-                slot.index,
-                deployed.template_revision,
-                stored.epoch,
-            );
-            let replacement = stored.next.as_ref().map(|(node, epoch)| {
-                let id = crate::state::placements::instance_id(
-                    &slot.service,
-                    slot.index,
-                    deployed.template_revision,
-                    *epoch,
-                );
-                (id, node.clone())
-            });
+            let instance_id = stored.instance_id(&slot);
+            let replacement = stored
+                .next_instance_id(&slot)
+                .zip(stored.next.as_ref().map(|next| next.node.clone()));
             let actual = stored
                 .node
                 .as_deref()

@@ -183,6 +183,7 @@ async fn launch_bank(base: &str, token: &str) -> anyhow::Result<()> {
         file: "demo/platform.yaml".to_owned(),
         content,
         dry_run: false,
+        force: false,
     };
     let response = client
         .post(format!("{base}/api/v1/apply"))

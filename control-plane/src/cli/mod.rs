@@ -1,6 +1,7 @@
 //! The subcommands of the `gantry` binary that do more than call into the plane library.
 
 pub mod demo;
+pub mod deploy;
 pub mod platform;
 pub mod remote;
 pub mod token;

@@ -24,6 +24,9 @@ pub struct ApplyArgs {
     /// Print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Roll out a service's settings even when a rollout of the same settings was rolled back before.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     remote: Remote,
 }
@@ -169,6 +172,7 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         file,
         content,
         dry_run: args.dry_run,
+        force: args.force,
     };
     let response: ApplyResponse = runtime()?.block_on(args.remote.call(
         Method::POST,

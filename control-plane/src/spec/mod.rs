@@ -688,7 +688,8 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
-fn valid_env_name(name: &str) -> bool {
+/// Whether `name` may be an environment variable's name: a letter or `_`, then letters, digits or `_`.
+pub fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()

@@ -11,6 +11,7 @@
 //! one writer and one reader, so that reads (every request's token check) never wait behind a write's fsync.
 
 pub mod audit;
+pub mod deployments;
 pub mod nodes;
 pub mod placements;
 pub mod platform;
@@ -35,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_platform.sql"),
     include_str!("migrations/0003_placements.sql"),
     include_str!("migrations/0004_node_role.sql"),
+    include_str!("migrations/0005_deployments.sql"),
 ];
 
 /// A failure of the state database.
@@ -252,6 +254,18 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Now, ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
+}
+
+/// `ms` since the Unix epoch as RFC 3339 with milliseconds, UTC.
+pub fn rfc3339_ms(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms.min(i64::MAX as u64) as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -289,8 +303,15 @@ mod tests {
         let db = Arc::new(StateDb::open(dir.path()).unwrap());
         let tokens = tokens::TokenStore::new(db.clone());
         let admin = tokens.create("keep-me", gantry_proto::Role::Admin).unwrap();
-        // Back to before the node role: the rebuild runs again over the existing rows.
+        // Back to before the node role (and the later migrations undone): the rebuild runs again over the
+        // existing rows.
         db.write(|t| {
+            t.execute_batch(
+                "DROP TABLE deployment_events; DROP TABLE deployments;
+                 ALTER TABLE placements DROP COLUMN template; ALTER TABLE placements DROP COLUMN next_template;
+                 ALTER TABLE placements DROP COLUMN issued; ALTER TABLE revisions DROP COLUMN rejected;",
+            )
+            .map_err(|e| db.error(e))?;
             t.pragma_update(None, "user_version", 3)
                 .map_err(|e| db.error(e))
         })

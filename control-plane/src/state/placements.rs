@@ -1,10 +1,11 @@
-//! The `placements` table: the placement planner's answer, one row per slot, with the slot's instance generation
-//! (`epoch`) and the replacement being started for it (`next_node`, `next_epoch`) during a restart or a drain;
-//! and the `drained_nodes` table. Written only where it changed, in one transaction per planning round.
+//! The `placements` table: the placement planner's answer, one row per slot, with the slot's instance: its
+//! generation (`epoch`) and the template revision it runs (`template`); and the replacement being started for it
+//! (`next_node`, `next_epoch`, `next_template`) during a restart, a drain or a rollout. And the `drained_nodes`
+//! table. Written only where it changed, in one transaction per planning round.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::now_rfc3339;
 use crate::placement::{Plan, Slot};
@@ -18,10 +19,37 @@ pub struct StoredSlot {
     pub reason: String,
     /// When it last changed, RFC 3339.
     pub updated: String,
-    /// The generation of its instance: 0 at first, one more at each restart or move.
+    /// The generation of its instance: 0 at first, higher at each restart, move or rollout step.
     pub epoch: u64,
-    /// The replacement being started (node, generation), while the current instance still serves.
-    pub next: Option<(String, u64)>,
+    /// The template revision its instance runs.
+    pub template: u64,
+    /// The replacement being started, while the current instance still serves.
+    pub next: Option<Next>,
+}
+
+/// A slot's replacement instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Next {
+    /// Its node.
+    pub node: String,
+    /// Its generation.
+    pub epoch: u64,
+    /// Its template revision (the slot's own for a restart or a drain; the new one in a rollout).
+    pub template: u64,
+}
+
+impl StoredSlot {
+    /// The id of the slot's current instance.
+    pub fn instance_id(&self, slot: &Slot) -> String {
+        instance_id(&slot.service, slot.index, self.template, self.epoch)
+    }
+
+    /// The id of its replacement, when one is being started.
+    pub fn next_instance_id(&self, slot: &Slot) -> Option<String> {
+        self.next
+            .as_ref()
+            .map(|next| instance_id(&slot.service, slot.index, next.template, next.epoch))
+    }
 }
 
 /// The id of the instance of a slot: `<service>-<slot>-r<template revision>`, and `-e<epoch>` after its first
@@ -43,12 +71,14 @@ pub fn load(
     service: Option<&str>,
 ) -> rusqlite::Result<BTreeMap<Slot, StoredSlot>> {
     let mut statement = connection.prepare(
-        "SELECT service, slot, node, reason, updated, epoch, next_node, next_epoch FROM placements
-         WHERE ?1 IS NULL OR service = ?1",
+        "SELECT service, slot, node, reason, updated, epoch, next_node, next_epoch, template, next_template
+         FROM placements WHERE ?1 IS NULL OR service = ?1",
     )?;
     let rows = statement.query_map([service], |row| {
         let next_node: Option<String> = row.get(6)?;
         let next_epoch: Option<i64> = row.get(7)?;
+        let template = row.get::<_, i64>(8)? as u64;
+        let next_template: Option<i64> = row.get(9)?;
         Ok((
             Slot {
                 service: row.get(0)?,
@@ -59,7 +89,12 @@ pub fn load(
                 reason: row.get(3)?,
                 updated: row.get(4)?,
                 epoch: row.get::<_, i64>(5)? as u64,
-                next: next_node.zip(next_epoch.map(|e| e as u64)),
+                template,
+                next: next_node.zip(next_epoch).map(|(node, epoch)| Next {
+                    node,
+                    epoch: epoch as u64,
+                    template: next_template.map_or(template, |t| t as u64),
+                }),
             },
         ))
     })?;
@@ -85,11 +120,16 @@ impl Changes {
 }
 
 /// Writes `plan` over the stored slots inside the caller's transaction, touching only rows that changed. A slot
-/// that moves gets a new generation, and loses a replacement in progress.
+/// that moves gets a new generation, and loses a replacement in progress; a new slot runs its service's template
+/// in `templates` (the stable one during a rollout).
 ///
 /// # Errors
 /// SQLite failed.
-pub fn store(connection: &Connection, plan: &Plan) -> rusqlite::Result<Changes> {
+pub fn store(
+    connection: &Connection,
+    plan: &Plan,
+    templates: &std::collections::HashMap<String, u64>,
+) -> rusqlite::Result<Changes> {
     let stored = load(connection, None)?;
     let now = now_rfc3339();
     let mut changes = Changes::default();
@@ -109,14 +149,25 @@ pub fn store(connection: &Connection, plan: &Plan) -> rusqlite::Result<Changes> 
         }
         let from = before.and_then(|b| b.node.clone());
         let moved = from.as_deref() != node;
-        let epoch = before.map_or(0, |b| b.epoch) + u64::from(moved && from.is_some());
+        // A moved slot's instance is a new one: a generation never issued to the slot before.
+        let epoch = match before {
+            Some(b) if moved && from.is_some() => issued(connection, slot)?.max(b.epoch) + 1,
+            Some(b) => b.epoch,
+            None => 0,
+        };
+        let template = before.map_or_else(
+            || templates.get(&slot.service).copied().unwrap_or(0),
+            |b| b.template,
+        );
         connection.execute(
-            "INSERT INTO placements (service, slot, node, reason, updated, epoch) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO placements (service, slot, node, reason, updated, epoch, template, issued)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6)
              ON CONFLICT (service, slot) DO UPDATE SET node = excluded.node, reason = excluded.reason,
-             updated = excluded.updated, epoch = excluded.epoch,
+             updated = excluded.updated, epoch = excluded.epoch, issued = MAX(placements.issued, excluded.epoch),
              next_node = CASE WHEN placements.node IS excluded.node THEN placements.next_node END,
-             next_epoch = CASE WHEN placements.node IS excluded.node THEN placements.next_epoch END",
-            params![slot.service, i64::from(slot.index), node, reason, now, epoch as i64],
+             next_epoch = CASE WHEN placements.node IS excluded.node THEN placements.next_epoch END,
+             next_template = CASE WHEN placements.node IS excluded.node THEN placements.next_template END",
+            params![slot.service, i64::from(slot.index), node, reason, now, epoch as i64, template as i64],
         )?;
         if moved {
             changes
@@ -136,7 +187,21 @@ pub fn store(connection: &Connection, plan: &Plan) -> rusqlite::Result<Changes> 
     Ok(changes)
 }
 
-/// Starts a replacement of `slot` on `node` with generation `epoch`.
+/// The highest generation ever issued to `slot` (0 for a slot never stored).
+fn issued(connection: &Connection, slot: &Slot) -> rusqlite::Result<u64> {
+    let issued: Option<i64> = connection
+        .query_row(
+            "SELECT MAX(issued, epoch, COALESCE(next_epoch, 0)) FROM placements WHERE service = ?1 AND slot = ?2",
+            params![slot.service, i64::from(slot.index)],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(issued.unwrap_or(0) as u64)
+}
+
+/// Starts a replacement of `slot` on `node` running `template`, with a generation of at least `at_least` and never
+/// issued to the slot before (so its instance id is new even when a replacement was started and cancelled before).
+/// Returns the generation.
 ///
 /// # Errors
 /// SQLite failed.
@@ -144,13 +209,16 @@ pub fn begin_replacement(
     connection: &Connection,
     slot: &Slot,
     node: &str,
-    epoch: u64,
-) -> rusqlite::Result<()> {
+    at_least: u64,
+    template: u64,
+) -> rusqlite::Result<u64> {
+    let epoch = at_least.max(issued(connection, slot)? + 1);
     connection.execute(
-        "UPDATE placements SET next_node = ?3, next_epoch = ?4, updated = ?5 WHERE service = ?1 AND slot = ?2",
-        params![slot.service, i64::from(slot.index), node, epoch as i64, now_rfc3339()],
+        "UPDATE placements SET next_node = ?3, next_epoch = ?4, next_template = ?6, issued = MAX(issued, ?4),
+         updated = ?5 WHERE service = ?1 AND slot = ?2",
+        params![slot.service, i64::from(slot.index), node, epoch as i64, now_rfc3339(), template as i64],
     )?;
-    Ok(())
+    Ok(epoch)
 }
 
 /// Makes the replacement of `slot` its instance (the old one is no longer assigned: drained, then stopped).
@@ -159,8 +227,23 @@ pub fn begin_replacement(
 /// SQLite failed.
 pub fn complete_replacement(connection: &Connection, slot: &Slot) -> rusqlite::Result<()> {
     connection.execute(
-        "UPDATE placements SET node = next_node, epoch = next_epoch, next_node = NULL, next_epoch = NULL,
-         updated = ?3 WHERE service = ?1 AND slot = ?2 AND next_node IS NOT NULL",
+        "UPDATE placements SET node = next_node, epoch = next_epoch, template = COALESCE(next_template, template),
+         next_node = NULL, next_epoch = NULL, next_template = NULL, updated = ?3
+         WHERE service = ?1 AND slot = ?2 AND next_node IS NOT NULL",
+        params![slot.service, i64::from(slot.index), now_rfc3339()],
+    )?;
+    Ok(())
+}
+
+/// Drops the replacement being started for `slot` (its instance is no longer assigned: stopped); the current
+/// instance goes on.
+///
+/// # Errors
+/// SQLite failed.
+pub fn cancel_replacement(connection: &Connection, slot: &Slot) -> rusqlite::Result<()> {
+    connection.execute(
+        "UPDATE placements SET next_node = NULL, next_epoch = NULL, next_template = NULL, updated = ?3
+         WHERE service = ?1 AND slot = ?2 AND next_node IS NOT NULL",
         params![slot.service, i64::from(slot.index), now_rfc3339()],
     )?;
     Ok(())

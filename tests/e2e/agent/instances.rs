@@ -17,7 +17,7 @@ use crate::harness::unique;
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Pids of the processes whose environment holds `GANTRY_INSTANCE=<prefix>...`.
-fn instance_processes(prefix: &str) -> BTreeMap<u32, String> {
+pub(super) fn instance_processes(prefix: &str) -> BTreeMap<u32, String> {
     let wanted = format!("GANTRY_INSTANCE={prefix}");
     let mut found = BTreeMap::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -55,7 +55,7 @@ fn instance_processes(prefix: &str) -> BTreeMap<u32, String> {
 }
 
 /// Kills what a failed test left running.
-struct Cleanup(String);
+pub(super) struct Cleanup(pub(super) String);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {

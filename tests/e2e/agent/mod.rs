@@ -9,6 +9,7 @@ mod instances;
 mod node;
 mod node_loss;
 mod otlp;
+mod rollouts;
 mod routing;
 mod shipping;
 

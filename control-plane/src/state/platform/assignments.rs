@@ -1,6 +1,7 @@
 //! What one node's agent is told: the instances placed on it (each slot's current instance, and the replacement
-//! being started during a restart or a drain), with secrets resolved, and every routed service with its placed
-//! instances. Readiness is the plane's in-memory knowledge, added by the API handler.
+//! being started during a restart, a drain or a rollout, each at its own template revision), with secrets
+//! resolved, and every routed service with its placed instances and the versions' weights a canary or blue-green
+//! rollout sets. Readiness is the plane's in-memory knowledge, added by the API handler.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +22,16 @@ impl PlatformStore {
         Ok(self.db.read(|c| {
             let services = current(c)?;
             let slots = crate::state::placements::load(c, None)?;
+            let templates = crate::state::deployments::templates(c)?;
+            let rollouts: BTreeMap<String, crate::state::deployments::Row> =
+                crate::state::deployments::active(c)?
+                    .into_iter()
+                    .map(|d| (d.service.clone(), d))
+                    .collect();
+            let mut route_weights = BTreeMap::new();
+            for (name, rollout) in &rollouts {
+                route_weights.insert(name.clone(), weights(c, rollout)?);
+            }
             let mut assignments = Vec::new();
             let mut placed = Vec::new();
             // Every service with a routed port keeps its route, instances or not (its routers answer 503).
@@ -35,6 +46,7 @@ impl PlatformStore {
                             port,
                             instances: Vec::new(),
                             sticky: service.spec.sticky.clone(),
+                            weights: route_weights.get(name).cloned().unwrap_or_default(),
                         },
                     ))
                 })
@@ -42,18 +54,27 @@ impl PlatformStore {
             for (slot, stored) in &slots {
                 let Some(node) = &stored.node else { continue };
                 let Some(service) = services.get(&slot.service) else { continue };
-                // The current instance, and the replacement being started; without surge the current one goes
-                // first.
+                // The current instance, and the replacement being started. Without surge the current instance of a
+                // restart, a drain or a rolling rollout goes first; a canary's or blue-green's new instance always
+                // starts beside the old one.
                 let (_, surge) = service.replacement_batch();
                 let mut lineage = Vec::new();
-                if stored.next.is_none() || surge {
-                    lineage.push((node.clone(), stored.epoch));
+                let beside = stored.next.as_ref().is_some_and(|next| next.template != stored.template)
+                    && rollouts.get(&slot.service).is_some_and(|rollout| {
+                        rollout.strategy != gantry_proto::platform::Strategy::Rolling
+                    });
+                if stored.next.is_none() || surge || beside {
+                    lineage.push((node.clone(), stored.template, stored.epoch));
                 }
-                if let Some((next_node, next_epoch)) = &stored.next {
-                    lineage.push((next_node.clone(), *next_epoch));
+                if let Some(next) = &stored.next {
+                    lineage.push((next.node.clone(), next.template, next.epoch));
                 }
-                for (on, epoch) in lineage {
-                    let instance_id = crate::state::placements::instance_id(&slot.service, slot.index, service.template, epoch);
+                for (on, template, epoch) in lineage {
+                    let Some((version, template_spec)) = templates.get(&(slot.service.clone(), template)) else {
+                        tracing::warn!(slot = %slot, template, "instance not assigned: its template revision is gone");
+                        continue;
+                    };
+                    let instance_id = crate::state::placements::instance_id(&slot.service, slot.index, template, epoch);
                     if let Some(port) = service.spec.port {
                         routed
                             .entry(&slot.service)
@@ -62,15 +83,16 @@ impl PlatformStore {
                                 port,
                                 instances: Vec::new(),
                                 sticky: service.spec.sticky.clone(),
+                                weights: BTreeMap::new(),
                             })
                             .instances
-                            .push((instance_id.clone(), service.version.clone()));
+                            .push((instance_id.clone(), version.clone()));
                     }
                     placed.push((slot.service.clone(), instance_id.clone()));
                     if on != agent_id {
                         continue;
                     }
-                    let RuntimeSpec::Process(process) = &service.spec.runtime;
+                    let RuntimeSpec::Process(process) = &template_spec.runtime;
                     let mut resolved = process.clone();
                     let mut missing = None;
                     for value in resolved.env.values_mut() {
@@ -87,11 +109,11 @@ impl PlatformStore {
                         instance_id,
                         service: slot.service.clone(),
                         slot: slot.index,
-                        revision: service.template,
-                        version: service.version.clone(),
+                        revision: template,
+                        version: version.clone(),
                         process: resolved,
-                        health: service.spec.health.clone(),
-                        kill_timeout_ms: service.spec.kill_timeout_ms,
+                        health: template_spec.health.clone(),
+                        kill_timeout_ms: template_spec.kill_timeout_ms,
                     });
                 }
             }
@@ -133,4 +155,27 @@ pub struct RoutedService {
     pub instances: Vec<(String, String)>,
     /// Its stickiness.
     pub sticky: Option<gantry_proto::platform::Sticky>,
+    /// Share of requests per version, percent (empty: every instance alike).
+    pub weights: BTreeMap<String, f64>,
+}
+
+/// The routers' weights during a rollout: a canary's step weight, or blue-green's switch (0 before, 100 after);
+/// none for a rolling rollout (every instance alike) or once the rollout is done.
+fn weights(
+    connection: &rusqlite::Connection,
+    rollout: &crate::state::deployments::Row,
+) -> rusqlite::Result<BTreeMap<String, f64>> {
+    use gantry_proto::platform::Strategy;
+    if rollout.strategy == Strategy::Rolling {
+        return Ok(BTreeMap::new());
+    }
+    let stable =
+        crate::state::deployments::version(connection, &rollout.service, rollout.from_revision)?;
+    let new =
+        crate::state::deployments::version(connection, &rollout.service, rollout.to_revision)?;
+    if stable == new {
+        return Ok(BTreeMap::new());
+    }
+    let weight = rollout.weight.clamp(0.0, 100.0);
+    Ok(BTreeMap::from([(stable, 100.0 - weight), (new, weight)]))
 }

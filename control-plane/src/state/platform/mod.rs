@@ -20,8 +20,11 @@ use super::{StateDb, StateError, now_rfc3339, secrets};
 use crate::spec::{self, SpecError, diff::diff};
 
 mod assignments;
+mod deploy;
 
 pub use assignments::{NodeWork, RoutedService};
+pub(crate) use deploy::copy_revision;
+pub use deploy::{Control, default_steps};
 
 /// Why a platform change was not made.
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +136,29 @@ impl PlatformStore {
                     Err(error) => return Ok(Err(error)),
                 };
                 let now = now_rfc3339();
+                // A service with a rollout under way, or a template rolled back before, stops the whole apply.
+                for plan in &response.services {
+                    if plan.change != Change::Update {
+                        continue;
+                    }
+                    if let Some(running) = super::deployments::active_for(transaction, &plan.service)
+                        .map_err(|e| self.db.error(e))?
+                    {
+                        return Ok(Err(deploy::busy(&running)));
+                    }
+                    if let Some(spec) = specs.get(&plan.service)
+                        && !request.force
+                        && let Some((revision, why)) =
+                            deploy::rejected_like(transaction, spec).map_err(|e| self.db.error(e))?
+                    {
+                        return Ok(Err(PlatformError::Conflict(format!(
+                            "{}: r{revision} with the same settings was rolled back ({why}): apply with --force to roll it out again",
+                            plan.service
+                        ))));
+                    }
+                }
                 let mut written = Vec::new();
+                let current_services = current(transaction).map_err(|e| self.db.error(e))?;
                 for plan in &response.services {
                     if !matches!(plan.change, Change::Create | Change::Update) {
                         continue;
@@ -153,6 +178,32 @@ impl PlatformStore {
                     )
                     .map_err(|e| self.db.error(e))?;
                     written.push(format!("{} r{revision}", plan.service));
+                    // A new template of a running service is rolled out with its strategy.
+                    if let (Some(before), Some(previous)) =
+                        (current_services.get(&plan.service), plan.previous_revision)
+                    {
+                        let template: i64 = transaction
+                            .query_row(
+                                "SELECT template FROM revisions WHERE service = ?1 AND revision = ?2",
+                                params![plan.service, revision as i64],
+                                |row| row.get(0),
+                            )
+                            .map_err(|e| self.db.error(e))?;
+                        if template as u64 != before.template {
+                            let trivial = before.stopped || before.replicas == 0;
+                            let id = deploy::start(
+                                transaction,
+                                spec,
+                                previous,
+                                revision,
+                                gantry_proto::deployments::Kind::Deploy,
+                                &author.name,
+                                trivial,
+                            )
+                            .map_err(|e| self.db.error(e))?;
+                            written.push(format!("(deployment {id})"));
+                        }
+                    }
                 }
                 let detail = if written.is_empty() {
                     "no change".to_owned()
@@ -712,10 +763,12 @@ fn not_found(service: &str) -> PlatformError {
     ))
 }
 
-/// Whether two specs run the same instances: equal but for `replicas`.
+/// Whether two specs run the same instances: equal but for `replicas` and the rollout policy (as a Deployment's
+/// replicas and strategy are not part of its pod template).
 fn same_template(a: &ServiceSpec, b: &ServiceSpec) -> bool {
     let mut a = a.clone();
     a.replicas = b.replicas;
+    a.rollout = b.rollout.clone();
     a == *b
 }
 

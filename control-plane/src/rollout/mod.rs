@@ -1,0 +1,951 @@
+//! The rollout engine: drives every running deployment one round at a time (every 250 ms, and as soon as judge
+//! observations or instance reports arrive). A round reads the deployment, the service's slots and what the
+//! agents report, decides, and writes the decision in one transaction: the placements (replacements begun,
+//! completed or cancelled), the routers' weight, the judge's state, the deployment's step and phase, its events and
+//! its audit entries. Every action is a desired state (an instance id is a slot, a template and a generation), so
+//! a round repeated after a crash starts nothing twice, and a plane killed at any moment resumes from the database.
+//!
+//! Phases:
+//! - rolling (`rolling`): [`plan::rolling`] replaces slots a batch at a time; a new instance counts once healthy
+//!   for `min_healthy_time`; past `progress_deadline`, or when a new instance crash-loops, the rollout fails.
+//! - canary: `starting` (the step's canary instances, `ceil(weight × replicas)` beside the stable ones, until
+//!   available), `judging` (the routers send the step's weight to the canary; the judge sees every request),
+//!   `passed` (a step's pause), then the next step, and `promoting` (the new version at full size, then 100%,
+//!   then the old instances stop).
+//! - blue-green: `starting` (the new version at full size beside the old, reachable with the header
+//!   `x-gantry-version`), then the switch (100% at once) and `scaling_down` (the old kept `scale_down_delay` for an
+//!   instant switch back).
+//! - rolling back: the routers' weight to the new version goes to 0 in the round that decides it, a copy of the
+//!   stable revision becomes current (the rolled-back revision is marked rejected), replacements of the new version
+//!   are dropped, and slots already moved are rolled back, fast-tracked.
+
+pub mod feed;
+pub mod plan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gantry_judge::{Exposure, Judge, JudgeConfig, Verdict};
+use gantry_proto::TokenInfo;
+use gantry_proto::deployments::{Decision, Outcome, Status};
+use gantry_proto::instances::Phase;
+use gantry_proto::platform::{Pause, Strategy};
+use gantry_support::CancellationToken;
+use rusqlite::{Connection, params};
+
+use crate::instances::InstanceRegistry;
+use crate::placement::Slot;
+use crate::state::audit::{self, Action};
+use crate::state::deployments::{self, Row};
+use crate::state::placements::{self, StoredSlot};
+use crate::state::{StateDb, StateError, now_ms, platform, rfc3339_ms};
+use feed::{Feed, Watch};
+use plan::{Budget, SlotView};
+
+/// How often the loop runs a round when nothing wakes it.
+pub const INTERVAL: Duration = Duration::from_millis(250);
+/// A new instance that has restarted this often during a rollout fails it.
+const CRASH_RESTARTS: u32 = 3;
+
+/// The rollout engine.
+#[derive(Debug)]
+pub struct Rollouts {
+    db: Arc<StateDb>,
+    instances: Arc<InstanceRegistry>,
+    /// The judge's per-request feed, filled by the intake.
+    pub feed: Arc<Feed>,
+    /// When each instance was first seen healthy (in memory: after a restart the count starts again, which only
+    /// delays).
+    healthy_since: Mutex<HashMap<String, u64>>,
+    wake: tokio::sync::Notify,
+}
+
+/// The actor of the engine's own actions in the audit log.
+fn engine() -> TokenInfo {
+    TokenInfo {
+        id: String::new(),
+        name: "gantry (rollout)".to_owned(),
+        role: gantry_proto::Role::Admin,
+        created: String::new(),
+    }
+}
+
+impl Rollouts {
+    /// An engine over the state database and the agents' reports, judging what `feed` receives.
+    pub fn new(db: Arc<StateDb>, instances: Arc<InstanceRegistry>, feed: Arc<Feed>) -> Rollouts {
+        Rollouts {
+            db,
+            instances,
+            feed,
+            healthy_since: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Runs a round soon (after a deployment was started or acted on, or instances reported).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs rounds until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+                () = self.feed.arrived.notified() => {}
+                () = self.wake.notified() => {}
+            }
+            let engine = self.clone();
+            match tokio::task::spawn_blocking(move || engine.round()).await {
+                Ok(Ok(true)) => self.instances.bump(),
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "rollout round failed; retrying"),
+                Err(error) => tracing::error!(%error, "rollout round panicked"),
+            }
+        }
+    }
+
+    /// One round over every running deployment; returns whether what agents or routers are told changed. Blocking.
+    ///
+    /// # Errors
+    /// The state database failed; the round's changes of the failing deployment are not kept.
+    pub fn round(&self) -> Result<bool, StateError> {
+        let now = now_ms();
+        let running = self.db.read(deployments::active)?;
+        self.note_health(now);
+        let mut watched = HashMap::new();
+        for deployment in &running {
+            if deployment.strategy == Strategy::Canary && deployment.status != Status::RollingBack {
+                let (stable, canary) = self.db.read(|c| {
+                    Ok((
+                        deployments::version(c, &deployment.service, deployment.from_revision)?,
+                        deployments::version(c, &deployment.service, deployment.to_revision)?,
+                    ))
+                })?;
+                watched.insert(deployment.service.clone(), Watch { stable, canary });
+            }
+        }
+        self.feed.watch(watched);
+        let mut changed = false;
+        for deployment in running {
+            let observations = self.feed.take(&deployment.service);
+            changed |= self.db.write(|transaction| {
+                // Read again inside the transaction: an API action may have changed it since.
+                let Some(mut row) =
+                    deployments::get(transaction, deployment.id).map_err(|e| self.db.error(e))?
+                else {
+                    return Ok(false);
+                };
+                if !row.status.active() {
+                    return Ok(false);
+                }
+                let before = format!("{row:?}");
+                let mut round = Round {
+                    engine: self,
+                    c: transaction,
+                    now,
+                    changed: false,
+                };
+                round
+                    .advance(&mut row, observations)
+                    .map_err(|e| self.db.error(e))?;
+                if format!("{row:?}") != before {
+                    deployments::save(transaction, &row).map_err(|e| self.db.error(e))?;
+                }
+                Ok::<_, StateError>(round.changed)
+            })?;
+        }
+        Ok(changed)
+    }
+
+    /// Records when instances became healthy.
+    fn note_health(&self, now: u64) {
+        let ready = self.instances.ready();
+        let mut since = self.healthy_since.lock().unwrap_or_else(|e| e.into_inner());
+        since.retain(|id, _| ready.contains_key(id));
+        for id in ready.keys() {
+            since.entry(id.clone()).or_insert(now);
+        }
+    }
+
+    /// Whether instance `id` on `node` has been healthy for `min_healthy_ms` by `now`.
+    fn available(&self, node: &str, id: &str, min_healthy_ms: u64, now: u64) -> bool {
+        let healthy = self
+            .instances
+            .state(node, id)
+            .is_some_and(|state| state.phase == Phase::Healthy);
+        healthy
+            && self
+                .healthy_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(id)
+                .is_some_and(|since| now.saturating_sub(*since) >= min_healthy_ms)
+    }
+
+    /// Why instance `id` on `node` is failing, when it crash-loops.
+    fn crashing(&self, node: &str, id: &str) -> Option<String> {
+        let state = self.instances.state(node, id)?;
+        (state.phase == Phase::CrashLooping || state.restarts >= CRASH_RESTARTS).then(|| {
+            format!(
+                "new instance {id} is crash-looping ({} restarts{}{})",
+                state.restarts,
+                state
+                    .last_exit
+                    .as_ref()
+                    .map(|exit| format!(", last exit: {exit:?}"))
+                    .unwrap_or_default(),
+                if state.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", state.reason)
+                }
+            )
+        })
+    }
+}
+
+/// One deployment's round inside its transaction.
+struct Round<'a> {
+    engine: &'a Rollouts,
+    c: &'a Connection,
+    now: u64,
+    /// Whether agents' assignments or routes changed.
+    changed: bool,
+}
+
+impl Round<'_> {
+    fn advance(
+        &mut self,
+        row: &mut Row,
+        observations: Vec<gantry_judge::Observation>,
+    ) -> rusqlite::Result<()> {
+        if row.status == Status::RollingBack {
+            return self.roll_back(row);
+        }
+        match row.strategy {
+            Strategy::Rolling => self.rolling(row),
+            Strategy::Canary => self.canary(row, observations),
+            Strategy::BlueGreen => self.blue_green(row),
+        }
+    }
+
+    fn slots(&self, service: &str) -> rusqlite::Result<BTreeMap<Slot, StoredSlot>> {
+        placements::load(self.c, Some(service))
+    }
+
+    fn min_healthy(&self, row: &Row) -> u64 {
+        row.policy.min_healthy_time_ms
+    }
+
+    fn event(
+        &self,
+        row: &Row,
+        kind: &str,
+        message: &str,
+        detail: Option<&serde_json::Value>,
+    ) -> rusqlite::Result<()> {
+        tracing::info!(deployment = row.id, service = %row.service, kind, "{message}");
+        deployments::event(self.c, row.id, self.now, kind, message, detail)?;
+        Ok(())
+    }
+
+    fn audit(&self, row: &Row, action: &str, detail: &str) -> rusqlite::Result<()> {
+        audit::append(
+            self.c,
+            &Action {
+                actor: &engine(),
+                action,
+                target: &row.service,
+                outcome: "ok",
+                detail,
+            },
+        )
+    }
+
+    /// Planner views of the slots towards `target`.
+    fn views(&self, row: &Row, slots: &BTreeMap<Slot, StoredSlot>) -> Vec<SlotView> {
+        slots
+            .iter()
+            .filter(|(_, stored)| stored.node.is_some())
+            .map(|(slot, stored)| {
+                let node = stored.node.as_deref().unwrap_or_default();
+                SlotView {
+                    index: slot.index,
+                    template: stored.template,
+                    available: self
+                        .engine
+                        .available(node, &stored.instance_id(slot), 0, self.now),
+                    next: stored.next.as_ref().map(|next| {
+                        let id = placements::instance_id(
+                            &slot.service,
+                            slot.index,
+                            next.template,
+                            next.epoch,
+                        );
+                        (
+                            next.template,
+                            self.engine
+                                .available(&next.node, &id, self.min_healthy(row), self.now),
+                        )
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// Applies planner actions towards `target`.
+    fn apply(
+        &mut self,
+        slots: &BTreeMap<Slot, StoredSlot>,
+        actions: &[plan::Action],
+        target: u64,
+    ) -> rusqlite::Result<()> {
+        for action in actions {
+            let index = match action {
+                plan::Action::Begin(i) | plan::Action::Complete(i) | plan::Action::Cancel(i) => *i,
+            };
+            let Some((slot, stored)) = slots.iter().find(|(slot, _)| slot.index == index) else {
+                continue;
+            };
+            match action {
+                plan::Action::Begin(_) => {
+                    let Some(node) = &stored.node else { continue };
+                    placements::begin_replacement(self.c, slot, node, stored.epoch + 1, target)?;
+                }
+                plan::Action::Complete(_) => placements::complete_replacement(self.c, slot)?,
+                plan::Action::Cancel(_) => placements::cancel_replacement(self.c, slot)?,
+            }
+            self.changed = true;
+        }
+        Ok(())
+    }
+
+    /// A new instance of `template` that crash-loops, if any.
+    fn crash(&self, slots: &BTreeMap<Slot, StoredSlot>, template: u64) -> Option<String> {
+        slots.iter().find_map(|(slot, stored)| {
+            let next = stored
+                .next
+                .as_ref()
+                .filter(|next| next.template == template)?;
+            let id = placements::instance_id(&slot.service, slot.index, next.template, next.epoch);
+            self.engine.crashing(&next.node, &id)
+        })
+    }
+
+    fn budget(&self, row: &Row, replicas: u32) -> Budget {
+        let surge = row.policy.max_surge.resolve(replicas, true);
+        let unavailable = row.policy.max_unavailable.resolve(replicas, false);
+        Budget {
+            surge,
+            unavailable: if surge == 0 {
+                unavailable.max(1)
+            } else {
+                unavailable
+            },
+        }
+    }
+
+    fn replicas(&self, service: &str) -> rusqlite::Result<u32> {
+        Ok(platform::current(self.c)?
+            .get(service)
+            .map_or(0, |s| if s.stopped { 0 } else { s.replicas }))
+    }
+
+    fn rolling(&mut self, row: &mut Row) -> rusqlite::Result<()> {
+        let slots = self.slots(&row.service)?;
+        let views = self.views(row, &slots);
+        if plan::done(&views, row.to_template) {
+            return self.finish(
+                row,
+                Status::Succeeded,
+                Outcome::Succeeded,
+                format!("r{} runs on every instance", row.to_revision),
+            );
+        }
+        if let Some(why) = self.crash(&slots, row.to_template) {
+            return self.fail(row, Outcome::RolledBackForHealth, why);
+        }
+        if self.now.saturating_sub(row.started_ms) > row.policy.progress_deadline_ms {
+            let moved = views
+                .iter()
+                .filter(|v| v.template == row.to_template)
+                .count();
+            return self.fail(
+                row,
+                Outcome::RolledBackForHealth,
+                format!(
+                    "progress deadline of {} s passed with {moved} of {} instances at r{}",
+                    row.policy.progress_deadline_ms / 1000,
+                    views.len(),
+                    row.to_revision
+                ),
+            );
+        }
+        let replicas = self.replicas(&row.service)?;
+        let actions = plan::rolling(&views, row.to_template, self.budget(row, replicas));
+        let completed = actions
+            .iter()
+            .filter(|a| matches!(a, plan::Action::Complete(_)))
+            .count();
+        if completed > 0 {
+            let at_target = views
+                .iter()
+                .filter(|v| v.template == row.to_template)
+                .count()
+                + completed;
+            let message = format!(
+                "{at_target} of {} instances at r{}",
+                views.len(),
+                row.to_revision
+            );
+            self.event(row, "progress", &message, None)?;
+        }
+        self.apply(&slots, &actions, row.to_template)
+    }
+
+    /// The canary's instance count at `weight` percent: `ceil(weight × replicas)`, at least 1, at most replicas.
+    fn canary_count(weight: f64, replicas: u32) -> u32 {
+        ((f64::from(replicas) * weight / 100.0).ceil() as u32).clamp(1, replicas.max(1))
+    }
+
+    fn canary(
+        &mut self,
+        row: &mut Row,
+        observations: Vec<gantry_judge::Observation>,
+    ) -> rusqlite::Result<()> {
+        let config = JudgeConfig {
+            alpha: 0.01,
+            max_error_ratio_increase: row.policy.judge.max_error_ratio_increase,
+            max_latency_increase: row
+                .policy
+                .judge
+                .max_latency_increase_percent
+                .map(|p| p / 100.0),
+        };
+        // The judge sees every request while the canary takes traffic, paused or not: a regression during a pause
+        // still rolls back.
+        let failed = {
+            let judge = row.judge.get_or_insert_with(|| Judge::new(config));
+            // Up to the first crossing: the record is the judge's state at the verdict.
+            for observation in &observations {
+                if judge.observe(observation).is_some() {
+                    break;
+                }
+            }
+            match judge.failure() {
+                Some(_) => match judge.verdict(Exposure {
+                    min_requests: 0,
+                    min_duration_ms: 0,
+                    deadline_ms: u64::MAX,
+                    elapsed_ms: 0,
+                }) {
+                    Verdict::Fail(reason) => Some(reason),
+                    _ => None,
+                },
+                None => None,
+            }
+        };
+        if let Some(reason) = failed {
+            self.decide(row, "fail", &reason)?;
+            return self.fail(row, Outcome::RolledBackByJudge, reason);
+        }
+        let slots = self.slots(&row.service)?;
+        let replicas = self.replicas(&row.service)?;
+        if row.status == Status::Paused {
+            if row.paused_until_ms.is_some_and(|until| until <= self.now) {
+                row.status = Status::Progressing;
+                row.paused_until_ms = None;
+                row.pause_reason = None;
+                self.next_step(row)?;
+            }
+            return Ok(());
+        }
+        match row.phase.as_str() {
+            "starting" => {
+                let Some(step) = row.policy.steps.get(row.step as usize).cloned() else {
+                    row.phase = "promoting".to_owned();
+                    return Ok(());
+                };
+                let wanted = Self::canary_count(step.weight_percent, replicas);
+                if let Some(why) = self.crash(&slots, row.to_template) {
+                    return self.fail(row, Outcome::RolledBackForHealth, why);
+                }
+                if self
+                    .now
+                    .saturating_sub(row.step_started_ms.unwrap_or(row.started_ms))
+                    > row.policy.progress_deadline_ms
+                {
+                    return self.fail(
+                        row,
+                        Outcome::RolledBackForHealth,
+                        format!("the canary's instances were not healthy within the progress deadline of {} s", row.policy.progress_deadline_ms / 1000),
+                    );
+                }
+                let mut ready = 0;
+                for (slot, stored) in slots
+                    .iter()
+                    .filter(|(_, s)| s.node.is_some())
+                    .take(wanted as usize)
+                {
+                    match &stored.next {
+                        None => {
+                            if let Some(node) = &stored.node {
+                                placements::begin_replacement(
+                                    self.c,
+                                    slot,
+                                    node,
+                                    stored.epoch + 1,
+                                    row.to_template,
+                                )?;
+                                self.changed = true;
+                            }
+                        }
+                        Some(next) => {
+                            let id = placements::instance_id(
+                                &slot.service,
+                                slot.index,
+                                next.template,
+                                next.epoch,
+                            );
+                            if self.engine.available(
+                                &next.node,
+                                &id,
+                                self.min_healthy(row),
+                                self.now,
+                            ) {
+                                ready += 1;
+                            }
+                        }
+                    }
+                }
+                if ready >= wanted {
+                    row.phase = "judging".to_owned();
+                    row.weight = step.weight_percent;
+                    row.step_started_ms = Some(self.now);
+                    if let Some(judge) = &mut row.judge {
+                        judge.begin_step();
+                    }
+                    self.changed = true;
+                    let message = format!(
+                        "step {} of {}: {}% of requests to {} ({wanted} instance{})",
+                        row.step + 1,
+                        row.policy.steps.len(),
+                        step.weight_percent,
+                        deployments::version(self.c, &row.service, row.to_revision)?,
+                        if wanted == 1 { "" } else { "s" }
+                    );
+                    self.event(
+                        row,
+                        "weight",
+                        &message,
+                        Some(&serde_json::json!({"weight": step.weight_percent, "step": row.step})),
+                    )?;
+                    self.audit(row, "deployment.weight", &message)?;
+                }
+                Ok(())
+            }
+            "judging" => {
+                let Some(step) = row.policy.steps.get(row.step as usize).cloned() else {
+                    row.phase = "promoting".to_owned();
+                    return Ok(());
+                };
+                let elapsed = self
+                    .now
+                    .saturating_sub(row.step_started_ms.unwrap_or(self.now));
+                let exposure = Exposure {
+                    min_requests: step.min_requests,
+                    min_duration_ms: step.min_duration_ms,
+                    deadline_ms: step_deadline(step.min_duration_ms),
+                    elapsed_ms: elapsed,
+                };
+                let verdict = row
+                    .judge
+                    .as_ref()
+                    .map_or(Verdict::Continue, |judge| judge.verdict(exposure));
+                match verdict {
+                    Verdict::Continue | Verdict::Fail(_) => Ok(()),
+                    Verdict::Pass => {
+                        let reason = format!(
+                            "no regression after {} canary requests at {}%",
+                            row.judge.as_ref().map_or(0, Judge::step_requests),
+                            step.weight_percent
+                        );
+                        self.decide(row, "pass", &reason)?;
+                        match step.pause {
+                            Pause::None => self.next_step(row),
+                            Pause::For(ms) => {
+                                row.phase = "passed".to_owned();
+                                row.status = Status::Paused;
+                                row.paused_until_ms = Some(self.now + ms);
+                                row.pause_reason = Some(format!("step pause of {} s", ms / 1000));
+                                self.event(
+                                    row,
+                                    "paused",
+                                    &format!(
+                                        "step {} passed; pausing {} s",
+                                        row.step + 1,
+                                        ms / 1000
+                                    ),
+                                    None,
+                                )
+                            }
+                            Pause::UntilPromoted => {
+                                row.phase = "passed".to_owned();
+                                row.status = Status::Paused;
+                                row.pause_reason = Some(format!(
+                                    "step {} passed: waiting for `gantry promote {}`",
+                                    row.step + 1,
+                                    row.service
+                                ));
+                                self.event(
+                                    row,
+                                    "paused",
+                                    row.pause_reason.as_deref().unwrap_or_default(),
+                                    None,
+                                )
+                            }
+                        }
+                    }
+                    Verdict::Inconclusive(reason) => {
+                        self.decide(row, "inconclusive", &reason)?;
+                        row.status = Status::Paused;
+                        row.pause_reason = Some(format!(
+                            "inconclusive: {reason}; holding at {}%: `gantry resume {}` to judge again, `gantry promote` or `gantry abort`",
+                            row.weight, row.service
+                        ));
+                        self.event(
+                            row,
+                            "paused",
+                            row.pause_reason.as_deref().unwrap_or_default(),
+                            None,
+                        )?;
+                        self.audit(row, "deployment.pause", &reason)
+                    }
+                }
+            }
+            "promoting" => self.promote(row, &slots, replicas),
+            _ => Ok(()),
+        }
+    }
+
+    /// Moves to the next canary step, or to promotion after the last.
+    fn next_step(&mut self, row: &mut Row) -> rusqlite::Result<()> {
+        if row.phase == "passed" || row.phase == "judging" {
+            if row.step as usize + 1 < row.policy.steps.len() {
+                row.step += 1;
+                row.phase = "starting".to_owned();
+            } else {
+                row.phase = "promoting".to_owned();
+            }
+        }
+        row.step_started_ms = Some(self.now);
+        Ok(())
+    }
+
+    /// Promotion: the new version at full size, then all traffic to it, then the old instances stop.
+    fn promote(
+        &mut self,
+        row: &mut Row,
+        slots: &BTreeMap<Slot, StoredSlot>,
+        _replicas: u32,
+    ) -> rusqlite::Result<()> {
+        if let Some(why) = self.crash(slots, row.to_template) {
+            return self.fail(row, Outcome::RolledBackForHealth, why);
+        }
+        let mut all_ready = true;
+        for (slot, stored) in slots.iter().filter(|(_, s)| s.node.is_some()) {
+            if stored.template == row.to_template {
+                continue;
+            }
+            match &stored.next {
+                None => {
+                    if let Some(node) = &stored.node {
+                        placements::begin_replacement(
+                            self.c,
+                            slot,
+                            node,
+                            stored.epoch + 1,
+                            row.to_template,
+                        )?;
+                        self.changed = true;
+                    }
+                    all_ready = false;
+                }
+                Some(next) => {
+                    let id = placements::instance_id(
+                        &slot.service,
+                        slot.index,
+                        next.template,
+                        next.epoch,
+                    );
+                    all_ready &=
+                        self.engine
+                            .available(&next.node, &id, self.min_healthy(row), self.now);
+                }
+            }
+        }
+        if !all_ready {
+            return Ok(());
+        }
+        row.weight = 100.0;
+        for (slot, stored) in slots {
+            if stored
+                .next
+                .as_ref()
+                .is_some_and(|next| next.template == row.to_template)
+            {
+                placements::complete_replacement(self.c, slot)?;
+            }
+        }
+        self.changed = true;
+        self.finish(
+            row,
+            Status::Succeeded,
+            Outcome::Succeeded,
+            format!("promoted: r{} takes all requests", row.to_revision),
+        )
+    }
+
+    fn blue_green(&mut self, row: &mut Row) -> rusqlite::Result<()> {
+        let slots = self.slots(&row.service)?;
+        if let Some(why) = self.crash(&slots, row.to_template) {
+            return self.fail(row, Outcome::RolledBackForHealth, why);
+        }
+        match row.phase.as_str() {
+            "starting" => {
+                if self.now.saturating_sub(row.started_ms) > row.policy.progress_deadline_ms {
+                    return self.fail(
+                        row,
+                        Outcome::RolledBackForHealth,
+                        format!("the new version was not healthy at full size within the progress deadline of {} s", row.policy.progress_deadline_ms / 1000),
+                    );
+                }
+                let mut all_ready = true;
+                for (slot, stored) in slots.iter().filter(|(_, s)| s.node.is_some()) {
+                    match &stored.next {
+                        None if stored.template != row.to_template => {
+                            if let Some(node) = &stored.node {
+                                placements::begin_replacement(
+                                    self.c,
+                                    slot,
+                                    node,
+                                    stored.epoch + 1,
+                                    row.to_template,
+                                )?;
+                                self.changed = true;
+                            }
+                            all_ready = false;
+                        }
+                        None => {}
+                        Some(next) => {
+                            let id = placements::instance_id(
+                                &slot.service,
+                                slot.index,
+                                next.template,
+                                next.epoch,
+                            );
+                            all_ready &= self.engine.available(
+                                &next.node,
+                                &id,
+                                self.min_healthy(row),
+                                self.now,
+                            );
+                        }
+                    }
+                }
+                if all_ready {
+                    row.weight = 100.0;
+                    row.phase = "scaling_down".to_owned();
+                    row.paused_until_ms = Some(self.now + row.policy.scale_down_delay_ms);
+                    self.changed = true;
+                    let message = format!(
+                        "switched: all requests to r{}; the old version stays {} s for an instant switch back",
+                        row.to_revision,
+                        row.policy.scale_down_delay_ms / 1000
+                    );
+                    self.event(
+                        row,
+                        "weight",
+                        &message,
+                        Some(&serde_json::json!({"weight": 100.0})),
+                    )?;
+                    self.audit(row, "deployment.switch", &message)?;
+                }
+                Ok(())
+            }
+            "scaling_down" => {
+                if row.paused_until_ms.is_some_and(|until| until <= self.now) {
+                    for (slot, stored) in &slots {
+                        if stored
+                            .next
+                            .as_ref()
+                            .is_some_and(|next| next.template == row.to_template)
+                        {
+                            placements::complete_replacement(self.c, slot)?;
+                        }
+                    }
+                    row.paused_until_ms = None;
+                    self.changed = true;
+                    return self.finish(
+                        row,
+                        Status::Succeeded,
+                        Outcome::Succeeded,
+                        format!(
+                            "r{} takes all requests; the old version stopped",
+                            row.to_revision
+                        ),
+                    );
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a verdict with the judge's record.
+    fn decide(&mut self, row: &mut Row, verdict: &str, reason: &str) -> rusqlite::Result<()> {
+        let Some(judge) = &row.judge else {
+            return Ok(());
+        };
+        let decision = Decision {
+            time: rfc3339_ms(self.now),
+            step: row.step,
+            weight: row.weight,
+            verdict: verdict.to_owned(),
+            reason: reason.to_owned(),
+            versions: (
+                deployments::version(self.c, &row.service, row.from_revision)?,
+                deployments::version(self.c, &row.service, row.to_revision)?,
+            ),
+            record: judge.record(),
+        };
+        let detail = serde_json::to_value(&decision).unwrap_or_default();
+        row.decisions.push(decision);
+        self.event(
+            row,
+            "verdict",
+            &format!("step {}: {verdict}: {reason}", row.step + 1),
+            Some(&detail),
+        )?;
+        self.audit(row, "deployment.verdict", &format!("{verdict}: {reason}"))
+    }
+
+    /// Fails the rollout: the new version's weight goes to 0 in this round, then [`Round::roll_back`].
+    fn fail(&mut self, row: &mut Row, outcome: Outcome, reason: String) -> rusqlite::Result<()> {
+        row.status = Status::RollingBack;
+        row.phase = "rolling_back".to_owned();
+        row.outcome = Some(outcome);
+        row.reason = reason;
+        self.roll_back(row)
+    }
+
+    /// Returns to the stable revision (idempotent: each part is done once, whatever round it is).
+    fn roll_back(&mut self, row: &mut Row) -> rusqlite::Result<()> {
+        if row.weight != 0.0 {
+            row.weight = 0.0;
+            self.changed = true;
+            let first = row
+                .judge
+                .as_ref()
+                .map(|judge| judge.record().canary_first_ns / 1_000_000)
+                .filter(|ms| *ms > 0);
+            self.event(
+                row,
+                "weight",
+                &format!(
+                    "0% of requests to r{}: rolling back ({})",
+                    row.to_revision, row.reason
+                ),
+                Some(&serde_json::json!({"weight": 0.0, "canary_first_request_ms": first})),
+            )?;
+        }
+        let current = platform::current(self.c)?;
+        let Some(service) = current.get(&row.service) else {
+            return self.finish(
+                row,
+                Status::RolledBack,
+                row.outcome.unwrap_or(Outcome::Aborted),
+                row.reason.clone(),
+            );
+        };
+        if service.template != row.from_template {
+            self.c.execute(
+                "UPDATE revisions SET rejected = ?3 WHERE service = ?1 AND revision = ?2 AND rejected IS NULL",
+                params![row.service, row.to_revision as i64, row.reason],
+            )?;
+            let copy = platform::copy_revision(
+                self.c,
+                &row.service,
+                row.from_revision,
+                "gantry (rollout)",
+                &format!("rollback of deployment {}: {}", row.id, row.reason),
+            )?;
+            let message = format!(
+                "rolling back to r{} (as r{copy}): {}; r{} is marked rolled back",
+                row.from_revision, row.reason, row.to_revision
+            );
+            self.event(row, "rollback", &message, None)?;
+            self.audit(row, "deployment.rollback", &message)?;
+        }
+        let slots = self.slots(&row.service)?;
+        let views = self.views(row, &slots);
+        if plan::done(&views, row.from_template) {
+            let outcome = row.outcome.unwrap_or(Outcome::Aborted);
+            return self.finish(row, Status::RolledBack, outcome, row.reason.clone());
+        }
+        // Fast-tracked: as many at once as surge and unavailability allow together.
+        let replicas = self.replicas(&row.service)?;
+        let mut budget = self.budget(row, replicas);
+        budget.surge = budget.surge.max(budget.unavailable).max(1);
+        let actions = plan::rolling(&views, row.from_template, budget);
+        self.apply(&slots, &actions, row.from_template)
+    }
+
+    fn finish(
+        &mut self,
+        row: &mut Row,
+        status: Status,
+        outcome: Outcome,
+        reason: String,
+    ) -> rusqlite::Result<()> {
+        row.status = status;
+        row.phase = "done".to_owned();
+        row.outcome = Some(outcome);
+        row.reason = reason;
+        row.finished_ms = Some(self.now);
+        row.paused_until_ms = None;
+        row.pause_reason = None;
+        self.changed = true;
+        let message = format!(
+            "{} {} {}: {}",
+            match row.kind {
+                gantry_proto::deployments::Kind::Deploy => "deployment",
+                gantry_proto::deployments::Kind::Rollback => "rollback",
+            },
+            row.id,
+            match status {
+                Status::Succeeded => "succeeded",
+                _ => "rolled back",
+            },
+            row.reason
+        );
+        self.event(
+            row,
+            "finished",
+            &message,
+            Some(&serde_json::json!({"outcome": outcome})),
+        )?;
+        self.audit(row, "deployment.finish", &message)
+    }
+}
+
+/// When a step with too few canary requests becomes inconclusive: ten times its minimum duration, and at least
+/// five minutes more than it, ms.
+pub fn step_deadline(min_duration_ms: u64) -> u64 {
+    (min_duration_ms.saturating_mul(10)).max(min_duration_ms.saturating_add(300_000))
+}
