@@ -65,14 +65,7 @@ impl PlaneProcess {
         let child = Command::new(exe)
             .args(["plane", "--data-dir"])
             .arg(data_dir)
-            .args([
-                "--http-addr",
-                "127.0.0.1:0",
-                "--otlp-grpc-addr",
-                "127.0.0.1:0",
-                "--otlp-http-addr",
-                "127.0.0.1:0",
-            ])
+            .args(crate::node::LOOPBACK_LISTENERS)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -9,9 +9,12 @@
 
 pub mod generate;
 pub mod ingest;
+pub mod node;
 pub mod queries;
+pub mod rollout;
 pub mod router;
 
 pub use ingest::{IngestBench, run_ingest};
 pub use queries::{QueryBench, run_queries};
+pub use rollout::{RolloutBench, run_judge, run_rollout};
 pub use router::{RouterBench, run_router};

@@ -11,15 +11,14 @@
 //! machine with both, alike for both paths.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use gantry_proto::Role;
+use anyhow::Context;
 
-use crate::ingest::{PlaneProcess, create_token, percentiles};
+use crate::ingest::percentiles;
+use crate::node::{Platform, apply_when_up, free_port};
 
 /// Options of `gantry bench router`.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,98 +37,24 @@ pub struct RouterBench {
     pub data_dir: Option<PathBuf>,
 }
 
-struct AgentProcess(Child);
-
-impl AgentProcess {
-    /// User + system CPU seconds.
-    fn cpu_seconds(&self) -> f64 {
-        crate::ingest::cpu_seconds(&format!("/proc/{}/stat", self.0.id()))
-    }
-
-    fn memory_mib(&self, field: &str) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|line| line.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Runs the benchmark and prints its figures.
 ///
 /// # Errors
 /// The plane, the agent or the instance could not be started, or a request failed.
 pub fn run_router(options: RouterBench) -> anyhow::Result<()> {
-    let (root, temporary) = match &options.data_dir {
-        Some(dir) => (dir.clone(), false),
-        None => (
-            std::env::temp_dir().join(format!("gantry-bench-router-{}", std::process::id())),
-            true,
-        ),
-    };
-    let result = run_in(&options, &root);
-    if temporary {
-        let _ = std::fs::remove_dir_all(&root);
-    }
-    result
+    crate::node::in_data_dir(options.data_dir.as_deref(), "router", |root| {
+        run_in(&options, root)
+    })
 }
 
 fn run_in(options: &RouterBench, root: &Path) -> anyhow::Result<()> {
-    let plane_dir = root.join("plane");
-    std::fs::create_dir_all(&plane_dir)?;
-    let deployer = create_token(&plane_dir, Role::Deployer, "bench-deployer")?;
-    let node = create_token(&plane_dir, Role::Node, "bench-node")?;
-    let plane = PlaneProcess::start_with(&plane_dir, &[])?;
-    let base = format!("http://{}", plane.endpoints.http);
-    let exe = std::env::current_exe()?;
-    let agent_exe = exe.with_file_name("gantry-agent");
-    if !agent_exe.is_file() {
-        bail!(
-            "{} not found: build it beside gantry (`cargo build --release -p gantry-agent`)",
-            agent_exe.display()
-        );
-    }
-    let agent = AgentProcess(
-        Command::new(&agent_exe)
-            .args(["--plane", &base, "--token", &node, "--data-dir"])
-            .arg(root.join("agent"))
-            .args([
-                "--http-addr",
-                "127.0.0.1:0",
-                "--otlp-grpc-addr",
-                "127.0.0.1:0",
-                "--otlp-http-addr",
-                "127.0.0.1:0",
-                "--no-docker",
-                "--no-host-metrics",
-                "--heartbeat-interval-ms",
-                "500",
-                "--stop-instances-on-exit",
-                "true",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("start gantry-agent")?,
+    let platform = Platform::start(root)?;
+    let (base, deployer, agent) = (
+        platform.base.clone(),
+        platform.deployer.clone(),
+        &platform.agent,
     );
+    let exe = std::env::current_exe()?;
     let port = free_port()?;
     let spec = format!(
         "services:\n  echo:\n    runtime: {{process: {{command: '{}', args: [demo-service, --role, echo]}}}}\n    port: {port}\n    health: {{http: {{path: /}}, interval: 500ms}}\n",
@@ -140,32 +65,20 @@ fn run_in(options: &RouterBench, root: &Path) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let client = reqwest::Client::new();
-        // The node must be up before the spec is applied, or its slot is unplaced until the next round.
+        apply_when_up(&client, &base, &deployer, &spec).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let direct = loop {
             anyhow::ensure!(Instant::now() < deadline, "the echo instance did not become healthy in 60 s");
-            let nodes: serde_json::Value =
-                client.get(format!("{base}/api/v1/nodes")).bearer_auth(&deployer).send().await?.json().await?;
-            let up = nodes["nodes"].as_array().is_some_and(|n| n.iter().any(|n| n["status"] == "up"));
-            if up {
-                let applied = client
-                    .post(format!("{base}/api/v1/apply"))
-                    .bearer_auth(&deployer)
-                    .json(&serde_json::json!({"file": "bench.yaml", "content": spec}))
-                    .send()
-                    .await?;
-                anyhow::ensure!(applied.status().is_success(), "apply: {}", applied.text().await?);
-                let status: serde_json::Value = client
-                    .get(format!("{base}/api/v1/services/echo"))
-                    .bearer_auth(&deployer)
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                let instance = &status["instances"][0]["actual"];
-                if instance["phase"] == "healthy" {
-                    break instance["address"].as_str().context("address")?.to_owned();
-                }
+            let status: serde_json::Value = client
+                .get(format!("{base}/api/v1/services/echo"))
+                .bearer_auth(&deployer)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let instance = &status["instances"][0]["actual"];
+            if instance["phase"] == "healthy" {
+                break instance["address"].as_str().context("address")?.to_owned();
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
@@ -205,8 +118,7 @@ fn run_in(options: &RouterBench, root: &Path) -> anyhow::Result<()> {
         println!("| agent RSS with routing on | | {rss:.1} MiB now, {peak:.1} MiB peak | | at most 30 MiB |");
         Ok::<_, anyhow::Error>(())
     })?;
-    drop(agent);
-    drop(plane);
+    drop(platform);
     Ok(())
 }
 

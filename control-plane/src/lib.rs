@@ -2,8 +2,8 @@
 //! the OTLP intake over the telemetry store, the node registry, the HTTP API and the server that ties them together.
 //! The `gantry` binary is a thin CLI over this crate.
 //!
-//! Module dependencies point one way: `server` → `api` → (`ingest`, `nodes`, `auth`) → `state`; `telemetry` and
-//! `config` are leaves. **The store knows nothing about HTTP** (it is the `gantry-store` crate); **only
+//! Module dependencies point one way: `server` → `api` → (`ingest`, `nodes`, `auth`, `rollout`) → `state`;
+//! `telemetry` and `config` are leaves. **The store knows nothing about HTTP** (it is the `gantry-store` crate); **only
 //! `gantry-proto` and OTLP types cross the network**.
 
 pub mod api;

@@ -97,6 +97,10 @@ enum BenchCommand {
     Queries(gantry_bench::QueryBench),
     /// A node's service router against a direct connection: added latency per hop, requests/s, agent CPU and RSS.
     Router(gantry_bench::RouterBench),
+    /// A rolling rollout's wall time against its inherent time, and how fast a bad canary is caught and cut off.
+    Rollout(gantry_bench::RolloutBench),
+    /// The canary judge's simulation study: false rollbacks of identical versions, requests to catch regressions.
+    Judge,
 }
 
 /// `gantry plane`: every setting is a flag, a `GANTRY_*` variable and a key of the TOML file, in that order of
@@ -139,6 +143,12 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Router(options),
         } => gantry_bench::run_router(options),
+        Command::Bench {
+            command: BenchCommand::Rollout(options),
+        } => gantry_bench::run_rollout(options),
+        Command::Bench {
+            command: BenchCommand::Judge,
+        } => gantry_bench::run_judge(),
         Command::Demo(args) => {
             gantry_support::logging::init(cli::LOG_FILTER);
             gantry_support::process::raise_open_files_limit();

@@ -87,17 +87,22 @@ pub async fn serve(role: Role) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
         let error_rate: f64 = env_or("ERROR_RATE", "0").parse().unwrap_or(0.0);
         let extra = Duration::from_millis(env_or("EXTRA_LATENCY_MS", "0").parse().unwrap_or(0));
-        let app = Router::new().fallback(move || async move {
-            if !extra.is_zero() {
-                tokio::time::sleep(extra).await;
-            }
-            if rand::random::<f64>() < error_rate {
-                (
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "injected error",
-                )
-            } else {
-                (axum::http::StatusCode::OK, "ok")
+        // The answer names the version that gave it.
+        let version = env_or("GANTRY_VERSION", "dev");
+        let app = Router::new().fallback(move || {
+            let version = version.clone();
+            async move {
+                if !extra.is_zero() {
+                    tokio::time::sleep(extra).await;
+                }
+                if rand::random::<f64>() < error_rate {
+                    (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("injected error from {version}\n"),
+                    )
+                } else {
+                    (axum::http::StatusCode::OK, format!("ok from {version}\n"))
+                }
             }
         });
         axum::serve(listener, app)

@@ -107,6 +107,9 @@ pub struct CreateTokenRequest {
     pub name: String,
     /// What the token may do.
     pub role: Role,
+    /// A `deployer` token's services: it may change only these (deploy, roll back, scale, apply); `None`: all.
+    #[serde(default)]
+    pub services: Option<Vec<String>>,
 }
 
 /// A token as listed: never the secret.
@@ -120,6 +123,25 @@ pub struct TokenInfo {
     pub role: Role,
     /// Creation time, RFC 3339.
     pub created: String,
+    /// The services a `deployer` token is limited to; `None`: every service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<String>>,
+}
+
+impl TokenInfo {
+    /// Whether this token may change `service` (its role permitting): a token limited to services only changes
+    /// those.
+    pub fn may_change(&self, service: &str) -> bool {
+        self.services
+            .as_ref()
+            .is_none_or(|services| services.iter().any(|s| s == service))
+    }
+
+    /// Whether the token is limited to some services (it may then change nothing that is not a service's: secrets,
+    /// nodes).
+    pub fn limited(&self) -> bool {
+        self.services.is_some()
+    }
 }
 
 /// The answer to a token creation: the only time the secret is shown.
@@ -157,6 +179,7 @@ mod tests {
     fn created_token_debug_hides_the_secret() {
         let created = CreatedToken {
             info: TokenInfo {
+                services: None,
                 id: "1".into(),
                 name: "ci".into(),
                 role: Role::Viewer,

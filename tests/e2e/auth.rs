@@ -199,6 +199,7 @@ fn routes(victim_id: &str) -> Result<Vec<Route>> {
         "/api/v1/services?from=-1h",
         "/api/v1/nodes",
         "/api/v1/nodes/no-such-node",
+        "/api/v1/deployments?from=-1h",
         "/metrics",
     ] {
         routes.push(get(path, READERS, Allowed));

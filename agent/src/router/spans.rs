@@ -1,7 +1,7 @@
 //! The routers' spans: one per routed request, kind `SERVER`, under the target service's resource
 //! (`service.name`, `service.version`, `service.instance.id` of the instance that answered) with the HTTP
 //! semantic-convention attributes, `gantry.router: true`, and during a weighted rollout `gantry.route.share` (the
-//! probability the answering version had of being picked, which the canary judge needs). They are batched (up to 512, or each second) into
+//! probability the answering version had of being picked, which the canary judge needs). They are batched (up to 512, at most 200 ms) into
 //! OTLP export requests appended to the node's disk buffer like any other telemetry, so they reach the plane at
 //! least once. W3C trace context (`traceparent`) is continued when the caller sent one, started otherwise, and
 //! passed on to the instance with the router's span as parent.
@@ -24,6 +24,8 @@ use crate::sources::Sink;
 const QUEUE: usize = 16_384;
 /// Spans per export request.
 const BATCH: usize = 512;
+/// The longest a span waits for its batch.
+const FLUSH: Duration = Duration::from_millis(200);
 
 /// One routed request.
 #[derive(Debug, Clone)]
@@ -83,20 +85,32 @@ impl SpanSink {
 
 async fn batch(mut receiver: mpsc::Receiver<RouterSpan>, sink: Sink, host_name: String) {
     let mut pending: Vec<RouterSpan> = Vec::new();
+    // A span waits at most FLUSH after the first of its batch: the canary judge sees requests within it.
+    let mut deadline = tokio::time::Instant::now() + FLUSH;
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(1), receiver.recv()).await;
+        // Some(Some(span)), Some(None) when every sender is gone, None when the batch's time is up.
+        let next = if pending.is_empty() {
+            Some(receiver.recv().await)
+        } else {
+            tokio::time::timeout_at(deadline, receiver.recv())
+                .await
+                .ok()
+        };
         match next {
-            Ok(Some(span)) => {
+            Some(Some(span)) => {
+                if pending.is_empty() {
+                    deadline = tokio::time::Instant::now() + FLUSH;
+                }
                 pending.push(span);
                 if pending.len() < BATCH {
                     continue;
                 }
             }
-            Ok(None) => {
+            Some(None) => {
                 flush(&sink, &host_name, &mut pending).await;
                 return;
             }
-            Err(_) => {}
+            None => {}
         }
         flush(&sink, &host_name, &mut pending).await;
     }

@@ -257,6 +257,9 @@ pub enum ApiError {
     /// No valid token, or a role that may not do this (401 or 403).
     #[error(transparent)]
     Auth(AuthError),
+    /// A valid token whose limits do not cover this (403): a deployer token limited to other services.
+    #[error("{0}")]
+    Forbidden(String),
     /// Nothing there.
     #[error("{0}")]
     NotFound(String),
@@ -326,7 +329,9 @@ impl From<TokenError> for ApiError {
     fn from(error: TokenError) -> Self {
         match error {
             TokenError::NameTaken(_) => ApiError::Conflict(error.to_string()),
-            TokenError::BadName => ApiError::BadRequest(error.to_string()),
+            TokenError::BadName | TokenError::BadServices(_) => {
+                ApiError::BadRequest(error.to_string())
+            }
             TokenError::NotFound(_) => ApiError::NotFound(error.to_string()),
             // The database is busy or failing: a retry can succeed.
             TokenError::State(_) => ApiError::Unavailable {
@@ -365,7 +370,9 @@ impl IntoResponse for ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::TooExpensive { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Auth(AuthError::Forbidden { .. }) => StatusCode::FORBIDDEN,
+            ApiError::Auth(AuthError::Forbidden { .. }) | ApiError::Forbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,

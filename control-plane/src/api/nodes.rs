@@ -242,6 +242,8 @@ pub async fn report_instances(
         ));
     }
     if state.instances.report(&agent_id, report) {
+        // A rollout's new instance may have become healthy.
+        state.rollouts.wake();
         // A replacement may have become healthy: the next restart or drain step need not wait for the round.
         let scheduler = state.scheduler.clone();
         tokio::spawn(async move {

@@ -23,6 +23,7 @@ impl From<PlatformError> for ApiError {
             PlatformError::Spec(error) => ApiError::Spec(error),
             PlatformError::NotFound(message) => ApiError::NotFound(message),
             PlatformError::Conflict(message) => ApiError::Conflict(message),
+            PlatformError::Forbidden(message) => ApiError::Forbidden(message),
             PlatformError::Invalid(message) => ApiError::BadRequest(message),
             // Busy or failing database: a retry can succeed.
             PlatformError::State(error) => ApiError::Unavailable {

@@ -155,6 +155,27 @@ fn routes() -> Vec<(Method, String, RequestBody, Who)> {
             json(serde_json::json!({"instances": []})),
             Who::Nodes,
         ),
+        get("/api/v1/deployments?service=nothing", Who::Readers),
+        get("/api/v1/deployments/1", Who::Readers),
+        get("/api/v1/deployments/1/events", Who::Readers),
+        (
+            Method::POST,
+            "/api/v1/deployments".into(),
+            json(serde_json::json!({"service": "nothing", "version": "2"})),
+            Who::Deployers,
+        ),
+        (
+            Method::POST,
+            "/api/v1/deployments/1/pause".into(),
+            None,
+            Who::Deployers,
+        ),
+        (
+            Method::POST,
+            "/api/v1/services/nothing/rollback".into(),
+            json(serde_json::json!({})),
+            Who::Deployers,
+        ),
         get("/api/v1/tokens", Who::Admins),
         (
             Method::POST,
@@ -254,5 +275,66 @@ async fn role_route_matrix() {
         }
     }
     assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
+    state.store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployer_token_limited_to_services_changes_only_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path()).await;
+    let limited = state
+        .tokens
+        .create_limited("ci-alpha", Role::Deployer, Some(vec!["alpha".to_owned()]))
+        .unwrap();
+    assert!(
+        state
+            .tokens
+            .create_limited("viewer-alpha", Role::Viewer, Some(vec!["alpha".to_owned()]))
+            .is_err(),
+        "only deployer tokens are limited to services"
+    );
+    let call = |method: Method, path: &str, body: serde_json::Value| {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {}", limited.token))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let app = app(state.clone());
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    let spec = |name: &str| serde_json::json!({"file": "p.yaml", "content": format!("services:\n  {name}:\n    runtime: {{process: {{command: x}}}}\n")});
+    let (status, body) = call(Method::POST, "/api/v1/apply", spec("beta")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("may change only alpha"), "{body}");
+    let (status, body) = call(Method::POST, "/api/v1/apply", spec("alpha")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let deploy = |service: &str| serde_json::json!({"service": service, "version": "2"});
+    let (status, body) = call(Method::POST, "/api/v1/deployments", deploy("beta")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = call(Method::POST, "/api/v1/deployments", deploy("alpha")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = call(
+        Method::POST,
+        "/api/v1/services/beta/scale",
+        serde_json::json!({"replicas": 3}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = call(
+        Method::PUT,
+        "/api/v1/secrets/shared",
+        serde_json::json!({"value": "v"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     state.store.shutdown().await;
 }

@@ -17,11 +17,19 @@ pub async fn create(
     JsonBody(request): JsonBody<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let created = blocking(&state.tokens, move |tokens| {
-        tokens.create(&request.name, request.role)
+        tokens.create_limited(&request.name, request.role, request.services)
     })
     .await?;
     tracing::info!(by = %caller.token.name, name = %created.info.name, role = %created.info.role, "token created");
-    let detail = format!("role {}, id {}", created.info.role, created.info.id);
+    let detail = match &created.info.services {
+        Some(services) => format!(
+            "role {}, id {}, limited to {}",
+            created.info.role,
+            created.info.id,
+            services.join(", ")
+        ),
+        None => format!("role {}, id {}", created.info.role, created.info.id),
+    };
     audit(&state, &caller, "token.create", &created.info.name, &detail).await;
     Ok((StatusCode::CREATED, Json(created)))
 }

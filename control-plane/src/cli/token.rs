@@ -37,6 +37,10 @@ pub enum TokenCommand {
         /// A name to recognise it by.
         #[arg(long)]
         name: String,
+        /// A deployer token limited to these services (comma-separated): it may deploy, roll back, scale and
+        /// apply only them.
+        #[arg(long, value_delimiter = ',')]
+        services: Option<Vec<String>>,
     },
     /// List tokens (never their secrets).
     List {
@@ -55,7 +59,12 @@ pub enum TokenCommand {
 /// Runs a token subcommand.
 pub fn run(command: TokenCommand) -> anyhow::Result<()> {
     let (target, action) = match command {
-        TokenCommand::Create { target, role, name } => (target, TokenAction::Create(name, role)),
+        TokenCommand::Create {
+            target,
+            role,
+            name,
+            services,
+        } => (target, TokenAction::Create(name, role, services)),
         TokenCommand::List { target } => (target, TokenAction::List),
         TokenCommand::Revoke { target, id } => (target, TokenAction::Revoke(id)),
     };
@@ -67,8 +76,8 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open the state of {}", data_dir.display()))?;
             let tokens = TokenStore::new(Arc::new(db));
             match action {
-                TokenAction::Create(name, role) => {
-                    let created = tokens.create(&name, role)?;
+                TokenAction::Create(name, role, services) => {
+                    let created = tokens.create_limited(&name, role, services)?;
                     eprintln!(
                         "created {} token `{}` (id {}); it is shown this once:",
                         role, name, created.info.id
@@ -87,17 +96,27 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
 }
 
 enum TokenAction {
-    Create(String, Role),
+    Create(String, Role, Option<Vec<String>>),
     List,
     Revoke(String),
 }
 
 fn print_tokens(tokens: &[TokenInfo]) {
-    println!("{:<14} {:<24} {:<9} CREATED", "ID", "NAME", "ROLE");
+    println!(
+        "{:<14} {:<24} {:<9} {:<21} SERVICES",
+        "ID", "NAME", "ROLE", "CREATED"
+    );
     for token in tokens {
         println!(
-            "{:<14} {:<24} {:<9} {}",
-            token.id, token.name, token.role, token.created
+            "{:<14} {:<24} {:<9} {:<21} {}",
+            token.id,
+            token.name,
+            token.role,
+            token.created,
+            token
+                .services
+                .as_ref()
+                .map_or_else(|| "all".to_owned(), |s| s.join(","))
         );
     }
 }
@@ -115,11 +134,15 @@ fn remote_token(plane: &str, admin: &str, action: TokenAction) -> anyhow::Result
             anyhow::bail!("the plane answered {status}: {body}")
         };
         match action {
-            TokenAction::Create(name, role) => {
+            TokenAction::Create(name, role, services) => {
                 let response = client
                     .post(format!("{base}/api/v1/tokens"))
                     .bearer_auth(admin)
-                    .json(&CreateTokenRequest { name, role })
+                    .json(&CreateTokenRequest {
+                        name,
+                        role,
+                        services,
+                    })
                     .send()
                     .await
                     .context("cannot reach the plane")?;

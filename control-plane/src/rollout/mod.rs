@@ -1,4 +1,4 @@
-//! The rollout engine: drives every running deployment one round at a time (every 250 ms, and as soon as judge
+//! The rollout engine: drives every running deployment one round at a time (every 100 ms, and as soon as judge
 //! observations or instance reports arrive). A round reads the deployment, the service's slots and what the
 //! agents report, decides, and writes the decision in one transaction: the placements (replacements begun,
 //! completed or cancelled), the routers' weight, the judge's state, the deployment's step and phase, its events and
@@ -43,8 +43,9 @@ use crate::state::{StateDb, StateError, now_ms, platform, rfc3339_ms};
 use feed::{Feed, Watch};
 use plan::{Budget, SlotView};
 
-/// How often the loop runs a round when nothing wakes it.
-pub const INTERVAL: Duration = Duration::from_millis(250);
+/// How often the loop runs a round when nothing wakes it (what a `min_healthy_time` or a step's minimum duration
+/// may overrun by, at most).
+pub const INTERVAL: Duration = Duration::from_millis(100);
 /// A new instance that has restarted this often during a rollout fails it.
 const CRASH_RESTARTS: u32 = 3;
 
@@ -58,6 +59,9 @@ pub struct Rollouts {
     /// When each instance was first seen healthy (in memory: after a restart the count starts again, which only
     /// delays).
     healthy_since: Mutex<HashMap<String, u64>>,
+    /// The earliest time an instance seen healthy will have been so for `min_healthy_time`, ms since the epoch: the
+    /// loop runs a round then rather than at its next tick.
+    next_due: Mutex<Option<u64>>,
     wake: tokio::sync::Notify,
 }
 
@@ -68,6 +72,7 @@ fn engine() -> TokenInfo {
         name: "gantry (rollout)".to_owned(),
         role: gantry_proto::Role::Admin,
         created: String::new(),
+        services: None,
     }
 }
 
@@ -79,6 +84,7 @@ impl Rollouts {
             instances,
             feed,
             healthy_since: Mutex::new(HashMap::new()),
+            next_due: Mutex::new(None),
             wake: tokio::sync::Notify::new(),
         }
     }
@@ -93,11 +99,18 @@ impl Rollouts {
         let mut ticks = tokio::time::interval(INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let due = self
+                .next_due
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
                 () = self.feed.arrived.notified() => {}
                 () = self.wake.notified() => {}
+                () = tokio::time::sleep(due.unwrap_or(INTERVAL)), if due.is_some() => {}
             }
             let engine = self.clone();
             match tokio::task::spawn_blocking(move || engine.round()).await {
@@ -178,13 +191,25 @@ impl Rollouts {
             .instances
             .state(node, id)
             .is_some_and(|state| state.phase == Phase::Healthy);
-        healthy
-            && self
-                .healthy_since
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(id)
-                .is_some_and(|since| now.saturating_sub(*since) >= min_healthy_ms)
+        if !healthy {
+            return false;
+        }
+        let Some(since) = self
+            .healthy_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied()
+        else {
+            return false;
+        };
+        let ready_at = since.saturating_add(min_healthy_ms);
+        if now >= ready_at {
+            return true;
+        }
+        let mut due = self.next_due.lock().unwrap_or_else(|e| e.into_inner());
+        *due = Some(due.map_or(ready_at, |d| d.min(ready_at)));
+        false
     }
 
     /// Why instance `id` on `node` is failing, when it crash-loops.
@@ -226,6 +251,10 @@ impl Round<'_> {
     ) -> rusqlite::Result<()> {
         if row.status == Status::RollingBack {
             return self.roll_back(row);
+        }
+        // Paused: hold (a canary's judge goes on seeing requests, and its timed pauses end, in `canary`).
+        if row.status == Status::Paused && row.strategy != Strategy::Canary {
+            return Ok(());
         }
         match row.strategy {
             Strategy::Rolling => self.rolling(row),

@@ -205,7 +205,7 @@ impl Checker<'_> {
         names: &BTreeSet<&str>,
     ) -> Result<ServiceSpec, SpecError> {
         let field = |rest: &str| format!("services.{name}.{rest}");
-        if !valid_name(name) {
+        if !valid_service_name(name) {
             return self.key_error(
                 name,
                 service,
@@ -604,6 +604,15 @@ impl Checker<'_> {
                 "a latency increase is a percentage of at least 0",
             );
         }
+        if let Some(log_errors) = &judge.log_errors
+            && log_errors.value
+        {
+            return self.error(
+                log_errors.referenced,
+                field(".judge.log_errors"),
+                "the log rule is not supported yet: the judge compares error ratios and latency (remove this line)",
+            );
+        }
         Ok(RolloutPolicy {
             strategy,
             max_surge,
@@ -618,7 +627,7 @@ impl Checker<'_> {
                     .max_latency_increase
                     .as_ref()
                     .map(|v| v.value.0),
-                log_errors: judge.log_errors,
+                log_errors: false,
             },
         })
     }
@@ -677,7 +686,7 @@ impl Checker<'_> {
 }
 
 /// An RFC 1123 label: what DNS, Kubernetes and Nomad accept as a service name.
-fn valid_name(name: &str) -> bool {
+pub fn valid_service_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63

@@ -181,8 +181,7 @@ pub struct RawStep {
 pub struct RawJudge {
     pub max_error_ratio_increase: Option<Spanned<f64>>,
     pub max_latency_increase: Option<Spanned<Percent>>,
-    #[serde(default)]
-    pub log_errors: bool,
+    pub log_errors: Option<Spanned<bool>>,
 }
 
 /// A duration written with a unit (`500ms`, `5s`, `1m30s`, `2h`), in milliseconds.

@@ -29,7 +29,7 @@ const FULL: &str = r#"services:
         - {weight: 0.5}
         - {weight: 5%, min_requests: 200, min_duration: 1m, pause: until-promoted}
         - {weight: 50, pause: 30s}
-      judge: {max_latency_increase: 10%, log_errors: true}
+      judge: {max_latency_increase: 10%, log_errors: false}
   accounts:
     runtime: {process: {command: bank, args: [--role, accounts]}}
     port: 9101
@@ -373,4 +373,15 @@ fn a_big_file_or_an_alias_bomb_is_refused() {
         ));
     }
     assert!(parse("p.yaml", &bomb, &secrets).is_err());
+}
+
+#[test]
+fn the_log_rule_is_refused_until_it_is_judged() {
+    refused(
+        &format!("{HEAD}    rollout: {{judge: {{log_errors: true}}}}\n"),
+        4,
+        35,
+        "services.api.rollout.judge.log_errors",
+        "not supported yet",
+    );
 }

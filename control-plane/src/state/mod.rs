@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_placements.sql"),
     include_str!("migrations/0004_node_role.sql"),
     include_str!("migrations/0005_deployments.sql"),
+    include_str!("migrations/0006_token_services.sql"),
 ];
 
 /// A failure of the state database.

@@ -30,6 +30,9 @@ pub enum TokenError {
     /// No such token.
     #[error("no token with id or name `{0}`")]
     NotFound(String),
+    /// A limit to services that does not apply.
+    #[error("{0}")]
+    BadServices(String),
 }
 
 /// The tokens of one plane.
@@ -38,7 +41,7 @@ pub struct TokenStore {
     db: Arc<StateDb>,
 }
 
-const COLUMNS: &str = "id, name, role, created";
+const COLUMNS: &str = "id, name, role, created, services";
 
 fn info(row: &Row<'_>) -> rusqlite::Result<TokenInfo> {
     let role: String = row.get(2)?;
@@ -53,6 +56,18 @@ fn info(row: &Row<'_>) -> rusqlite::Result<TokenInfo> {
             )
         })?,
         created: row.get(3)?,
+        services: row
+            .get::<_, Option<String>>(4)?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|error| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        4,
+                        rusqlite::types::Type::Text,
+                        Box::new(error),
+                    )
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -67,9 +82,43 @@ impl TokenStore {
     /// # Errors
     /// [`TokenError::BadName`], [`TokenError::NameTaken`], or the database failed.
     pub fn create(&self, name: &str, role: Role) -> Result<CreatedToken, TokenError> {
+        self.create_limited(name, role, None)
+    }
+
+    /// Creates a token, a `deployer` one limited to `services` when given. Blocking (a committed write).
+    ///
+    /// # Errors
+    /// [`TokenError::BadName`], [`TokenError::NameTaken`], [`TokenError::BadServices`] (a limit on another role,
+    /// an empty list, a name that is not a service name), or the database failed.
+    pub fn create_limited(
+        &self,
+        name: &str,
+        role: Role,
+        services: Option<Vec<String>>,
+    ) -> Result<CreatedToken, TokenError> {
         let valid = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
         if name.is_empty() || name.len() > 64 || !name.chars().all(valid) {
             return Err(TokenError::BadName);
+        }
+        if let Some(services) = &services {
+            if role != Role::Deployer {
+                return Err(TokenError::BadServices(format!(
+                    "only a `deployer` token is limited to services, not a `{role}` one"
+                )));
+            }
+            if services.is_empty() {
+                return Err(TokenError::BadServices(
+                    "a token limited to services needs at least one".to_owned(),
+                ));
+            }
+            if let Some(bad) = services
+                .iter()
+                .find(|s| !crate::spec::valid_service_name(s))
+            {
+                return Err(TokenError::BadServices(format!(
+                    "`{bad}` is not a service name (1-63 lowercase letters, digits and `-`, starting with a letter)"
+                )));
+            }
         }
         let mut bytes = [0u8; 24];
         rand::rng().fill_bytes(&mut bytes);
@@ -81,6 +130,7 @@ impl TokenStore {
             name: name.to_owned(),
             role,
             created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            services,
         };
         self.db.write(|t| {
             let taken: bool = t
@@ -94,13 +144,16 @@ impl TokenStore {
                 return Err(TokenError::NameTaken(name.to_owned()));
             }
             t.execute(
-                "INSERT INTO tokens (id, name, role, hash, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO tokens (id, name, role, hash, created, services) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     info.id,
                     info.name,
                     role.as_str(),
                     &hash(&secret)[..],
-                    info.created
+                    info.created,
+                    info.services
+                        .as_ref()
+                        .map(|s| serde_json::to_string(s).unwrap_or_default())
                 ],
             )
             .map_err(|e| self.db.error(e))?;

@@ -1,6 +1,7 @@
 //! The demo bank (`demo/platform.yaml`, instrumented with the OpenTelemetry Rust SDK) on three nodes: every
 //! instance placed, spread and healthy, dependencies started first; RED rows for all four services; and the trace of
-//! one gateway request holds spans of all four services and of the routers between them.
+//! one gateway request holds spans of all four services and of the routers between them; and the README's bad release
+//! of payments is rolled back by the canary judge (exit 1) while a good one rolls through (exit 0).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -116,6 +117,62 @@ async fn the_demo_bank_runs_on_three_nodes_with_red_and_whole_traces() -> Result
         Ok(all.then_some(()))
     })
     .await?;
+
+    // The bad release, shown (as the README tells): under load, a payments release with 20% errors is failed by the
+    // canary judge and rolled back (exit 1, the decision record printed); a good one rolls through (exit 0).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, client, gateway) = (stop.clone(), client.clone(), ports[0]);
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let url = format!("http://127.0.0.{}:{gateway}/transfer", 2 + n % 3);
+                let _ = client
+                    .get(&url)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let url = plane.endpoints.http_url();
+    let deploy = |version: &'static str, set: &'static [&'static str]| {
+        let (url, deployer) = (url.clone(), deployer.clone());
+        async move {
+            let mut args = vec![
+                "deploy",
+                "payments",
+                "--version",
+                version,
+                "--wait",
+                "--timeout",
+                "3m",
+            ];
+            args.extend(set.iter().flat_map(|kv| ["--set", kv]));
+            args.extend(["--plane", &url, "--token", &deployer]);
+            let out = crate::harness::process::gantry_cli(&args).await?;
+            Ok::<_, anyhow::Error>((
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
+        }
+    };
+    let (code, out, err) = deploy("1.1.0", &["ERROR_RATE=0.2"]).await?;
+    ensure!(code == Some(1), "the bad release: {code:?}\n{out}\n{err}");
+    ensure!(
+        out.contains("stable 1.0.0")
+            && out.contains("canary 1.1.0")
+            && out.contains("rolling back"),
+        "{out}"
+    );
+    println!("{out}");
+    let (code, out, err) = deploy("1.0.1", &[]).await?;
+    ensure!(code == Some(0), "the good release: {code:?}\n{out}\n{err}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await?;
     for agent in &mut agents {
         agent.terminate().await?;
     }

@@ -3,7 +3,8 @@
 //! errors is failed by the canary judge and rolled back by itself (exit 1, with a decision record naming both
 //! versions' error ratios and the time from the canary's first request to its weight at 0); the same settings again
 //! are refused without `--force`; a plane SIGKILLed during a canary step resumes it, with no instance started
-//! twice or missing and no step repeated or skipped; a rollback by hand is in the history and the audit log.
+//! twice or missing and no step repeated or skipped; a release that crash-loops is rolled back for health (exit 5);
+//! a rollback by hand is in the history and the audit log.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -343,6 +344,28 @@ async fn canary_rollouts_roll_through_roll_back_and_survive_a_plane_kill() -> Re
             "no instance started twice: {instance}"
         );
     }
+
+    // A release whose instances crash-loop is rolled back for health (exit 5); the stable ones never stopped.
+    let (code, out, err) = cli(
+        &plane,
+        &deployer,
+        &[
+            "deploy",
+            &service,
+            "--version",
+            "1.3.0",
+            "--command",
+            "/bin/false",
+            "--wait",
+        ],
+    )
+    .await?;
+    ensure!(
+        code == 5,
+        "a crash-looping release: exit {code}\n{out}\n{err}"
+    );
+    ensure!(err.contains("crash-looping"), "{err}");
+    stable_only(&service, "1.2.0").await?;
 
     // A rollback by hand: a new revision in the history, an entry in the audit log.
     let (code, out, err) = cli(&plane, &deployer, &["rollback", &service, "--wait"]).await?;

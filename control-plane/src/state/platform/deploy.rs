@@ -49,7 +49,8 @@ impl PlatformStore {
     /// Starts a deployment of a new version of `request.service`, as `by`. Blocking.
     ///
     /// # Errors
-    /// [`PlatformError::NotFound`]; [`PlatformError::Invalid`] for a bad version, variable or secret reference;
+    /// [`PlatformError::Forbidden`] for a token limited to other services; [`PlatformError::NotFound`];
+    /// [`PlatformError::Invalid`] for a bad version, variable or secret reference;
     /// [`PlatformError::Conflict`] when a rollout of the service is under way (named), when nothing changes, or
     /// when the revision was rolled back before (without `force`); or the database failed.
     pub fn deploy(
@@ -57,6 +58,7 @@ impl PlatformStore {
         request: &DeployRequest,
         by: &TokenInfo,
     ) -> Result<Deployment, PlatformError> {
+        super::may_change(by, &request.service)?;
         let result = self.db.write(|transaction| {
             let outcome = deploy_in(transaction, request, by).map_err(|e| self.db.error(e))?;
             Ok::<_, StateError>(outcome)
@@ -80,6 +82,7 @@ impl PlatformStore {
         to: Option<u64>,
         by: &TokenInfo,
     ) -> Result<Deployment, PlatformError> {
+        super::may_change(by, service)?;
         let result = self.db.write(|transaction| {
             let outcome =
                 rollback_in(transaction, service, to, by).map_err(|e| self.db.error(e))?;
@@ -501,6 +504,9 @@ fn control_in(
     let Some(mut row) = deployments::get(c, id)? else {
         return Ok(Err(PlatformError::NotFound(format!("no deployment {id}"))));
     };
+    if let Err(error) = super::may_change(by, &row.service) {
+        return Ok(Err(error));
+    }
     if !row.status.active() {
         return Ok(Err(PlatformError::Conflict(format!(
             "deployment {id} has ended ({})",

@@ -41,6 +41,9 @@ pub enum PlatformError {
     /// A parameter is wrong.
     #[error("{0}")]
     Invalid(String),
+    /// The caller's token is limited to other services (or to services, for a change that is not a service's).
+    #[error("{0}")]
+    Forbidden(String),
     /// The state database failed: a retry can succeed.
     #[error(transparent)]
     State(#[from] StateError),
@@ -123,6 +126,19 @@ impl PlatformStore {
         request: &ApplyRequest,
         author: &TokenInfo,
     ) -> Result<ApplyResponse, PlatformError> {
+        if author.limited() {
+            let planned = self
+                .db
+                .read(|c| plan_in(c, request))
+                .map_err(PlatformError::from)?;
+            if let Ok((response, _)) = &planned {
+                for plan in &response.services {
+                    if matches!(plan.change, Change::Create | Change::Update) {
+                        may_change(author, &plan.service)?;
+                    }
+                }
+            }
+        }
         let result = if request.dry_run {
             self.db
                 .read(|c| plan_in(c, request))
@@ -311,6 +327,7 @@ impl PlatformStore {
         replicas: u32,
         by: &TokenInfo,
     ) -> Result<u32, PlatformError> {
+        may_change(by, service)?;
         if replicas > spec::MAX_REPLICAS {
             return Err(PlatformError::Invalid(format!(
                 "at most {} replicas per service",
@@ -362,6 +379,7 @@ impl PlatformStore {
         stopped: bool,
         by: &TokenInfo,
     ) -> Result<(), PlatformError> {
+        may_change(by, service)?;
         self.db.write(|transaction| {
             let changed = transaction
                 .execute(
@@ -394,6 +412,7 @@ impl PlatformStore {
     /// # Errors
     /// [`PlatformError::NotFound`], or the database failed.
     pub fn restart(&self, service: &str, by: &TokenInfo) -> Result<u64, PlatformError> {
+        may_change(by, service)?;
         self.db.write(|transaction| {
             let newest: Option<i64> = transaction
                 .query_row(
@@ -435,6 +454,7 @@ impl PlatformStore {
         drained: bool,
         by: &TokenInfo,
     ) -> Result<bool, PlatformError> {
+        may_change_all(by, "nodes")?;
         Ok(self.db.write(|transaction| {
             let changed = super::placements::set_drained(transaction, agent_id, drained)
                 .map_err(|e| self.db.error(e))?;
@@ -477,6 +497,7 @@ impl PlatformStore {
         value: &str,
         by: &TokenInfo,
     ) -> Result<bool, PlatformError> {
+        may_change_all(by, "secrets")?;
         if !spec::valid_secret_name(name) {
             return Err(PlatformError::Invalid(format!(
                 "`{name}` is not a secret name: 1-128 letters, digits, `-`, `_` or `.`"
@@ -507,6 +528,7 @@ impl PlatformStore {
     /// [`PlatformError::NotFound`], [`PlatformError::Conflict`] naming the services that use it, or the database
     /// failed.
     pub fn delete_secret(&self, name: &str, by: &TokenInfo) -> Result<(), PlatformError> {
+        may_change_all(by, "secrets")?;
         self.db.write(|transaction| {
             let users: Vec<String> = current(transaction)
                 .map_err(|e| self.db.error(e))?
@@ -566,6 +588,36 @@ impl PlatformStore {
     pub fn record(&self, entry: &Action<'_>) -> Result<(), PlatformError> {
         Ok(audit::record(&self.db, entry)?)
     }
+}
+
+/// Refuses a change of `service` by a token limited to other services.
+///
+/// # Errors
+/// [`PlatformError::Forbidden`] naming the services the token may change.
+pub fn may_change(by: &TokenInfo, service: &str) -> Result<(), PlatformError> {
+    if by.may_change(service) {
+        return Ok(());
+    }
+    Err(PlatformError::Forbidden(format!(
+        "token `{}` may change only {}, not `{service}`",
+        by.name,
+        by.services.as_deref().unwrap_or_default().join(", ")
+    )))
+}
+
+/// Refuses a change that is not a service's (secrets, nodes) by a token limited to services.
+///
+/// # Errors
+/// [`PlatformError::Forbidden`].
+pub fn may_change_all(by: &TokenInfo, what: &str) -> Result<(), PlatformError> {
+    if by.limited() {
+        return Err(PlatformError::Forbidden(format!(
+            "token `{}` is limited to services ({}): it may not change {what}",
+            by.name,
+            by.services.as_deref().unwrap_or_default().join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// A plan: the answer, and the new specs by name.
