@@ -164,7 +164,10 @@ impl Scheduler {
         let mut in_flight: HashMap<String, u32> = HashMap::new();
         for (slot, stored) in &slots {
             let Some(next) = &stored.next else { continue };
-            if next.template != stored.template || rolling_out.contains(&slot.service) {
+            let current_template = services.get(&slot.service).map(|s| s.template);
+            if rolling_out.contains(&slot.service)
+                || (next.template != stored.template && Some(next.template) != current_template)
+            {
                 continue;
             }
             let Some(id) = stored.next_instance_id(slot) else {
@@ -208,7 +211,10 @@ impl Scheduler {
             }
             let restarting = stored.epoch < service.restart_epoch;
             let draining = drained.contains(node);
-            if !restarting && !draining {
+            // A slot left at another template than its service's with no rollout under way (one that ended
+            // while the slot was away) is replaced like a restart.
+            let stale = stored.template != service.template;
+            if !restarting && !draining && !stale {
                 continue;
             }
             let (batch, _) = service.replacement_batch();
@@ -225,7 +231,7 @@ impl Scheduler {
                 node.clone()
             };
             let epoch = (stored.epoch + 1).max(service.restart_epoch);
-            placements::begin_replacement(transaction, slot, &target, epoch, stored.template)?;
+            placements::begin_replacement(transaction, slot, &target, epoch, service.template)?;
             changes.replaced.push(slot.clone());
             *busy += 1;
         }

@@ -163,7 +163,9 @@ async fn handle(
             );
         };
         span.version = upstream.version.clone();
-        span.share = share;
+        // The canary judge needs the probability of this pick: a sticky key's pick is not random, and a retry's
+        // pick depends on the first one's failure, so neither carries it.
+        span.share = share.filter(|_| key.is_none() && attempt == 0);
         span.instance_id = upstream.instance_id.clone();
         span.peer = upstream.address.clone();
         let Ok(uri) =

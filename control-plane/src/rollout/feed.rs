@@ -18,6 +18,9 @@ use tokio::sync::Notify;
 /// judge loses evidence, never gains false evidence).
 const QUEUE: usize = 200_000;
 
+/// An observation with its service and the canary version it was extracted for.
+pub type Tagged = (String, String, Observation);
+
 /// The versions of a service under judgment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watch {
@@ -41,10 +44,11 @@ impl Feed {
     pub fn watch(&self, watched: HashMap<String, Watch>) {
         let mut current = self.watched.write().unwrap_or_else(|e| e.into_inner());
         if *current != watched {
+            // A service's queue goes with its watch: a new rollout starts with none of the last one's requests.
             self.queues
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .retain(|service, _| watched.contains_key(service));
+                .retain(|service, _| watched.get(service) == current.get(service));
             *current = watched;
         }
     }
@@ -58,8 +62,9 @@ impl Feed {
             .unwrap_or_default()
     }
 
-    /// The observations in `request` for the services under judgment (none when nothing is judged).
-    pub fn extract(&self, request: &ExportRequest) -> Vec<(String, Observation)> {
+    /// The observations in `request` for the services under judgment (none when nothing is judged), each with
+    /// its service and the canary version it was judged against.
+    pub fn extract(&self, request: &ExportRequest) -> Vec<Tagged> {
         let ExportRequest::Traces(traces) = request else {
             return Vec::new();
         };
@@ -107,6 +112,7 @@ impl Feed {
                 let failed_status = span.status.as_ref().is_some_and(|s| s.code == 2);
                 found.push((
                     service.to_owned(),
+                    watch.canary.clone(),
                     Observation {
                         canary,
                         canary_share: if canary { share } else { 1.0 - share },
@@ -123,14 +129,22 @@ impl Feed {
         found
     }
 
-    /// Queues observations (after their batch is durable) and wakes the loop.
-    pub fn push(&self, observations: Vec<(String, Observation)>) {
+    /// Queues observations (after their batch is durable) and wakes the loop; those extracted for a rollout that
+    /// is no longer the service's are dropped.
+    pub fn push(&self, observations: Vec<Tagged>) {
         if observations.is_empty() {
             return;
         }
+        let watched = self.watched.read().unwrap_or_else(|e| e.into_inner());
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let mut dropped = 0;
-        for (service, observation) in observations {
+        for (service, canary, observation) in observations {
+            if watched
+                .get(&service)
+                .is_none_or(|watch| watch.canary != canary)
+            {
+                continue;
+            }
             let queue = queues.entry(service).or_default();
             if queue.len() < QUEUE {
                 queue.push(observation);
@@ -139,6 +153,7 @@ impl Feed {
             }
         }
         drop(queues);
+        drop(watched);
         if dropped > 0 {
             tracing::warn!(
                 dropped,

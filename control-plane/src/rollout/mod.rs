@@ -144,9 +144,11 @@ impl Rollouts {
         }
         self.feed.watch(watched);
         let mut changed = false;
+        let mut failed = None;
         for deployment in running {
             let observations = self.feed.take(&deployment.service);
-            changed |= self.db.write(|transaction| {
+            let id = deployment.id;
+            let outcome = self.db.write(|transaction| {
                 // Read again inside the transaction: an API action may have changed it since.
                 let Some(mut row) =
                     deployments::get(transaction, deployment.id).map_err(|e| self.db.error(e))?
@@ -170,9 +172,20 @@ impl Rollouts {
                     deployments::save(transaction, &row).map_err(|e| self.db.error(e))?;
                 }
                 Ok::<_, StateError>(round.changed)
-            })?;
+            });
+            // One deployment's failing round does not hold up the others.
+            match outcome {
+                Ok(one) => changed |= one,
+                Err(error) => {
+                    tracing::warn!(deployment = id, %error, "rollout round failed; retrying");
+                    failed = Some(error);
+                }
+            }
         }
-        Ok(changed)
+        match failed {
+            Some(error) if !changed => Err(error),
+            _ => Ok(changed),
+        }
     }
 
     /// Records when instances became healthy.
@@ -354,6 +367,45 @@ impl Round<'_> {
         Ok(())
     }
 
+    /// Whether `slot`'s instance at the new template is available: begins it beside the current one when the slot
+    /// has none, and cancels a replacement at another template first (a restart or a drain under way when the
+    /// rollout began), so that only the new version counts.
+    fn new_instance_ready(
+        &mut self,
+        row: &Row,
+        slot: &Slot,
+        stored: &StoredSlot,
+    ) -> rusqlite::Result<bool> {
+        let Some(node) = &stored.node else {
+            return Ok(false);
+        };
+        match &stored.next {
+            Some(next) if next.template == row.to_template => {
+                let id =
+                    placements::instance_id(&slot.service, slot.index, next.template, next.epoch);
+                Ok(self
+                    .engine
+                    .available(&next.node, &id, self.min_healthy(row), self.now))
+            }
+            Some(_) => {
+                placements::cancel_replacement(self.c, slot)?;
+                self.changed = true;
+                Ok(false)
+            }
+            None => {
+                placements::begin_replacement(
+                    self.c,
+                    slot,
+                    node,
+                    stored.epoch + 1,
+                    row.to_template,
+                )?;
+                self.changed = true;
+                Ok(false)
+            }
+        }
+    }
+
     /// A new instance of `template` that crash-loops, if any.
     fn crash(&self, slots: &BTreeMap<Slot, StoredSlot>, template: u64) -> Option<String> {
         slots.iter().find_map(|(slot, stored)| {
@@ -399,7 +451,9 @@ impl Round<'_> {
         if let Some(why) = self.crash(&slots, row.to_template) {
             return self.fail(row, Outcome::RolledBackForHealth, why);
         }
-        if self.now.saturating_sub(row.started_ms) > row.policy.progress_deadline_ms {
+        // Kubernetes' progress deadline: time without progress (a completed replacement, a resume).
+        let since_progress = row.step_started_ms.unwrap_or(row.started_ms);
+        if self.now.saturating_sub(since_progress) > row.policy.progress_deadline_ms {
             let moved = views
                 .iter()
                 .filter(|v| v.template == row.to_template)
@@ -422,6 +476,7 @@ impl Round<'_> {
             .filter(|a| matches!(a, plan::Action::Complete(_)))
             .count();
         if completed > 0 {
+            row.step_started_ms = Some(self.now);
             let at_target = views
                 .iter()
                 .filter(|v| v.template == row.to_template)
@@ -521,35 +576,8 @@ impl Round<'_> {
                     .filter(|(_, s)| s.node.is_some())
                     .take(wanted as usize)
                 {
-                    match &stored.next {
-                        None => {
-                            if let Some(node) = &stored.node {
-                                placements::begin_replacement(
-                                    self.c,
-                                    slot,
-                                    node,
-                                    stored.epoch + 1,
-                                    row.to_template,
-                                )?;
-                                self.changed = true;
-                            }
-                        }
-                        Some(next) => {
-                            let id = placements::instance_id(
-                                &slot.service,
-                                slot.index,
-                                next.template,
-                                next.epoch,
-                            );
-                            if self.engine.available(
-                                &next.node,
-                                &id,
-                                self.min_healthy(row),
-                                self.now,
-                            ) {
-                                ready += 1;
-                            }
-                        }
+                    if self.new_instance_ready(row, slot, stored)? {
+                        ready += 1;
                     }
                 }
                 if ready >= wanted {
@@ -583,6 +611,32 @@ impl Round<'_> {
                     row.phase = "promoting".to_owned();
                     return Ok(());
                 };
+                // The canary's instances must stay: one crash-looping fails the rollout; one gone (its node lost)
+                // is started again, at the same weight.
+                if let Some(why) = self.crash(&slots, row.to_template) {
+                    return self.fail(row, Outcome::RolledBackForHealth, why);
+                }
+                let wanted = Self::canary_count(step.weight_percent, replicas) as usize;
+                let present = slots
+                    .values()
+                    .filter(|s| s.node.is_some())
+                    .take(wanted)
+                    .filter(|s| {
+                        s.next
+                            .as_ref()
+                            .is_some_and(|n| n.template == row.to_template)
+                    })
+                    .count();
+                if present < wanted {
+                    row.phase = "starting".to_owned();
+                    row.step_started_ms = Some(self.now);
+                    return self.event(
+                        row,
+                        "step",
+                        "a canary instance is gone: starting it again",
+                        None,
+                    );
+                }
                 let elapsed = self
                     .now
                     .saturating_sub(row.step_started_ms.unwrap_or(self.now));
@@ -688,35 +742,10 @@ impl Round<'_> {
         }
         let mut all_ready = true;
         for (slot, stored) in slots.iter().filter(|(_, s)| s.node.is_some()) {
-            if stored.template == row.to_template {
+            if stored.template == row.to_template && stored.next.is_none() {
                 continue;
             }
-            match &stored.next {
-                None => {
-                    if let Some(node) = &stored.node {
-                        placements::begin_replacement(
-                            self.c,
-                            slot,
-                            node,
-                            stored.epoch + 1,
-                            row.to_template,
-                        )?;
-                        self.changed = true;
-                    }
-                    all_ready = false;
-                }
-                Some(next) => {
-                    let id = placements::instance_id(
-                        &slot.service,
-                        slot.index,
-                        next.template,
-                        next.epoch,
-                    );
-                    all_ready &=
-                        self.engine
-                            .available(&next.node, &id, self.min_healthy(row), self.now);
-                }
-            }
+            all_ready &= self.new_instance_ready(row, slot, stored)?;
         }
         if !all_ready {
             return Ok(());
@@ -747,7 +776,11 @@ impl Round<'_> {
         }
         match row.phase.as_str() {
             "starting" => {
-                if self.now.saturating_sub(row.started_ms) > row.policy.progress_deadline_ms {
+                if self
+                    .now
+                    .saturating_sub(row.step_started_ms.unwrap_or(row.started_ms))
+                    > row.policy.progress_deadline_ms
+                {
                     return self.fail(
                         row,
                         Outcome::RolledBackForHealth,
@@ -756,36 +789,10 @@ impl Round<'_> {
                 }
                 let mut all_ready = true;
                 for (slot, stored) in slots.iter().filter(|(_, s)| s.node.is_some()) {
-                    match &stored.next {
-                        None if stored.template != row.to_template => {
-                            if let Some(node) = &stored.node {
-                                placements::begin_replacement(
-                                    self.c,
-                                    slot,
-                                    node,
-                                    stored.epoch + 1,
-                                    row.to_template,
-                                )?;
-                                self.changed = true;
-                            }
-                            all_ready = false;
-                        }
-                        None => {}
-                        Some(next) => {
-                            let id = placements::instance_id(
-                                &slot.service,
-                                slot.index,
-                                next.template,
-                                next.epoch,
-                            );
-                            all_ready &= self.engine.available(
-                                &next.node,
-                                &id,
-                                self.min_healthy(row),
-                                self.now,
-                            );
-                        }
+                    if stored.template == row.to_template && stored.next.is_none() {
+                        continue;
                     }
+                    all_ready &= self.new_instance_ready(row, slot, stored)?;
                 }
                 if all_ready {
                     row.weight = 100.0;
@@ -903,10 +910,14 @@ impl Round<'_> {
             );
         };
         if service.template != row.from_template {
-            self.c.execute(
-                "UPDATE revisions SET rejected = ?3 WHERE service = ?1 AND revision = ?2 AND rejected IS NULL",
-                params![row.service, row.to_revision as i64, row.reason],
-            )?;
+            // A new version that failed is marked; a rollback that was aborted returns to where it started and
+            // marks nothing.
+            if row.kind == gantry_proto::deployments::Kind::Deploy {
+                self.c.execute(
+                    "UPDATE revisions SET rejected = ?3 WHERE service = ?1 AND revision = ?2 AND rejected IS NULL",
+                    params![row.service, row.to_revision as i64, row.reason],
+                )?;
+            }
             let copy = platform::copy_revision(
                 self.c,
                 &row.service,

@@ -556,8 +556,16 @@ impl Checker<'_> {
                     step.value.weight.referenced,
                     field(&format!(".steps.{index}.weight")),
                     format!(
-                        "weights rise step by step within (0%, 100%]: {weight}% follows {last}%"
+                        "weights rise step by step within (0%, 100%): {weight}% follows {last}%"
                     ),
+                );
+            }
+            // At 100% nothing is left to compare the canary with: promotion follows the last step.
+            if weight >= 100.0 {
+                return self.error(
+                    step.value.weight.referenced,
+                    field(&format!(".steps.{index}.weight")),
+                    "a step at 100% cannot be judged (no stable requests to compare with): the last step is below 100%, promotion follows it",
                 );
             }
             last = weight;

@@ -385,3 +385,16 @@ fn the_log_rule_is_refused_until_it_is_judged() {
         "not supported yet",
     );
 }
+
+#[test]
+fn a_canary_step_at_100_percent_is_refused() {
+    refused(
+        &format!(
+            "{HEAD}    rollout: {{strategy: canary, steps: [{{weight: 50}}, {{weight: 100}}]}}\n"
+        ),
+        4,
+        64,
+        "services.api.rollout.steps.1.weight",
+        "cannot be judged",
+    );
+}

@@ -155,10 +155,16 @@ pub fn store(
             Some(b) => b.epoch,
             None => 0,
         };
-        let template = before.map_or_else(
-            || templates.get(&slot.service).copied().unwrap_or(0),
-            |b| b.template,
-        );
+        // A slot placed anew runs its service's template of the moment (the stable one during a canary or
+        // blue-green rollout); one that stays keeps its own.
+        let template = match before {
+            Some(b) if !moved => b.template,
+            _ => templates
+                .get(&slot.service)
+                .copied()
+                .or(before.map(|b| b.template))
+                .unwrap_or(0),
+        };
         connection.execute(
             "INSERT INTO placements (service, slot, node, reason, updated, epoch, template, issued)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6)

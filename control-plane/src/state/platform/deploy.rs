@@ -194,13 +194,15 @@ fn deploy_in(
     if let Some(args) = &request.args {
         process.args = args.clone();
     }
+    // A strategy override is this deployment's only: the revision keeps the service's policy.
+    let mut policy = spec.rollout.clone();
     if let Some(strategy) = request.strategy {
-        spec.rollout.strategy = strategy;
-        if strategy == Strategy::Canary && spec.rollout.steps.is_empty() {
-            spec.rollout.steps = default_steps();
+        policy.strategy = strategy;
+        if strategy == Strategy::Canary && policy.steps.is_empty() {
+            policy.steps = default_steps();
         }
         if strategy != Strategy::Canary {
-            spec.rollout.steps.clear();
+            policy.steps.clear();
         }
     }
     if spec == now.spec {
@@ -209,10 +211,10 @@ fn deploy_in(
             request.service, now.revision
         ))));
     }
-    if spec.rollout.strategy != Strategy::Rolling && now.version == version {
+    if policy.strategy != Strategy::Rolling && now.version == version {
         return Ok(Err(PlatformError::Invalid(format!(
             "version {version} is the running one: a {} rollout tells versions apart by their label, give a new --version",
-            strategy_word(spec.rollout.strategy)
+            strategy_word(policy.strategy)
         ))));
     }
     if !request.force
@@ -241,7 +243,8 @@ fn deploy_in(
     )?;
     let id = start(
         c,
-        &spec,
+        &spec.name,
+        policy.clone(),
         now.revision,
         revision,
         Kind::Deploy,
@@ -251,7 +254,7 @@ fn deploy_in(
     let detail = format!(
         "deployment {id}: r{} -> r{revision} ({version}), {}",
         now.revision,
-        strategy_word(spec.rollout.strategy)
+        strategy_word(policy.strategy)
     );
     audit::append(
         c,
@@ -275,32 +278,35 @@ fn strategy_word(strategy: Strategy) -> &'static str {
     }
 }
 
-/// Inserts the deployment row of a new revision and its `started` event; returns its id. A service with nothing
-/// running (`trivial`) rolls by replacement, which completes at once.
+/// Inserts the deployment row of a new revision of `service` with `policy`, and its `started` event; returns its
+/// id. A rollback, and a service with nothing running or whose versions cannot be told apart (`plain`), rolls by
+/// replacement.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn start(
     c: &Connection,
-    spec: &ServiceSpec,
+    service: &str,
+    policy: gantry_proto::platform::RolloutPolicy,
     from_revision: u64,
     to_revision: u64,
     kind: Kind,
     by: &str,
-    trivial: bool,
+    plain: bool,
 ) -> rusqlite::Result<u64> {
-    let strategy = if trivial || kind == Kind::Rollback {
+    let strategy = if plain || kind == Kind::Rollback {
         Strategy::Rolling
     } else {
-        spec.rollout.strategy
+        policy.strategy
     };
     let row = Row {
         id: 0,
-        service: spec.name.clone(),
+        service: service.to_owned(),
         from_revision,
         to_revision,
         from_template: 0,
         to_template: 0,
         kind,
         strategy,
-        policy: spec.rollout.clone(),
+        policy,
         status: Status::Progressing,
         phase: if strategy == Strategy::Rolling {
             "rolling"
@@ -324,14 +330,12 @@ pub(super) fn start(
     let id = deployments::insert(c, &row)?;
     let message = match kind {
         Kind::Deploy => format!(
-            "deployment {id} started: {} r{from_revision} -> r{to_revision}, {}",
-            spec.name,
+            "deployment {id} started: {service} r{from_revision} -> r{to_revision}, {}",
             strategy_word(strategy)
         ),
-        Kind::Rollback => format!(
-            "rollback {id} started: {} r{from_revision} -> r{to_revision}",
-            spec.name
-        ),
+        Kind::Rollback => {
+            format!("rollback {id} started: {service} r{from_revision} -> r{to_revision}")
+        }
     };
     deployments::event(c, id, now_ms(), "started", &message, None)?;
     Ok(id)
@@ -476,7 +480,16 @@ fn rollback_in(
     .map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })?;
-    let id = start(c, &spec, now.revision, new, Kind::Rollback, &by.name, false)?;
+    let id = start(
+        c,
+        service,
+        spec.rollout.clone(),
+        now.revision,
+        new,
+        Kind::Rollback,
+        &by.name,
+        false,
+    )?;
     let detail = format!(
         "deployment {id}: r{} -> r{new} (copy of r{revision})",
         now.revision
@@ -524,7 +537,10 @@ fn control_in(
             }
             row.status = Status::Paused;
             row.pause_reason = Some(format!("paused by {}", by.name));
-            row.paused_until_ms = None;
+            // Blue-green's scale-down time is kept: it is not a pause's end.
+            if row.phase != "scaling_down" {
+                row.paused_until_ms = None;
+            }
             ("deployment.pause", format!("paused by {}", by.name))
         }
         Control::Resume => {
@@ -535,24 +551,29 @@ fn control_in(
             }
             row.status = Status::Progressing;
             row.pause_reason = None;
-            row.paused_until_ms = None;
-            if row.phase == "judging" {
-                // Judged again at the same weight, with a new deadline.
-                row.step_started_ms = Some(now);
-            } else if row.phase == "passed" {
-                row.paused_until_ms = Some(now);
-                row.status = Status::Paused;
+            match row.phase.as_str() {
+                // A passed step's pause ends now: the next round moves to the next step.
+                "passed" => {
+                    row.paused_until_ms = Some(now);
+                    row.status = Status::Paused;
+                }
+                "scaling_down" => {}
+                // Judged again at the same weight, with a new deadline; the progress deadline counts from now.
+                _ => {
+                    row.paused_until_ms = None;
+                    row.step_started_ms = Some(now);
+                }
             }
             ("deployment.resume", format!("resumed by {}", by.name))
         }
         Control::Promote { full } => {
-            if row.status == Status::RollingBack || row.strategy == Strategy::Rolling {
+            if row.status == Status::RollingBack || row.strategy != Strategy::Canary {
                 return Ok(Err(PlatformError::Conflict(format!(
                     "deployment {id} has no step to promote ({})",
                     if row.status == Status::RollingBack {
                         "it is rolling back"
                     } else {
-                        "rolling"
+                        "only a canary has steps"
                     }
                 ))));
             }

@@ -207,14 +207,19 @@ impl PlatformStore {
                             .map_err(|e| self.db.error(e))?;
                         if template as u64 != before.template {
                             let trivial = before.stopped || before.replicas == 0;
+                            // A canary or blue-green tells versions apart by their label: with the same
+                            // label, the new template rolls.
+                            // (Without a `version` the label is `r<template>`: always new.)
+                            let same_label = spec.version.as_deref() == Some(before.version.as_str());
                             let id = deploy::start(
                                 transaction,
-                                spec,
+                                &spec.name,
+                                spec.rollout.clone(),
                                 previous,
                                 revision,
                                 gantry_proto::deployments::Kind::Deploy,
                                 &author.name,
-                                trivial,
+                                trivial || same_label,
                             )
                             .map_err(|e| self.db.error(e))?;
                             written.push(format!("(deployment {id})"));
