@@ -60,8 +60,9 @@ impl ErrorTest {
 
 /// The latency test: a sign test on pairs. Each canary request is paired with a stable request that arrived near it
 /// (the pairing never looks at the values), and scores 1 when the canary's latency exceeds the stable's times
-/// `1 + δ` (δ: the allowed increase), else 0. Under the null "the canary is not stochastically slower than the
-/// stable by more than δ" (`X_c <=st (1+δ) X_s`), a score is 1 with probability at most 1/2 (ties score 0), so
+/// `1 + δ` plus a slack `ε` (δ: the allowed increase; ε: a difference too small to count), else 0. Under the null
+/// "the canary is not stochastically slower than that" (`X_c <=st (1+δ) X_s + ε`), a score is 1 with probability at
+/// most 1/2 (ties score 0), so
 /// each alternative `θ_j > 1/2` gives the test supermartingale `Π (θ_j / ½)^z ((1-θ_j) / ½)^(1-z)`. A shift of the
 /// whole distribution, of its upper half or of its tail all raise `θ`; a tail-only shift raises it least.
 #[derive(Debug, Clone, Serialize, Deserialize)]

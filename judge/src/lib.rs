@@ -46,6 +46,18 @@ pub struct JudgeConfig {
     pub max_error_ratio_increase: Option<f64>,
     /// The allowed relative latency increase (0.1: 10% slower); `None`: 0.
     pub max_latency_increase: Option<f64>,
+    /// An absolute latency difference too small to count, nanoseconds ([`LATENCY_SLACK_NS`] by default): a new
+    /// process's cold connections and caches, or another node, cost fractions of a millisecond that a sign test
+    /// would otherwise find, given enough requests.
+    #[serde(default = "default_slack")]
+    pub latency_slack_ns: u64,
+}
+
+/// The default [`JudgeConfig::latency_slack_ns`]: 1 ms.
+pub const LATENCY_SLACK_NS: u64 = 1_000_000;
+
+fn default_slack() -> u64 {
+    LATENCY_SLACK_NS
 }
 
 impl Default for JudgeConfig {
@@ -54,6 +66,7 @@ impl Default for JudgeConfig {
             alpha: 0.01,
             max_error_ratio_increase: None,
             max_latency_increase: None,
+            latency_slack_ns: LATENCY_SLACK_NS,
         }
     }
 }
@@ -236,6 +249,7 @@ impl Judge {
     /// Pairs waiting canary requests with the newest waiting stable ones (the pairing never looks at the values).
     fn pair(&mut self) {
         let factor = 1.0 + self.config.max_latency_increase.unwrap_or(0.0).max(0.0);
+        let slack = self.config.latency_slack_ns as f64;
         while !self.canary_waiting.is_empty() && !self.stable_waiting.is_empty() {
             let (Some(canary), Some(stable)) = (
                 self.canary_waiting.pop_front(),
@@ -243,7 +257,8 @@ impl Judge {
             ) else {
                 break;
             };
-            self.latency.pair(canary as f64 > stable as f64 * factor);
+            self.latency
+                .pair(canary as f64 > stable as f64 * factor + slack);
         }
         while self.stable_waiting.len() > PAIRING_QUEUE {
             self.stable_waiting.pop_front();
@@ -322,13 +337,11 @@ impl Judge {
                     record.errors.threshold
                 ),
                 Metric::Latency => format!(
-                    "the canary is slower than the stable: {} of {} paired requests slower{} (e-value {} >= {:.0}); p99 {:.1} ms against {:.1} ms",
+                    "the canary is slower than the stable: {} of {} paired requests slower by more than {:.0}% and {:.1} ms (e-value {} >= {:.0}); p99 {:.1} ms against {:.1} ms",
                     record.latency.slower,
                     record.latency.pairs,
-                    match self.config.max_latency_increase {
-                        Some(allowed) => format!(" by more than {:.0}%", allowed * 100.0),
-                        None => String::new(),
-                    },
+                    self.config.max_latency_increase.unwrap_or(0.0) * 100.0,
+                    self.config.latency_slack_ns as f64 / 1e6,
                     compact(record.latency.e_value),
                     record.latency.threshold,
                     record.latency.canary.p99_ms,
@@ -408,6 +421,7 @@ impl Judge {
                 e_value: self.latency.e_value(),
                 threshold: 1.0 / latency_alpha,
                 max_increase: self.config.max_latency_increase,
+                slack_ms: self.config.latency_slack_ns as f64 / 1e6,
             },
             exemplars,
         }
@@ -505,4 +519,7 @@ pub struct LatencyRecord {
     pub threshold: f64,
     /// The allowed relative increase.
     pub max_increase: Option<f64>,
+    /// The absolute difference too small to count, milliseconds.
+    #[serde(default)]
+    pub slack_ms: f64,
 }

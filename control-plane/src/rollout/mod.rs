@@ -510,6 +510,7 @@ impl Round<'_> {
                 .judge
                 .max_latency_increase_percent
                 .map(|p| p / 100.0),
+            latency_slack_ns: gantry_judge::LATENCY_SLACK_NS,
         };
         // The judge sees every request while the canary takes traffic, paused or not: a regression during a pause
         // still rolls back.

@@ -40,6 +40,7 @@ fn spec(service: &str, port: u16, gantry: &str, version: &str, first_step: &str)
       steps:
         - {{weight: 20, min_requests: 40, min_duration: {first_step}}}
         - {{weight: 50, min_requests: 40, min_duration: 2s}}
+      judge: {{max_latency_increase: 50%}}
 "
     )
 }
