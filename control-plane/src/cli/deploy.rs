@@ -76,12 +76,8 @@ pub struct DeployArgs {
     /// Deploy even settings that were rolled back before.
     #[arg(long)]
     force: bool,
-    /// Wait for the outcome, printing each step and verdict.
-    #[arg(long)]
-    wait: bool,
-    /// How long to wait (`--wait`).
-    #[arg(long, default_value = "15m")]
-    timeout: String,
+    #[command(flatten)]
+    wait: WaitArgs,
     #[command(flatten)]
     remote: Remote,
 }
@@ -94,14 +90,33 @@ pub struct RollbackArgs {
     /// The revision to return to (default: the last earlier one with other instances that was not rolled back).
     #[arg(long)]
     to: Option<u64>,
-    /// Wait for the outcome (exit codes as `gantry deploy`'s).
-    #[arg(long)]
-    wait: bool,
-    /// How long to wait.
-    #[arg(long, default_value = "15m")]
-    timeout: String,
+    #[command(flatten)]
+    wait: WaitArgs,
     #[command(flatten)]
     remote: Remote,
+}
+
+/// `--wait` and `--timeout` of `gantry deploy` and `gantry rollback`.
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// Wait for the outcome, printing each step and verdict (the exit code says how it ended).
+    #[arg(long)]
+    wait: bool,
+    /// How long to wait (`--wait`).
+    #[arg(long, default_value = "15m")]
+    timeout: String,
+}
+
+impl WaitArgs {
+    /// The timeout, or the usage exit code with its message printed.
+    fn timeout(&self) -> Result<Duration, ExitCode> {
+        humantime::parse_duration(&self.timeout).map_err(|error| {
+            finish(
+                exit::USAGE,
+                Some(format!("error: --timeout {}: {error}", self.timeout)),
+            )
+        })
+    }
 }
 
 /// `gantry pause|resume|promote|abort SERVICE`.
@@ -169,14 +184,9 @@ pub fn deploy(args: DeployArgs) -> ExitCode {
         };
         set.insert(key.to_owned(), value.to_owned());
     }
-    let timeout = match humantime::parse_duration(&args.timeout) {
+    let timeout = match args.wait.timeout() {
         Ok(timeout) => timeout,
-        Err(error) => {
-            return finish(
-                exit::USAGE,
-                Some(format!("error: --timeout {}: {error}", args.timeout)),
-            );
-        }
+        Err(code) => return code,
     };
     let request = DeployRequest {
         service: args.service.clone(),
@@ -205,19 +215,14 @@ pub fn deploy(args: DeployArgs) -> ExitCode {
         Ok(created) => created,
         Err(error) => return refused(error),
     };
-    follow(&runtime, &args.remote, created, args.wait, timeout)
+    follow(&runtime, &args.remote, created, args.wait.wait, timeout)
 }
 
 /// Runs `gantry rollback`.
 pub fn rollback(args: RollbackArgs) -> ExitCode {
-    let timeout = match humantime::parse_duration(&args.timeout) {
+    let timeout = match args.wait.timeout() {
         Ok(timeout) => timeout,
-        Err(error) => {
-            return finish(
-                exit::USAGE,
-                Some(format!("error: --timeout {}: {error}", args.timeout)),
-            );
-        }
+        Err(code) => return code,
     };
     let runtime = match runtime() {
         Ok(runtime) => runtime,
@@ -232,7 +237,7 @@ pub fn rollback(args: RollbackArgs) -> ExitCode {
         Ok(created) => created,
         Err(error) => return refused(error),
     };
-    follow(&runtime, &args.remote, created, args.wait, timeout)
+    follow(&runtime, &args.remote, created, args.wait.wait, timeout)
 }
 
 /// Prints a started deployment and, with `wait`, its events until it ends, pauses for a human, or `timeout`.

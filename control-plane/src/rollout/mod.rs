@@ -21,16 +21,16 @@
 
 pub mod feed;
 pub mod plan;
+mod strategies;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gantry_judge::{Exposure, Judge, JudgeConfig, Verdict};
 use gantry_proto::TokenInfo;
 use gantry_proto::deployments::{Decision, Outcome, Status};
 use gantry_proto::instances::Phase;
-use gantry_proto::platform::{Pause, Strategy};
+use gantry_proto::platform::Strategy;
 use gantry_support::CancellationToken;
 use rusqlite::{Connection, params};
 
@@ -418,6 +418,13 @@ impl Round<'_> {
         })
     }
 
+    /// Whether the rollout has gone `progress_deadline` without progress (Kubernetes' progress deadline: the clock
+    /// restarts at each completed replacement, step and resume, in `step_started_ms`).
+    fn stalled(&self, row: &Row) -> bool {
+        let since_progress = row.step_started_ms.unwrap_or(row.started_ms);
+        self.now.saturating_sub(since_progress) > row.policy.progress_deadline_ms
+    }
+
     fn budget(&self, row: &Row, replicas: u32) -> Budget {
         let surge = row.policy.max_surge.resolve(replicas, true);
         let unavailable = row.policy.max_unavailable.resolve(replicas, false);
@@ -451,9 +458,7 @@ impl Round<'_> {
         if let Some(why) = self.crash(&slots, row.to_template) {
             return self.fail(row, Outcome::RolledBackForHealth, why);
         }
-        // Kubernetes' progress deadline: time without progress (a completed replacement, a resume).
-        let since_progress = row.step_started_ms.unwrap_or(row.started_ms);
-        if self.now.saturating_sub(since_progress) > row.policy.progress_deadline_ms {
+        if self.stalled(row) {
             let moved = views
                 .iter()
                 .filter(|v| v.template == row.to_template)
@@ -490,358 +495,6 @@ impl Round<'_> {
             self.event(row, "progress", &message, None)?;
         }
         self.apply(&slots, &actions, row.to_template)
-    }
-
-    /// The canary's instance count at `weight` percent: `ceil(weight × replicas)`, at least 1, at most replicas.
-    fn canary_count(weight: f64, replicas: u32) -> u32 {
-        ((f64::from(replicas) * weight / 100.0).ceil() as u32).clamp(1, replicas.max(1))
-    }
-
-    fn canary(
-        &mut self,
-        row: &mut Row,
-        observations: Vec<gantry_judge::Observation>,
-    ) -> rusqlite::Result<()> {
-        let config = JudgeConfig {
-            alpha: 0.01,
-            max_error_ratio_increase: row.policy.judge.max_error_ratio_increase,
-            max_latency_increase: row
-                .policy
-                .judge
-                .max_latency_increase_percent
-                .map(|p| p / 100.0),
-            latency_slack_ns: gantry_judge::LATENCY_SLACK_NS,
-        };
-        // The judge sees every request while the canary takes traffic, paused or not: a regression during a pause
-        // still rolls back.
-        let failed = {
-            let judge = row.judge.get_or_insert_with(|| Judge::new(config));
-            // Up to the first crossing: the record is the judge's state at the verdict.
-            for observation in &observations {
-                if judge.observe(observation).is_some() {
-                    break;
-                }
-            }
-            match judge.failure() {
-                Some(_) => match judge.verdict(Exposure {
-                    min_requests: 0,
-                    min_duration_ms: 0,
-                    deadline_ms: u64::MAX,
-                    elapsed_ms: 0,
-                }) {
-                    Verdict::Fail(reason) => Some(reason),
-                    _ => None,
-                },
-                None => None,
-            }
-        };
-        if let Some(reason) = failed {
-            self.decide(row, "fail", &reason)?;
-            return self.fail(row, Outcome::RolledBackByJudge, reason);
-        }
-        let slots = self.slots(&row.service)?;
-        let replicas = self.replicas(&row.service)?;
-        if row.status == Status::Paused {
-            if row.paused_until_ms.is_some_and(|until| until <= self.now) {
-                row.status = Status::Progressing;
-                row.paused_until_ms = None;
-                row.pause_reason = None;
-                self.next_step(row)?;
-            }
-            return Ok(());
-        }
-        match row.phase.as_str() {
-            "starting" => {
-                let Some(step) = row.policy.steps.get(row.step as usize).cloned() else {
-                    row.phase = "promoting".to_owned();
-                    return Ok(());
-                };
-                let wanted = Self::canary_count(step.weight_percent, replicas);
-                if let Some(why) = self.crash(&slots, row.to_template) {
-                    return self.fail(row, Outcome::RolledBackForHealth, why);
-                }
-                if self
-                    .now
-                    .saturating_sub(row.step_started_ms.unwrap_or(row.started_ms))
-                    > row.policy.progress_deadline_ms
-                {
-                    return self.fail(
-                        row,
-                        Outcome::RolledBackForHealth,
-                        format!("the canary's instances were not healthy within the progress deadline of {} s", row.policy.progress_deadline_ms / 1000),
-                    );
-                }
-                let mut ready = 0;
-                for (slot, stored) in slots
-                    .iter()
-                    .filter(|(_, s)| s.node.is_some())
-                    .take(wanted as usize)
-                {
-                    if self.new_instance_ready(row, slot, stored)? {
-                        ready += 1;
-                    }
-                }
-                if ready >= wanted {
-                    row.phase = "judging".to_owned();
-                    row.weight = step.weight_percent;
-                    row.step_started_ms = Some(self.now);
-                    if let Some(judge) = &mut row.judge {
-                        judge.begin_step();
-                    }
-                    self.changed = true;
-                    let message = format!(
-                        "step {} of {}: {}% of requests to {} ({wanted} instance{})",
-                        row.step + 1,
-                        row.policy.steps.len(),
-                        step.weight_percent,
-                        deployments::version(self.c, &row.service, row.to_revision)?,
-                        if wanted == 1 { "" } else { "s" }
-                    );
-                    self.event(
-                        row,
-                        "weight",
-                        &message,
-                        Some(&serde_json::json!({"weight": step.weight_percent, "step": row.step})),
-                    )?;
-                    self.audit(row, "deployment.weight", &message)?;
-                }
-                Ok(())
-            }
-            "judging" => {
-                let Some(step) = row.policy.steps.get(row.step as usize).cloned() else {
-                    row.phase = "promoting".to_owned();
-                    return Ok(());
-                };
-                // The canary's instances must stay: one crash-looping fails the rollout; one gone (its node lost)
-                // is started again, at the same weight.
-                if let Some(why) = self.crash(&slots, row.to_template) {
-                    return self.fail(row, Outcome::RolledBackForHealth, why);
-                }
-                let wanted = Self::canary_count(step.weight_percent, replicas) as usize;
-                let present = slots
-                    .values()
-                    .filter(|s| s.node.is_some())
-                    .take(wanted)
-                    .filter(|s| {
-                        s.next
-                            .as_ref()
-                            .is_some_and(|n| n.template == row.to_template)
-                    })
-                    .count();
-                if present < wanted {
-                    row.phase = "starting".to_owned();
-                    row.step_started_ms = Some(self.now);
-                    return self.event(
-                        row,
-                        "step",
-                        "a canary instance is gone: starting it again",
-                        None,
-                    );
-                }
-                let elapsed = self
-                    .now
-                    .saturating_sub(row.step_started_ms.unwrap_or(self.now));
-                let exposure = Exposure {
-                    min_requests: step.min_requests,
-                    min_duration_ms: step.min_duration_ms,
-                    deadline_ms: step_deadline(step.min_duration_ms),
-                    elapsed_ms: elapsed,
-                };
-                let verdict = row
-                    .judge
-                    .as_ref()
-                    .map_or(Verdict::Continue, |judge| judge.verdict(exposure));
-                match verdict {
-                    Verdict::Continue | Verdict::Fail(_) => Ok(()),
-                    Verdict::Pass => {
-                        let reason = format!(
-                            "no regression after {} canary requests at {}%",
-                            row.judge.as_ref().map_or(0, Judge::step_requests),
-                            step.weight_percent
-                        );
-                        self.decide(row, "pass", &reason)?;
-                        match step.pause {
-                            Pause::None => self.next_step(row),
-                            Pause::For(ms) => {
-                                row.phase = "passed".to_owned();
-                                row.status = Status::Paused;
-                                row.paused_until_ms = Some(self.now + ms);
-                                row.pause_reason = Some(format!("step pause of {} s", ms / 1000));
-                                self.event(
-                                    row,
-                                    "paused",
-                                    &format!(
-                                        "step {} passed; pausing {} s",
-                                        row.step + 1,
-                                        ms / 1000
-                                    ),
-                                    None,
-                                )
-                            }
-                            Pause::UntilPromoted => {
-                                row.phase = "passed".to_owned();
-                                row.status = Status::Paused;
-                                row.pause_reason = Some(format!(
-                                    "step {} passed: waiting for `gantry promote {}`",
-                                    row.step + 1,
-                                    row.service
-                                ));
-                                self.event(
-                                    row,
-                                    "paused",
-                                    row.pause_reason.as_deref().unwrap_or_default(),
-                                    None,
-                                )
-                            }
-                        }
-                    }
-                    Verdict::Inconclusive(reason) => {
-                        self.decide(row, "inconclusive", &reason)?;
-                        row.status = Status::Paused;
-                        row.pause_reason = Some(format!(
-                            "inconclusive: {reason}; holding at {}%: `gantry resume {}` to judge again, `gantry promote` or `gantry abort`",
-                            row.weight, row.service
-                        ));
-                        self.event(
-                            row,
-                            "paused",
-                            row.pause_reason.as_deref().unwrap_or_default(),
-                            None,
-                        )?;
-                        self.audit(row, "deployment.pause", &reason)
-                    }
-                }
-            }
-            "promoting" => self.promote(row, &slots, replicas),
-            _ => Ok(()),
-        }
-    }
-
-    /// Moves to the next canary step, or to promotion after the last.
-    fn next_step(&mut self, row: &mut Row) -> rusqlite::Result<()> {
-        if row.phase == "passed" || row.phase == "judging" {
-            if row.step as usize + 1 < row.policy.steps.len() {
-                row.step += 1;
-                row.phase = "starting".to_owned();
-            } else {
-                row.phase = "promoting".to_owned();
-            }
-        }
-        row.step_started_ms = Some(self.now);
-        Ok(())
-    }
-
-    /// Promotion: the new version at full size, then all traffic to it, then the old instances stop.
-    fn promote(
-        &mut self,
-        row: &mut Row,
-        slots: &BTreeMap<Slot, StoredSlot>,
-        _replicas: u32,
-    ) -> rusqlite::Result<()> {
-        if let Some(why) = self.crash(slots, row.to_template) {
-            return self.fail(row, Outcome::RolledBackForHealth, why);
-        }
-        let mut all_ready = true;
-        for (slot, stored) in slots.iter().filter(|(_, s)| s.node.is_some()) {
-            if stored.template == row.to_template && stored.next.is_none() {
-                continue;
-            }
-            all_ready &= self.new_instance_ready(row, slot, stored)?;
-        }
-        if !all_ready {
-            return Ok(());
-        }
-        row.weight = 100.0;
-        for (slot, stored) in slots {
-            if stored
-                .next
-                .as_ref()
-                .is_some_and(|next| next.template == row.to_template)
-            {
-                placements::complete_replacement(self.c, slot)?;
-            }
-        }
-        self.changed = true;
-        self.finish(
-            row,
-            Status::Succeeded,
-            Outcome::Succeeded,
-            format!("promoted: r{} takes all requests", row.to_revision),
-        )
-    }
-
-    fn blue_green(&mut self, row: &mut Row) -> rusqlite::Result<()> {
-        let slots = self.slots(&row.service)?;
-        if let Some(why) = self.crash(&slots, row.to_template) {
-            return self.fail(row, Outcome::RolledBackForHealth, why);
-        }
-        match row.phase.as_str() {
-            "starting" => {
-                if self
-                    .now
-                    .saturating_sub(row.step_started_ms.unwrap_or(row.started_ms))
-                    > row.policy.progress_deadline_ms
-                {
-                    return self.fail(
-                        row,
-                        Outcome::RolledBackForHealth,
-                        format!("the new version was not healthy at full size within the progress deadline of {} s", row.policy.progress_deadline_ms / 1000),
-                    );
-                }
-                let mut all_ready = true;
-                for (slot, stored) in slots.iter().filter(|(_, s)| s.node.is_some()) {
-                    if stored.template == row.to_template && stored.next.is_none() {
-                        continue;
-                    }
-                    all_ready &= self.new_instance_ready(row, slot, stored)?;
-                }
-                if all_ready {
-                    row.weight = 100.0;
-                    row.phase = "scaling_down".to_owned();
-                    row.paused_until_ms = Some(self.now + row.policy.scale_down_delay_ms);
-                    self.changed = true;
-                    let message = format!(
-                        "switched: all requests to r{}; the old version stays {} s for an instant switch back",
-                        row.to_revision,
-                        row.policy.scale_down_delay_ms / 1000
-                    );
-                    self.event(
-                        row,
-                        "weight",
-                        &message,
-                        Some(&serde_json::json!({"weight": 100.0})),
-                    )?;
-                    self.audit(row, "deployment.switch", &message)?;
-                }
-                Ok(())
-            }
-            "scaling_down" => {
-                if row.paused_until_ms.is_some_and(|until| until <= self.now) {
-                    for (slot, stored) in &slots {
-                        if stored
-                            .next
-                            .as_ref()
-                            .is_some_and(|next| next.template == row.to_template)
-                        {
-                            placements::complete_replacement(self.c, slot)?;
-                        }
-                    }
-                    row.paused_until_ms = None;
-                    self.changed = true;
-                    return self.finish(
-                        row,
-                        Status::Succeeded,
-                        Outcome::Succeeded,
-                        format!(
-                            "r{} takes all requests; the old version stopped",
-                            row.to_revision
-                        ),
-                    );
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
     }
 
     /// Records a verdict with the judge's record.
