@@ -19,3 +19,4 @@ pub mod server;
 pub mod spec;
 pub mod state;
 pub mod telemetry;
+pub mod ui;

@@ -29,6 +29,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::token::TokenCommand,
     },
+    /// Create, list or delete dashboard users (`gantry user create --name NAME --role admin` reads the password
+    /// from standard input).
+    User {
+        #[command(subcommand)]
+        command: cli::user::UserCommand,
+    },
     /// Benchmarks against a plane they start: `gantry bench ingest` (ingest, search and disk use), `gantry bench
     /// queries` (what expensive queries cost ingest and cheap queries).
     Bench {
@@ -134,6 +140,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Token { command } => cli::token::run(command),
+        Command::User { command } => cli::user::run(command),
         Command::Bench {
             command: BenchCommand::Ingest(options),
         } => gantry_bench::run_ingest(options),

@@ -13,10 +13,11 @@ use gantry_store::embedded::EmbeddedStore;
 use gantry_support::{CancellationToken, TaskTracker};
 use tokio::net::TcpListener;
 
-use crate::api::{AppState, app, otlp_app};
+use crate::api::{AppState, otlp_app};
 use crate::config::PlaneConfig;
 use crate::nodes::NodeRegistry;
 use crate::state::StateDb;
+use crate::ui::app;
 
 /// A plane whose listeners are bound.
 pub struct Bound {

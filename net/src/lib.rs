@@ -146,7 +146,16 @@ pub async fn serve(
         refused_full = false;
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers that need the client's address (the dashboard's login limiter) read axum's `ConnectInfo`.
+        let service = TowerToHyperService::new(tower::util::MapRequest::new(
+            app.clone(),
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        ));
         let connection = builder
             .serve_connection_with_upgrades(io, service)
             .into_owned();

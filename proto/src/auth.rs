@@ -190,3 +190,38 @@ mod tests {
         assert!(!format!("{created:?}").contains("gty_secret"));
     }
 }
+
+/// `POST /api/v1/users`: a dashboard user with a password and a role (`viewer`, `deployer` or `admin`).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    /// The login name: 1-64 letters, digits, `-`, `_`, `.` or `@`.
+    pub name: String,
+    /// `viewer`, `deployer` or `admin`.
+    pub role: Role,
+    /// The password, at least 12 characters; stored only as an argon2id hash.
+    pub password: String,
+}
+
+impl std::fmt::Debug for CreateUserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUserRequest")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A dashboard user, never with its password hash (`GET /api/v1/users`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// 12 hex digits.
+    pub id: String,
+    /// The login name.
+    pub name: String,
+    /// `viewer`, `deployer` or `admin`.
+    pub role: Role,
+    /// When it was created, RFC 3339.
+    pub created: String,
+}

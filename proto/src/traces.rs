@@ -105,6 +105,43 @@ pub struct ServiceRow {
     pub last_seen: String,
 }
 
+/// One time bucket of a [`RedSeries`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RedPoint {
+    /// The bucket's start, ms since the Unix epoch.
+    pub start_unix_ms: i64,
+    /// Requests that started in the bucket.
+    pub requests: u64,
+    /// Of which failed (error status).
+    pub errors: u64,
+    /// 99th percentile latency of the bucket's requests, milliseconds (0 without requests).
+    pub p99_ms: f64,
+}
+
+/// RED over time of one service and version, or of one operation (span name) of a service: the totals of the
+/// range and one point per bucket (rate, errors and duration, as in Tom Wilkie's RED method).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedSeries {
+    /// The totals over the whole range.
+    pub total: ServiceRow,
+    /// The operation (span name) when grouped by operation; empty otherwise.
+    #[serde(default)]
+    pub operation: String,
+    /// The buckets' width, ms.
+    pub step_ms: i64,
+    /// One point per bucket, oldest first; every bucket of the range is there, empty ones with zeros.
+    pub points: Vec<RedPoint>,
+}
+
+/// The answer of `GET /api/v1/red`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedResponse {
+    /// One series per service and version (or per operation and version).
+    pub series: Vec<RedSeries>,
+    /// Time spent answering, in milliseconds.
+    pub took_ms: u64,
+}
+
 /// The answer of `GET /api/v1/services`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServicesResponse {

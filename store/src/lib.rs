@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use gantry_proto::ExportRequest;
 use gantry_proto::{
-    HistogramBucket, LogRecord, MetricSeries, ServiceRow, SpanRecord, TraceSummary,
+    HistogramBucket, LogRecord, MetricSeries, RedSeries, ServiceRow, SpanRecord, TraceSummary,
 };
 use gantry_query::Query;
 
@@ -111,6 +111,21 @@ pub struct TraceSearch {
     pub range: TimeRange,
     /// Most traces to return.
     pub limit: usize,
+}
+
+/// `GET /api/v1/red`: RED (rate, errors, duration) over time, from server and consumer spans.
+#[derive(Debug, Clone)]
+pub struct RedQuery {
+    /// Time range (span start).
+    pub range: TimeRange,
+    /// Buckets the range is cut into, 1 to 1000.
+    pub buckets: usize,
+    /// Only this service.
+    pub service: Option<String>,
+    /// One series per operation (span name) instead of per service.
+    pub by_operation: bool,
+    /// One series per version too; without it each series is all versions together (`version` is empty).
+    pub by_version: bool,
 }
 
 /// How points in one step are combined.
@@ -264,6 +279,8 @@ pub trait Store: Send + Sync + 'static {
     async fn metrics(&self, query: MetricQuery) -> Result<Vec<MetricSeries>, StoreError>;
     /// RED figures per service and version from server and consumer spans.
     async fn services(&self, range: TimeRange) -> Result<Vec<ServiceRow>, StoreError>;
+    /// RED over time per service and version, or per operation and version (see [`RedQuery`]).
+    async fn red(&self, query: RedQuery) -> Result<Vec<RedSeries>, StoreError>;
     /// Whether the store has finished starting (WAL replayed) and its writer and indexer are running.
     fn is_ready(&self) -> bool;
     /// Current figures for `/metrics`.

@@ -28,11 +28,11 @@ pub struct SearchParams {
     cursor: Option<String>,
 }
 
-fn encode_cursor(cursor: Cursor) -> String {
+pub(crate) fn encode_cursor(cursor: Cursor) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}:{}", cursor.ts_ns, cursor.seen_at_ts))
 }
 
-fn decode_cursor(text: &str) -> Result<Cursor, ApiError> {
+pub(crate) fn decode_cursor(text: &str) -> Result<Cursor, ApiError> {
     let bad = || {
         ApiError::BadRequest(
             "`cursor` is not one this API returned: pass `next_cursor` unchanged".to_owned(),

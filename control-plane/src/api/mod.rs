@@ -1,13 +1,13 @@
 //! The HTTP API: one router for `/api/v1`, the OTLP/HTTP paths, health and `/metrics`; the error type every handler
 //! returns; and the extractor that checks the caller's token and role on every route.
 
-mod deployments;
+pub(crate) mod deployments;
 mod health;
-mod logs;
+pub(crate) mod logs;
 mod metrics;
 mod nodes;
-mod platform;
-mod time;
+pub(crate) mod platform;
+pub(crate) mod time;
 mod tokens;
 mod traces;
 
@@ -48,6 +48,10 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// API tokens.
     pub tokens: TokenStore,
+    /// Dashboard users and their sessions.
+    pub users: crate::state::users::UserStore,
+    /// Failed dashboard logins, by name and by client address.
+    pub logins: Arc<crate::ui::LoginLimiter>,
     /// The platform's services, revisions, secrets and audit log.
     pub platform: PlatformStore,
     /// The placement loop.
@@ -74,6 +78,7 @@ impl AppState {
         max_body_bytes: usize,
     ) -> AppState {
         let tokens = TokenStore::new(db.clone());
+        let users = crate::state::users::UserStore::new(db.clone());
         let platform = PlatformStore::new(db.clone());
         let instances = Arc::new(InstanceRegistry::default());
         let feed = Arc::new(crate::rollout::feed::Feed::default());
@@ -101,6 +106,8 @@ impl AppState {
         AppState {
             store,
             tokens,
+            users,
+            logins: Arc::new(crate::ui::LoginLimiter::default()),
             platform,
             scheduler,
             rollouts,
@@ -168,6 +175,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/traces", get(traces::search))
         .route("/api/v1/traces/{trace_id}", get(traces::by_id))
         .route("/api/v1/services", get(traces::services))
+        .route("/api/v1/red", get(traces::red))
         .route("/api/v1/services/{name}", get(platform::status))
         .route("/api/v1/services/{name}/scale", post(platform::scale))
         .route("/api/v1/services/{name}/stop", post(platform::stop))
@@ -203,6 +211,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/metrics", get(metrics::query))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
+        .route(
+            "/api/v1/users",
+            get(tokens::list_users).post(tokens::create_user),
+        )
+        .route("/api/v1/users/{name}", delete(tokens::delete_user))
         .route(gantry_proto::HEARTBEAT_PATH, post(nodes::heartbeat))
         .route("/api/v1/nodes", get(nodes::list))
         .route("/api/v1/nodes/{agent_id}", get(nodes::by_id))

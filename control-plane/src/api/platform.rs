@@ -65,7 +65,7 @@ pub async fn apply(
 
 /// After a change of what should run: agents' long polls answer, and the new slots are placed now rather than at
 /// the next round (the change is committed either way; a failure here is retried by the next round).
-pub(super) async fn replan(state: &AppState) {
+pub(crate) async fn replan(state: &AppState) {
     state.instances.bump();
     let scheduler = state.scheduler.clone();
     match tokio::task::spawn_blocking(move || scheduler.reconcile()).await {
@@ -166,7 +166,19 @@ pub async fn status(
         platform.placements(&service)
     })
     .await?;
-    let instances = slots
+    let instances = instance_statuses(&state, slots);
+    Ok(Json(ServiceStatus {
+        service: deployed,
+        instances,
+    }))
+}
+
+/// Each stored slot with its node and what the node's agent last reported of it.
+pub fn instance_statuses(
+    state: &AppState,
+    slots: std::collections::BTreeMap<crate::placement::Slot, crate::state::placements::StoredSlot>,
+) -> Vec<InstanceStatus> {
+    slots
         .into_iter()
         .map(|(slot, stored)| {
             let node = stored.node.as_deref().and_then(|id| state.nodes.get(id));
@@ -197,11 +209,7 @@ pub async fn status(
                 since: stored.updated,
             }
         })
-        .collect();
-    Ok(Json(ServiceStatus {
-        service: deployed,
-        instances,
-    }))
+        .collect()
 }
 
 /// `GET /api/v1/secrets`: names and who set them, never values.

@@ -94,6 +94,7 @@ fn routes() -> Vec<(Method, String, RequestBody, Who)> {
         get("/api/v1/services/nothing/revisions", Who::Readers),
         get("/api/v1/secrets", Who::Readers),
         get("/api/v1/audit", Who::Readers),
+        get("/api/v1/red", Who::Readers),
         (
             Method::POST,
             "/api/v1/apply".into(),
@@ -186,6 +187,21 @@ fn routes() -> Vec<(Method, String, RequestBody, Who)> {
         (
             Method::DELETE,
             "/api/v1/tokens/no-such-token".into(),
+            None,
+            Who::Admins,
+        ),
+        get("/api/v1/users", Who::Admins),
+        (
+            Method::POST,
+            "/api/v1/users".into(),
+            json(
+                serde_json::json!({"name": "made-in-matrix", "role": "viewer", "password": "a long enough password"}),
+            ),
+            Who::Admins,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/users/no-such-user".into(),
             None,
             Who::Admins,
         ),

@@ -78,3 +78,40 @@ async fn audit(
         tracing::warn!(%error, action, "a token change could not be recorded in the audit log");
     }
 }
+
+/// `POST /api/v1/users`: a dashboard user (admin only); 201 with the user, never its password.
+pub async fn create_user(
+    caller: Caller<AdminAccess>,
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<gantry_proto::CreateUserRequest>,
+) -> Result<(StatusCode, Json<gantry_proto::UserInfo>), ApiError> {
+    let created = blocking(&state.users, move |users| {
+        users.create(request.name.trim(), request.role, &request.password)
+    })
+    .await?;
+    tracing::info!(by = %caller.token.name, name = %created.name, role = %created.role, "user created");
+    let detail = format!("role {}, id {}", created.role, created.id);
+    audit(&state, &caller, "user.create", &created.name, &detail).await;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `GET /api/v1/users`: every dashboard user, by name (admin only).
+pub async fn list_users(
+    _: Caller<AdminAccess>,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<gantry_proto::UserInfo>>, ApiError> {
+    Ok(Json(blocking(&state.users, |users| users.list()).await?))
+}
+
+/// `DELETE /api/v1/users/{name}`: the user and its sessions (admin only; the last admin stays: 409).
+pub async fn delete_user(
+    caller: Caller<AdminAccess>,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let deleted = blocking(&state.users, move |users| users.delete(&name)).await?;
+    tracing::info!(by = %caller.token.name, name = %deleted.name, "user deleted");
+    let detail = format!("id {}", deleted.id);
+    audit(&state, &caller, "user.delete", &deleted.name, &detail).await;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -110,3 +110,47 @@ pub async fn services(
         took_ms,
     }))
 }
+
+/// Query string of `GET /api/v1/red`.
+#[derive(Debug, Deserialize)]
+pub struct RedParams {
+    service: Option<String>,
+    /// `version` (default), `operation`, or `service` (all versions together).
+    by: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    /// 1 to 1000 (default 60).
+    buckets: Option<usize>,
+}
+
+/// `GET /api/v1/red`: RED over time per service and version (or per operation of one service), from server and
+/// consumer spans; the data of the dashboard's charts.
+pub async fn red(
+    _: Caller<ReadAccess>,
+    State(state): State<AppState>,
+    Params(params): Params<RedParams>,
+) -> Result<Json<gantry_proto::RedResponse>, ApiError> {
+    let started = Instant::now();
+    let (by_operation, by_version) = match params.by.as_deref().unwrap_or("version") {
+        "version" => (false, true),
+        "operation" => (true, false),
+        "service" => (false, false),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "`by={other}` is not supported: use version, operation or service"
+            )));
+        }
+    };
+    let series = state
+        .store
+        .red(gantry_store::RedQuery {
+            range: parse_range(params.from.as_deref(), params.to.as_deref())?,
+            buckets: params.buckets.unwrap_or(60),
+            service: params.service.filter(|s| !s.is_empty()),
+            by_operation,
+            by_version,
+        })
+        .await?;
+    let took_ms = state.query_done("red", started);
+    Ok(Json(gantry_proto::RedResponse { series, took_ms }))
+}

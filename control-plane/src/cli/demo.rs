@@ -52,6 +52,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
     let name = format!("demo-admin-{stamp}");
     let admin = tokens.create(&name, Role::Admin)?;
+    let users = gantry_plane::state::users::UserStore::new(tokens.db().clone());
+    let password = {
+        use rand::RngCore;
+        let mut bytes = [0u8; 12];
+        rand::rng().fill_bytes(&mut bytes);
+        hex::encode(bytes)
+    };
+    let dashboard_user = format!("admin-{stamp}");
+    users.create(&dashboard_user, Role::Admin, &password)?;
     let agent_token = tokens.create(&format!("demo-agent-{stamp}"), Role::Node)?;
     runtime()?.block_on(async {
         let bound = gantry_plane::server::bind_all(&config).await?;
@@ -92,6 +101,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             "Gantry is running (embedded store in {}).",
             data_dir.display()
         );
+        println!("  Dashboard:          {base}/   user {dashboard_user}, password {password} (shown once)");
         println!("  HTTP API:           {base}");
         println!(
             "  OTLP/HTTP:          http://{}   (also at {base}/v1/...)",

@@ -5,6 +5,7 @@ pub mod deploy;
 pub mod platform;
 pub mod remote;
 pub mod token;
+pub mod user;
 
 /// Log filter when `RUST_LOG` is not set.
 pub const LOG_FILTER: &str = "info,tantivy=warn";

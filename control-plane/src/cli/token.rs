@@ -12,17 +12,18 @@ use gantry_proto::{CreateTokenRequest, CreatedToken, Role, TokenInfo};
 
 use super::runtime;
 
+/// Where a token or user command acts: a data directory, or a running plane's API.
 #[derive(Args)]
 pub struct Target {
     /// The plane's data directory (works whether or not the plane runs).
     #[arg(long, conflicts_with = "plane")]
-    data_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
     /// A running plane's URL, e.g. http://127.0.0.1:8700 (needs --token of an admin).
     #[arg(long, requires = "token")]
-    plane: Option<String>,
+    pub plane: Option<String>,
     /// An admin token for --plane (or GANTRY_TOKEN).
     #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub token: Option<String>,
 }
 
 #[derive(Subcommand)]

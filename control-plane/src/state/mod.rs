@@ -17,6 +17,7 @@ pub mod placements;
 pub mod platform;
 pub mod secrets;
 pub mod tokens;
+pub mod users;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -38,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_node_role.sql"),
     include_str!("migrations/0005_deployments.sql"),
     include_str!("migrations/0006_token_services.sql"),
+    include_str!("migrations/0007_users.sql"),
 ];
 
 /// A failure of the state database.
@@ -308,7 +310,7 @@ mod tests {
         // existing rows.
         db.write(|t| {
             t.execute_batch(
-                "DROP TABLE deployment_events; DROP TABLE deployments;
+                "DROP TABLE sessions; DROP TABLE users; DROP TABLE deployment_events; DROP TABLE deployments;
                  ALTER TABLE placements DROP COLUMN template; ALTER TABLE placements DROP COLUMN next_template;
                  ALTER TABLE placements DROP COLUMN issued; ALTER TABLE revisions DROP COLUMN rejected;",
             )

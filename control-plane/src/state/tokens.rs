@@ -77,6 +77,11 @@ impl TokenStore {
         TokenStore { db }
     }
 
+    /// The state database the tokens live in.
+    pub fn db(&self) -> &Arc<StateDb> {
+        &self.db
+    }
+
     /// Creates a token; the returned secret is the only copy. Blocking (a committed write).
     ///
     /// # Errors

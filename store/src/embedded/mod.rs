@@ -29,7 +29,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use gantry_proto::{
-    ExportRequest, HistogramBucket, MetricSeries, ServiceRow, SpanRecord, TraceSummary,
+    ExportRequest, HistogramBucket, MetricSeries, RedSeries, ServiceRow, SpanRecord, TraceSummary,
 };
 use gantry_query::Query;
 use gantry_wal::{Wal, WalOptions};
@@ -46,8 +46,8 @@ use self::wal_thread::{Pending, WriteStats};
 use crate::budget::{Budget, Gate, QueryCounters, QueryLimits};
 use crate::model::{Acceptance, Rejections, screen, stamp_missing_times};
 use crate::{
-    Batch, LogPage, LogSearch, MetricQuery, Store, StoreConfig, StoreError, StoreStats, TimeRange,
-    TraceSearch, WriteOutcome, Written,
+    Batch, LogPage, LogSearch, MetricQuery, RedQuery, Store, StoreConfig, StoreError, StoreStats,
+    TimeRange, TraceSearch, WriteOutcome, Written,
 };
 
 /// The embedded telemetry store.
@@ -283,6 +283,11 @@ impl Store for EmbeddedStore {
 
     async fn services(&self, range: TimeRange) -> Result<Vec<ServiceRow>, StoreError> {
         self.read(move |catalog, budget| search::services(catalog, budget, range))
+            .await
+    }
+
+    async fn red(&self, query: RedQuery) -> Result<Vec<RedSeries>, StoreError> {
+        self.read(move |catalog, budget| search::red(catalog, budget, &query))
             .await
     }
 

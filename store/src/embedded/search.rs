@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound as StdBound;
 
-use gantry_proto::{HistogramBucket, LogRecord, ServiceRow, SpanRecord, TraceSummary};
+use gantry_proto::{
+    HistogramBucket, LogRecord, RedPoint, RedSeries, ServiceRow, SpanRecord, TraceSummary,
+};
 use gantry_query::Query;
 use serde::de::DeserializeOwned;
 use tantivy::collector::{Collector, SegmentCollector, TopDocs};
@@ -24,7 +26,7 @@ use gantry_proto::Signal;
 
 use super::schema::{Fields, StoredLog};
 use crate::model::rfc3339;
-use crate::{Cursor, LogPage, LogSearch, StoreError, TimeRange, TraceSearch};
+use crate::{Cursor, LogPage, LogSearch, RedQuery, StoreError, TimeRange, TraceSearch};
 
 /// Collects matching doc ids per segment, for reading fast fields afterwards.
 pub struct DocIds;
@@ -488,22 +490,69 @@ pub fn search_traces(
     Ok(summaries)
 }
 
-#[derive(Default)]
+/// The requests of one group (service, version and maybe operation), bucketed by start time.
 struct Red {
-    durations_ns: Vec<u64>,
-    errors: u64,
+    /// Per bucket: durations (ns) and errors.
+    buckets: Vec<(Vec<u64>, u64)>,
     last_seen: i64,
 }
 
 impl Red {
-    fn add(&mut self, duration_ns: u64, error: bool, ts: i64) {
-        self.durations_ns.push(duration_ns);
-        self.errors += u64::from(error);
+    fn new(buckets: usize) -> Red {
+        Red {
+            buckets: vec![(Vec::new(), 0); buckets],
+            last_seen: 0,
+        }
+    }
+
+    fn add(&mut self, bucket: usize, duration_ns: u64, error: bool, ts: i64) {
+        if let Some((durations, errors)) = self.buckets.get_mut(bucket) {
+            durations.push(duration_ns);
+            *errors += u64::from(error);
+        }
         self.last_seen = self.last_seen.max(ts);
     }
 }
 
-/// RED figures per service and version, from server and consumer spans, each span counted once.
+/// How [`red`] buckets and groups requests.
+struct Grouping {
+    from_ns: i64,
+    step_ns: i64,
+    buckets: usize,
+    by_operation: bool,
+    by_version: bool,
+}
+
+impl Grouping {
+    fn bucket(&self, ts: i64) -> usize {
+        (((ts - self.from_ns).max(0) / self.step_ns) as usize).min(self.buckets - 1)
+    }
+}
+
+/// RED per service and version, from server and consumer spans, each span counted once.
+pub fn services(
+    catalog: &Catalog,
+    budget: &Budget,
+    range: TimeRange,
+) -> Result<Vec<ServiceRow>, StoreError> {
+    Ok(red(
+        catalog,
+        budget,
+        &RedQuery {
+            range,
+            buckets: 1,
+            service: None,
+            by_operation: false,
+            by_version: true,
+        },
+    )?
+    .into_iter()
+    .map(|series| series.total)
+    .collect())
+}
+
+/// RED over time per service and version (or per operation and version of one service), from server and consumer
+/// spans, each span counted once.
 ///
 /// A partition is read twice from its fast fields: first the [`CopyKey`](copies::CopyKey) of every matching span,
 /// then each span whose key no other span has is counted as it is; the few whose key repeats are read whole and
@@ -513,60 +562,124 @@ impl Red {
 ///
 /// A routed service (one whose requests pass Gantry's service routers) gets its figures from the routers' spans
 /// alone (`gantry.router: true`): they see every request, and counting the service's own server spans too would
-/// count each request twice. Any other service gets them from its own server and consumer spans.
-pub fn services(
+/// count each request twice. Any other service gets them from its own server and consumer spans. Grouped by
+/// operation, a routed service's routers' spans are named after the route, so its operations come from its own
+/// spans.
+///
+/// # Errors
+/// [`StoreError::Invalid`] for a bucket count outside 1-1000; the budget's errors.
+pub fn red(
     catalog: &Catalog,
     budget: &Budget,
-    range: TimeRange,
-) -> Result<Vec<ServiceRow>, StoreError> {
+    query: &RedQuery,
+) -> Result<Vec<RedSeries>, StoreError> {
+    if !(1..=1000).contains(&query.buckets) {
+        return Err(StoreError::Invalid(
+            "`buckets` must be between 1 and 1000".to_owned(),
+        ));
+    }
+    let range = query.range;
+    let step_ns = ((range.to_ns - range.from_ns) / query.buckets as i64).max(1);
+    let grouping = Grouping {
+        from_ns: range.from_ns,
+        step_ns,
+        buckets: query.buckets,
+        by_operation: query.by_operation,
+        by_version: query.by_version,
+    };
+    let service_filter = query.service.as_ref().map(|service| Query::Term {
+        field: Some("service".to_owned()),
+        value: service.clone(),
+    });
+    let with_service = |filter: Query| match &service_filter {
+        Some(service) => Query::And(vec![service.clone(), filter]),
+        None => filter,
+    };
     let router = Query::Term {
         field: Some("attributes.gantry.router".to_owned()),
         value: "true".to_owned(),
     };
-    let routed = red_groups(catalog, budget, &range, &router)?;
-    let own = red_groups(catalog, budget, &range, &Query::Not(Box::new(router)))?;
-    let routed_services: std::collections::HashSet<String> =
-        routed.keys().map(|(service, _)| service.clone()).collect();
-    let mut groups = routed;
-    groups.extend(
-        own.into_iter()
-            .filter(|((service, _), _)| !routed_services.contains(service)),
-    );
+    let own = red_groups(
+        catalog,
+        budget,
+        &range,
+        &with_service(Query::Not(Box::new(router.clone()))),
+        &grouping,
+    )?;
+    let groups = if query.by_operation {
+        own
+    } else {
+        let routed = red_groups(catalog, budget, &range, &with_service(router), &grouping)?;
+        let routed_services: HashSet<String> = routed
+            .keys()
+            .map(|(service, _, _)| service.clone())
+            .collect();
+        let mut groups = routed;
+        groups.extend(
+            own.into_iter()
+                .filter(|((service, _, _), _)| !routed_services.contains(service)),
+        );
+        groups
+    };
     // A range reaching into the future only counts up to now for the request rate.
     let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
     let seconds = ((range.to_ns.min(now_ns) - range.from_ns) as f64 / 1e9).max(1e-3);
     Ok(groups
         .into_iter()
-        .map(|((service, version), mut red)| {
-            red.durations_ns.sort_unstable();
-            let requests = red.durations_ns.len() as u64;
-            let quantile = |q: f64| percentile(&red.durations_ns, q) / 1e6;
-            ServiceRow {
-                service,
-                version,
-                requests,
-                errors: red.errors,
-                request_rate: requests as f64 / seconds,
-                error_ratio: red.errors as f64 / requests.max(1) as f64,
-                p50_ms: quantile(0.5),
-                p95_ms: quantile(0.95),
-                p99_ms: quantile(0.99),
-                last_seen: rfc3339(red.last_seen),
+        .map(|((service, version, operation), red)| {
+            let mut all: Vec<u64> = Vec::new();
+            let mut errors = 0;
+            let mut points = Vec::with_capacity(red.buckets.len());
+            for (index, (mut durations, bucket_errors)) in red.buckets.into_iter().enumerate() {
+                durations.sort_unstable();
+                points.push(RedPoint {
+                    start_unix_ms: (range.from_ns + index as i64 * step_ns) / 1_000_000,
+                    requests: durations.len() as u64,
+                    errors: bucket_errors,
+                    p99_ms: percentile(&durations, 0.99) / 1e6,
+                });
+                errors += bucket_errors;
+                all.extend(durations);
+            }
+            all.sort_unstable();
+            let requests = all.len() as u64;
+            let quantile = |q: f64| percentile(&all, q) / 1e6;
+            RedSeries {
+                total: ServiceRow {
+                    service,
+                    version,
+                    requests,
+                    errors,
+                    request_rate: requests as f64 / seconds,
+                    error_ratio: errors as f64 / requests.max(1) as f64,
+                    p50_ms: quantile(0.5),
+                    p95_ms: quantile(0.95),
+                    p99_ms: quantile(0.99),
+                    last_seen: rfc3339(red.last_seen),
+                },
+                operation,
+                step_ms: step_ns / 1_000_000,
+                points,
             }
         })
         .collect())
 }
 
-/// The RED figures of the server and consumer spans matching `filter` in `range`, by service and version.
+/// A group of [`red_groups`]: service, version and operation (empty unless grouped by operation).
+type RedKey = (String, String, String);
+
+/// The RED figures of the server and consumer spans matching `filter` in `range`, by service, version and (when
+/// `grouping` says so) operation.
 fn red_groups(
     catalog: &Catalog,
     budget: &Budget,
     range: &TimeRange,
     filter: &Query,
-) -> Result<BTreeMap<(String, String), Red>, StoreError> {
+    grouping: &Grouping,
+) -> Result<BTreeMap<RedKey, Red>, StoreError> {
     let fields = catalog.fields(Signal::Traces);
     let kind = fields.kind.expect("spans schema");
-    let mut groups: BTreeMap<(String, String), Red> = BTreeMap::new();
+    let mut groups: BTreeMap<RedKey, Red> = BTreeMap::new();
     for partition in catalog.overlapping(Signal::Traces, range) {
         budget.check()?;
         let searcher = partition.reader.searcher();
@@ -609,14 +722,23 @@ fn red_groups(
         let mut candidates = Vec::new();
         for ((segment, docs), keys) in found.into_iter().zip(keys) {
             let fast = searcher.segment_reader(segment).fast_fields();
-            let (Some(service), Some(version)) = (fast.str("service")?, fast.str("version")?)
-            else {
+            let Some(service) = fast.str("service")? else {
                 continue;
+            };
+            let version = if grouping.by_version {
+                fast.str("version")?
+            } else {
+                None
+            };
+            let name = if grouping.by_operation {
+                fast.str("name")?
+            } else {
+                None
             };
             let duration = fast.u64("duration")?;
             let status = fast.u64("status")?;
             let ts = fast.i64("ts")?;
-            let mut names: HashMap<(u64, u64), (String, String)> = HashMap::new();
+            let mut names: HashMap<(u64, u64, u64), RedKey> = HashMap::new();
             for (i, doc) in docs.into_iter().enumerate() {
                 budget.tick()?;
                 if keys.get(i).is_some_and(|key| repeats.is_repeated(*key)) {
@@ -624,26 +746,42 @@ fn red_groups(
                     continue;
                 }
                 let service_ord = service.term_ords(doc).next().unwrap_or(u64::MAX);
-                let version_ord = version.term_ords(doc).next().unwrap_or(u64::MAX);
-                let key = match names.get(&(service_ord, version_ord)) {
+                let version_ord = version
+                    .as_ref()
+                    .and_then(|version| version.term_ords(doc).next())
+                    .unwrap_or(u64::MAX);
+                let name_ord = name
+                    .as_ref()
+                    .and_then(|name| name.term_ords(doc).next())
+                    .unwrap_or(u64::MAX);
+                let ords = (service_ord, version_ord, name_ord);
+                let key = match names.get(&ords) {
                     Some(key) => key.clone(),
                     None => {
-                        let (mut s, mut v) = (String::new(), String::new());
+                        let (mut s, mut v, mut n) = (String::new(), String::new(), String::new());
                         if service_ord != u64::MAX {
                             service.ord_to_str(service_ord, &mut s)?;
                         }
-                        if version_ord != u64::MAX {
+                        if let (Some(version), true) = (&version, version_ord != u64::MAX) {
                             version.ord_to_str(version_ord, &mut v)?;
                         }
-                        names.insert((service_ord, version_ord), (s.clone(), v.clone()));
-                        (s, v)
+                        if let (Some(name), true) = (&name, name_ord != u64::MAX) {
+                            name.ord_to_str(name_ord, &mut n)?;
+                        }
+                        names.insert(ords, (s.clone(), v.clone(), n.clone()));
+                        (s, v, n)
                     }
                 };
-                groups.entry(key).or_default().add(
-                    duration.first(doc).unwrap_or(0),
-                    status.first(doc) == Some(2),
-                    ts.first(doc).unwrap_or(0),
-                );
+                let start = ts.first(doc).unwrap_or(0);
+                groups
+                    .entry(key)
+                    .or_insert_with(|| Red::new(grouping.buckets))
+                    .add(
+                        grouping.bucket(start),
+                        duration.first(doc).unwrap_or(0),
+                        status.first(doc) == Some(2),
+                        start,
+                    );
             }
         }
         let mut spans = Vec::with_capacity(candidates.len());
@@ -651,10 +789,21 @@ fn red_groups(
             spans.push(stored::<SpanRecord>(&searcher, fields, address)?);
         }
         for span in copies::unique(spans) {
+            let operation = if grouping.by_operation {
+                span.name.clone()
+            } else {
+                String::new()
+            };
+            let version = if grouping.by_version {
+                span.version.clone()
+            } else {
+                String::new()
+            };
             groups
-                .entry((span.service.clone(), span.version.clone()))
-                .or_default()
+                .entry((span.service.clone(), version, operation))
+                .or_insert_with(|| Red::new(grouping.buckets))
                 .add(
+                    grouping.bucket(span.start_unix_nano),
                     (span.end_unix_nano - span.start_unix_nano).max(0) as u64,
                     span.status == "error",
                     span.start_unix_nano,

@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 
 use super::EmbeddedStore;
-use crate::{Batch, LogSearch, Store, StoreConfig, TimeRange, TraceSearch};
+use crate::{Batch, LogSearch, RedQuery, Store, StoreConfig, TimeRange, TraceSearch};
 
 const HOUR_NS: i64 = 3600 * 1_000_000_000;
 
@@ -454,5 +454,74 @@ async fn a_routed_service_is_counted_from_its_routers_spans_alone() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_series_bucket_requests_by_start_and_group_by_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = start(dir.path(), config(24 * 7, 0)).await;
+    let from_ns = (now_ns() - 10 * 60 * 1_000_000_000) / 1_000_000_000 * 1_000_000_000;
+    let minute = 60 * 1_000_000_000;
+    // Minute 0: two requests of `GET /orders` (one failed); minute 2: one of `POST /orders`.
+    let mut post = span(3, 1, 2, from_ns + 2 * minute + 5, 30, 1);
+    post.name = "POST /orders".into();
+    write_spans(
+        &store,
+        "orders",
+        vec![
+            span(1, 1, 2, from_ns + 10, 10, 1),
+            span(2, 1, 2, from_ns + 20, 20, 2),
+            post,
+        ],
+    )
+    .await;
+    let query = |by_operation| RedQuery {
+        range: TimeRange {
+            from_ns,
+            to_ns: from_ns + 5 * minute,
+        },
+        buckets: 5,
+        service: Some("orders".into()),
+        by_operation,
+        by_version: true,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let series = loop {
+        let series = store.red(query(false)).await.unwrap();
+        if series.first().is_some_and(|s| s.total.requests == 3) {
+            break series;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spans never showed: {series:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(series.len(), 1);
+    assert_eq!(series[0].step_ms, 60_000);
+    let counts: Vec<(u64, u64)> = series[0]
+        .points
+        .iter()
+        .map(|p| (p.requests, p.errors))
+        .collect();
+    assert_eq!(counts, vec![(2, 1), (0, 0), (1, 0), (0, 0), (0, 0)]);
+    assert_eq!(series[0].points[0].start_unix_ms, from_ns / 1_000_000);
+    assert_eq!(series[0].points[2].p99_ms, 30.0);
+    let by_operation = store.red(query(true)).await.unwrap();
+    let operations: Vec<(&str, u64)> = by_operation
+        .iter()
+        .map(|s| (s.operation.as_str(), s.total.requests))
+        .collect();
+    assert_eq!(operations, vec![("GET /orders", 2), ("POST /orders", 1)]);
+    assert!(
+        store
+            .red(RedQuery {
+                buckets: 0,
+                ..query(false)
+            })
+            .await
+            .is_err()
+    );
     store.shutdown().await;
 }

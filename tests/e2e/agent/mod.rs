@@ -2,6 +2,7 @@
 //! appended to log files and found again in the plane, and facts about this machine.
 
 mod bank;
+mod dashboard;
 mod docker;
 mod files;
 mod host;

@@ -6,6 +6,7 @@
 //! OS. Waits poll a condition until a deadline ([`api::wait_until`]), never fixed sleeps or timing asserts.
 
 pub mod api;
+pub mod browser;
 pub mod exchange;
 pub mod otlp;
 pub mod process;

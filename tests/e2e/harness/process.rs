@@ -178,6 +178,33 @@ async fn gantry_cli_ok(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// `gantry ARGS` with `input` on its standard input (a password); fails unless it exits 0.
+pub async fn gantry_cli_stdin(args: &[&str], input: &str) -> Result<String> {
+    let mut cmd = gantry_command()?;
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (args_s, input) = (args.join(" "), input.to_owned());
+    let out = tokio::task::spawn_blocking(move || -> Result<Output> {
+        let mut child = cmd.spawn()?;
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().context("stdin")?;
+            stdin.write_all(input.as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
+    })
+    .await??;
+    ensure!(
+        out.status.success(),
+        "gantry {args_s} exited with {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// `gantry token create` against a data dir; returns the secret (checked to be one `gty_` line).
 pub async fn create_token(data_dir: &Path, role: &str, name: &str) -> Result<String> {
     let dir = data_dir.to_str().context("utf-8 data dir")?;
