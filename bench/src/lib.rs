@@ -7,6 +7,7 @@
 //! - [`router`]: `gantry bench router`, a node's service router against a direct connection to the same instance;
 //! - [`generate`]: seeded generators of logs and traces shaped like a platform's (services, routes, errors).
 
+pub mod dashboard;
 pub mod generate;
 pub mod ingest;
 pub mod node;
@@ -14,6 +15,7 @@ pub mod queries;
 pub mod rollout;
 pub mod router;
 
+pub use dashboard::{DashboardBench, run_dashboard};
 pub use ingest::{IngestBench, run_ingest};
 pub use queries::{QueryBench, run_queries};
 pub use rollout::{RolloutBench, run_judge, run_rollout};

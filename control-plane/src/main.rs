@@ -107,6 +107,9 @@ enum BenchCommand {
     Rollout(gantry_bench::RolloutBench),
     /// The canary judge's simulation study: false rollbacks of identical versions, requests to catch regressions.
     Judge,
+    /// The dashboard at 2,300 services and 10,000 instances: the overview's and the logs page's time and weight,
+    /// beside the API calls that read the same data.
+    Dashboard(gantry_bench::DashboardBench),
 }
 
 /// `gantry plane`: every setting is a flag, a `GANTRY_*` variable and a key of the TOML file, in that order of
@@ -156,6 +159,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Judge,
         } => gantry_bench::run_judge(),
+        Command::Bench {
+            command: BenchCommand::Dashboard(options),
+        } => gantry_bench::run_dashboard(options),
         Command::Demo(args) => {
             gantry_support::logging::init(cli::LOG_FILTER);
             gantry_support::process::raise_open_files_limit();

@@ -148,6 +148,10 @@ fn remote(plane: &str, admin: &str, command: UserCommand) -> anyhow::Result<()> 
                 print_users(&users);
             }
             UserCommand::Delete { name, .. } => {
+                anyhow::ensure!(
+                    gantry_plane::state::users::valid_name(&name),
+                    "`{name}` is not a user name (1-64 letters, digits, `-`, `_`, `.` or `@`)"
+                );
                 let response = client
                     .delete(format!("{base}/api/v1/users/{name}"))
                     .bearer_auth(admin)

@@ -25,40 +25,86 @@ use crate::api::AppState;
 /// The login form's own CSRF cookie.
 const LOGIN_COOKIE: &str = "gantry_login";
 
-/// Failed logins allowed per user name within [`WINDOW`].
-pub const MAX_FAILURES_PER_NAME: usize = 5;
-/// Failed logins allowed per client address within [`WINDOW`].
-pub const MAX_FAILURES_PER_CLIENT: usize = 20;
-/// The window failures are counted over.
+/// Login attempts allowed per user name from one client within [`WINDOW`].
+pub const MAX_ATTEMPTS_PER_NAME_AND_CLIENT: usize = 5;
+/// Login attempts allowed per user name from all clients within [`WINDOW`]: looser, so that one attacker cannot
+/// lock a user out by guessing wrong on purpose, yet a distributed guessing run stays slow.
+pub const MAX_ATTEMPTS_PER_NAME: usize = 50;
+/// Login attempts allowed per client address (an IPv6 client by its /64) within [`WINDOW`].
+pub const MAX_ATTEMPTS_PER_CLIENT: usize = 20;
+/// The window attempts are counted over.
 pub const WINDOW: Duration = Duration::from_secs(300);
-/// Keys remembered at most (a spray of names cannot grow the map without bound: past it, the oldest go).
+/// Keys remembered at most: past it, the least recently used that block nobody are forgotten.
 const MAX_KEYS: usize = 100_000;
+/// Password checks (argon2id: about 19 MiB and tens of ms each) running at once; more wait, briefly.
+const CONCURRENT_CHECKS: usize = 2;
 
-/// Failed logins in the last [`WINDOW`], per user name and per client address, in memory (a restart forgets them,
-/// which costs an attacker a restart of the plane per few guesses).
-#[derive(Debug, Default)]
+/// Login attempts in the last [`WINDOW`], per (name, client), per name and per client, counted when an attempt
+/// **starts** (so that parallel attempts cannot slip past the count), and forgotten for the name when it succeeds;
+/// and the gate that bounds concurrent password checks. In memory: a restart forgets the counts.
 pub struct LoginLimiter {
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    attempts: Mutex<HashMap<String, VecDeque<Instant>>>,
+    checks: tokio::sync::Semaphore,
+}
+
+impl Default for LoginLimiter {
+    fn default() -> Self {
+        LoginLimiter {
+            attempts: Mutex::new(HashMap::new()),
+            checks: tokio::sync::Semaphore::new(CONCURRENT_CHECKS),
+        }
+    }
+}
+
+impl std::fmt::Debug for LoginLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The keys are attempted names: not for logs.
+        f.debug_struct("LoginLimiter").finish_non_exhaustive()
+    }
+}
+
+/// The client part of a limiter key: an IPv4 address, or an IPv6 address's /64 (one host owns a whole /64).
+pub fn client_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 impl LoginLimiter {
-    /// When a login for `name` from `client` may be tried again, if not now.
-    pub fn blocked(&self, name: &str, client: &str) -> Option<Duration> {
+    fn keys(name: &str, client: &str) -> [(String, usize); 3] {
+        [
+            (
+                format!("pair:{name}\n{client}"),
+                MAX_ATTEMPTS_PER_NAME_AND_CLIENT,
+            ),
+            (format!("name:{name}"), MAX_ATTEMPTS_PER_NAME),
+            (format!("client:{client}"), MAX_ATTEMPTS_PER_CLIENT),
+        ]
+    }
+
+    /// Starts an attempt: `Err(wait)` when a limit is reached (the attempt is not counted), else the attempt is
+    /// counted at once.
+    pub fn begin(&self, name: &str, client: &str) -> Result<(), Duration> {
         let now = Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let keys = Self::keys(name, client);
         let mut wait = None;
-        for (key, max) in [
-            (format!("name:{name}"), MAX_FAILURES_PER_NAME),
-            (format!("client:{client}"), MAX_FAILURES_PER_CLIENT),
-        ] {
-            if let Some(times) = failures.get_mut(&key) {
+        for (key, max) in &keys {
+            if let Some(times) = attempts.get_mut(key) {
                 while times
                     .front()
                     .is_some_and(|t| now.duration_since(*t) >= WINDOW)
                 {
                     times.pop_front();
                 }
-                if times.len() >= max
+                if times.len() >= *max
                     && let Some(oldest) = times.front()
                 {
                     let left = WINDOW.saturating_sub(now.duration_since(*oldest));
@@ -66,32 +112,59 @@ impl LoginLimiter {
                 }
             }
         }
-        wait
+        if let Some(wait) = wait {
+            return Err(wait);
+        }
+        if attempts.len() + keys.len() > MAX_KEYS {
+            Self::evict(&mut attempts, now);
+        }
+        for (key, _) in keys {
+            attempts.entry(key).or_default().push_back(now);
+        }
+        Ok(())
     }
 
-    /// Counts a failed login.
-    pub fn failed(&self, name: &str, client: &str) {
-        let now = Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() >= MAX_KEYS {
-            failures.retain(|_, times| {
-                times
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < WINDOW)
-            });
-            if failures.len() >= MAX_KEYS {
-                failures.clear();
-            }
+    /// Forgets what blocks nobody: expired attempts, then the least recently used keys under their limit.
+    fn evict(attempts: &mut HashMap<String, VecDeque<Instant>>, now: Instant) {
+        attempts.retain(|_, times| {
+            times
+                .back()
+                .is_some_and(|t| now.duration_since(*t) < WINDOW)
+        });
+        if attempts.len() * 10 < MAX_KEYS * 9 {
+            return;
         }
-        for key in [format!("name:{name}"), format!("client:{client}")] {
-            failures.entry(key).or_default().push_back(now);
+        let mut idle: Vec<(Instant, String)> = attempts
+            .iter()
+            .filter(|(_, times)| times.len() < MAX_ATTEMPTS_PER_NAME_AND_CLIENT)
+            .filter_map(|(key, times)| Some((*times.back()?, key.clone())))
+            .collect();
+        idle.sort();
+        for (_, key) in idle.into_iter().take(MAX_KEYS / 4) {
+            attempts.remove(&key);
         }
     }
 
-    /// Forgets a name's failures after it logged in.
-    pub fn succeeded(&self, name: &str) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures.remove(&format!("name:{name}"));
+    /// Forgets a name's attempts after it logged in (the client's stay counted).
+    pub fn succeeded(&self, name: &str, client: &str) {
+        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let [(pair, _), (name, _), _] = Self::keys(name, client);
+        attempts.remove(&pair);
+        attempts.remove(&name);
+    }
+
+    /// A permit to check a password, waiting at most 2 s for one.
+    ///
+    /// # Errors
+    /// [`UiError::Unavailable`] when none came free (the answer carries `Retry-After`).
+    pub async fn check_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, UiError> {
+        tokio::time::timeout(Duration::from_secs(2), self.checks.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                UiError::Unavailable("too many logins at once: try again in a second".into())
+            })
     }
 }
 
@@ -191,34 +264,46 @@ pub async fn login(
             Some("The login form expired: try again.".to_owned()),
         ));
     }
-    let client = peer.ip().to_string();
+    let client = client_key(peer.ip());
     let name = form.name.trim().to_owned();
-    if let Some(wait) = state.logins.blocked(&name, &client) {
-        tracing::warn!(user = %name, %client, "login refused: too many failed attempts");
+    // A name that cannot exist is a failure without a password check (it still counts for the client).
+    let valid_name = crate::state::users::valid_name(&name);
+    let counted = if valid_name { name.as_str() } else { "" };
+    if let Err(wait) = state.logins.begin(counted, &client) {
+        tracing::warn!(user = ?counted, %client, "login refused: too many attempts");
         return Err(UiError::TooMany {
             message: format!(
-                "too many failed logins: try again in {} s",
+                "too many login attempts: try again in {} s",
                 wait.as_secs().max(1)
             ),
             retry_after: wait,
         });
     }
-    let users = state.users.clone();
-    let (checked, password) = (name.clone(), form.password);
-    let user = tokio::task::spawn_blocking(move || users.verify(&checked, &password))
-        .await
-        .map_err(|error| UiError::Internal(error.to_string()))?
-        .map_err(|error| UiError::Unavailable(error.to_string()))?;
+    let user = if valid_name {
+        let _permit = state.logins.check_permit().await?;
+        let users = state.users.clone();
+        let (checked, password) = (name.clone(), form.password);
+        tokio::task::spawn_blocking(move || users.verify(&checked, &password))
+            .await
+            .map_err(|error| UiError::Internal(error.to_string()))?
+            .map_err(|error| UiError::Unavailable(error.to_string()))?
+    } else {
+        None
+    };
     let Some(user) = user else {
-        state.logins.failed(&name, &client);
-        tracing::info!(user = %name, %client, "failed login");
+        tracing::info!(user = ?counted, %client, "failed login");
         return Ok(login_page(
             next,
             name,
             Some("Wrong user name or password.".to_owned()),
         ));
     };
-    state.logins.succeeded(&name);
+    state.logins.succeeded(&name, &client);
+    // A session the browser already had ends: one login, one session.
+    if let Some(previous) = cookie_value(&headers, SESSION_COOKIE) {
+        let users = state.users.clone();
+        let _ = tokio::task::spawn_blocking(move || users.end_session(&previous)).await;
+    }
     let users = state.users.clone();
     let id = user.id.clone();
     let session = tokio::task::spawn_blocking(move || users.start_session(&id))
@@ -287,26 +372,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn failures_block_a_name_and_a_client_then_expire_per_name_on_success() {
+    fn attempts_are_counted_as_they_start_per_name_and_client_per_name_and_per_client() {
         let limiter = LoginLimiter::default();
-        for _ in 0..MAX_FAILURES_PER_NAME {
-            assert!(limiter.blocked("root", "10.0.0.1").is_none());
-            limiter.failed("root", "10.0.0.1");
+        for _ in 0..MAX_ATTEMPTS_PER_NAME_AND_CLIENT {
+            assert!(limiter.begin("root", "10.0.0.1").is_ok());
         }
         let wait = limiter
-            .blocked("root", "10.0.0.2")
-            .expect("the name is blocked");
+            .begin("root", "10.0.0.1")
+            .expect_err("the pair is blocked");
         assert!(wait <= WINDOW && wait > Duration::from_secs(290));
-        assert!(limiter.blocked("other", "10.0.0.2").is_none());
-        for i in 0..MAX_FAILURES_PER_CLIENT {
-            limiter.failed(&format!("spray{i}"), "10.0.0.3");
+        // Another client may still try the name: one attacker cannot lock the user out.
+        assert!(limiter.begin("root", "10.0.0.2").is_ok());
+        for i in 0..MAX_ATTEMPTS_PER_CLIENT {
+            let _ = limiter.begin(&format!("spray{i}"), "10.0.0.3");
         }
         assert!(
-            limiter.blocked("fresh", "10.0.0.3").is_some(),
+            limiter.begin("fresh", "10.0.0.3").is_err(),
             "the client is blocked"
         );
-        limiter.succeeded("root");
-        assert!(limiter.blocked("root", "10.0.0.2").is_none());
+        limiter.succeeded("root", "10.0.0.1");
+        assert!(limiter.begin("root", "10.0.0.1").is_ok());
+        for client in 0..MAX_ATTEMPTS_PER_NAME {
+            let _ = limiter.begin("admin", &format!("10.1.0.{client}"));
+        }
+        assert!(
+            limiter.begin("admin", "10.2.0.1").is_err(),
+            "the name's looser limit holds"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_eq!(client_key("127.0.0.1".parse().unwrap()), "127.0.0.1");
+        assert_eq!(client_key("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1");
     }
 
     #[test]

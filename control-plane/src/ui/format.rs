@@ -101,10 +101,16 @@ pub fn visible(text: &str) -> String {
         .map(|c| match c {
             '\t' | '\n' => c.to_string(),
             '\u{1b}' => "␛".to_owned(),
-            c if c.is_control() => format!("\\u{{{:04x}}}", c as u32),
+            c if c.is_control() || invisible(c) => format!("\\u{{{:04x}}}", c as u32),
             c => c.to_string(),
         })
         .collect()
+}
+
+/// Format characters that change how text around them reads without showing themselves: bidirectional overrides
+/// and isolates, zero-width characters, the byte-order mark (Unicode category Cf, the ones used for spoofing).
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
 #[cfg(test)]
@@ -123,5 +129,6 @@ mod tests {
         assert_eq!(percent(0.0123), "1.23%");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(visible("\u{1b}[31mred\u{7}"), "␛[31mred\\u{0007}");
+        assert_eq!(visible("evil\u{202e}gpj.exe"), "evil\\u{202e}gpj.exe");
     }
 }

@@ -49,6 +49,7 @@ pub fn app(state: AppState) -> Router {
         .route("/static/{file}", get(asset))
         .route("/services/{name}", get(service::page))
         .route("/logs", get(logs::page))
+        .route("/logs/tail", get(logs::tail))
         .route("/traces", get(traces::search))
         .route("/traces/{trace_id}", get(traces::view))
         .route("/deploys", get(deploys::list))
@@ -191,11 +192,16 @@ impl FromRequestParts<AppState> for Viewer {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let next = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+        // After the login the browser GETs `next`: for a form's POST that is no page, so it goes to the overview.
+        let next = if parts.method == axum::http::Method::GET {
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned()
+        } else {
+            "/".to_owned()
+        };
         let Some(secret) = session_secret(parts) else {
             return Err(UiError::Login { next });
         };
@@ -214,8 +220,8 @@ impl FromRequestParts<AppState> for Viewer {
     }
 }
 
-/// What every page's frame shows.
-#[derive(Debug, Clone)]
+/// What every page's frame shows (no `Debug`: it holds the session's CSRF token).
+#[derive(Clone)]
 pub struct Layout {
     /// The user's name.
     pub user: String,
@@ -317,13 +323,22 @@ impl IntoResponse for UiError {
             UiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             UiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if let UiError::Internal(message) = &self {
-            tracing::error!(error = %message, "page failed");
-        }
+        // Our own failures are logged in full and shown in general terms.
+        let message = match &self {
+            UiError::Internal(message) => {
+                tracing::error!(error = %message, "page failed");
+                "the plane failed to answer this page; its log has the details".to_owned()
+            }
+            UiError::Unavailable(message) => {
+                tracing::warn!(error = %message, "page unavailable");
+                "the plane is busy: try again in a moment".to_owned()
+            }
+            other => other.to_string(),
+        };
         let page = ErrorPage {
             status: status.as_u16(),
             reason: status.canonical_reason().unwrap_or(""),
-            message: self.to_string(),
+            message,
         };
         let mut response = (status, html(&page)).into_response();
         match self {

@@ -32,6 +32,10 @@ pub const MIN_REQUESTS: u64 = 20;
 /// Buckets of the overview's range (sparkline points).
 const BUCKETS: usize = 30;
 
+/// Services per page: the worst come first, so the first page is the one an incident needs; with thousands of
+/// services every row on one page would weigh megabytes.
+pub const PAGE_SIZE: usize = 100;
+
 /// A service's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Health {
@@ -205,6 +209,12 @@ struct OverviewPage {
     filter: String,
     rows: Vec<Row>,
     total: usize,
+    /// Rows matching the filter, over all pages.
+    matching: usize,
+    /// The first row's position (1-based) and the page's links: previous, next.
+    first: usize,
+    previous: Option<String>,
+    next: Option<String>,
     counts: Vec<(&'static str, usize)>,
     nodes_up: usize,
     nodes_down: usize,
@@ -212,12 +222,14 @@ struct OverviewPage {
     took_ms: u128,
 }
 
-/// `?filter=&from=&to=` of the overview.
+/// `?filter=&from=&to=&page=` of the overview.
 #[derive(Debug, Deserialize)]
 pub struct OverviewQuery {
     filter: Option<String>,
     from: Option<String>,
     to: Option<String>,
+    /// 1-based.
+    page: Option<usize>,
 }
 
 /// `GET /`.
@@ -359,6 +371,22 @@ pub async fn page(
             .then(b.error_ratio.total_cmp(&a.error_ratio))
             .then(a.service.cmp(&b.service))
     });
+    let matching = rows.len();
+    let pages = matching.div_ceil(PAGE_SIZE).max(1);
+    let page = query.page.unwrap_or(1).clamp(1, pages);
+    let first = (page - 1) * PAGE_SIZE;
+    let rows: Vec<Row> = rows.into_iter().skip(first).take(PAGE_SIZE).collect();
+    let link = |page: usize| {
+        serde_urlencoded::to_string([
+            ("filter", filter.as_str()),
+            ("from", range.from.as_str()),
+            ("to", range.to.as_str()),
+            ("page", page.to_string().as_str()),
+        ])
+        .unwrap_or_default()
+    };
+    let previous = (page > 1).then(|| link(page - 1));
+    let next = (page < pages).then(|| link(page + 1));
     let nodes = state.nodes.list();
     let nodes_up = nodes
         .nodes
@@ -373,6 +401,10 @@ pub async fn page(
         filter,
         rows,
         total,
+        matching,
+        first: first + 1,
+        previous,
+        next,
         counts: counts.into_iter().map(|(h, n)| (h.as_str(), n)).collect(),
         deploys: recent,
         took_ms: started.elapsed().as_millis(),

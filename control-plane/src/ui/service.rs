@@ -41,6 +41,8 @@ struct ServicePage {
     failed: Vec<TraceSummary>,
     errors_query: String,
     logs_query: String,
+    /// Whether a rollout of this service runs now (no rollback button then: abort it instead).
+    rolling_out: bool,
 }
 
 impl ServicePage {
@@ -221,6 +223,7 @@ pub async fn page(
     let mut endpoints = endpoints;
     endpoints.sort_by_key(|s| std::cmp::Reverse(s.total.requests));
     let name_for_query = name.clone();
+    let rolling_out = deploys.iter().any(|d| d.status.active());
     let page = ServicePage {
         layout: viewer.layout("overview", name.clone()),
         picker: range.picker(&[]),
@@ -243,6 +246,7 @@ pub async fn page(
             value: name_for_query,
         }
         .to_string(),
+        rolling_out,
     };
     Ok(html(&page))
 }

@@ -249,9 +249,23 @@ pub async fn revoke_token(
 ) -> Result<Response, UiError> {
     viewer.check(&form.csrf, Access::Admin)?;
     let token = id.clone();
-    let revoked = blocking(&state.tokens, move |tokens| tokens.revoke(&token)).await?;
-    record(&state, &viewer, "token.revoke", &revoked.name, "ok").await;
-    Ok(Redirect::to("/admin").into_response())
+    match blocking(&state.tokens, move |tokens| tokens.revoke(&token)).await {
+        Ok(revoked) => {
+            record(&state, &viewer, "token.revoke", &revoked.name, "ok").await;
+            Ok(Redirect::to("/admin").into_response())
+        }
+        Err(error) => {
+            record(
+                &state,
+                &viewer,
+                "token.revoke",
+                &id,
+                &format!("refused: {error}"),
+            )
+            .await;
+            Err(error)
+        }
+    }
 }
 
 #[derive(Template)]

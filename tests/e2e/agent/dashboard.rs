@@ -283,6 +283,103 @@ async fn run(browser: &Browser) -> Result<()> {
     );
     browser.screenshot("trace").await?;
 
+    // The live tail keeps up with 1,000 lines/s: three seconds of them, the newest on top, 1,000 rows kept; with
+    // the tab hidden it stops.
+    let tail_marker = unique("tail");
+    browser
+        .client
+        .goto(&format!("{base}/logs?q={tail_marker}&from=-5m"))
+        .await?;
+    browser
+        .client
+        .find(Locator::Id("live-toggle"))
+        .await?
+        .click()
+        .await?;
+    wait_until(Duration::from_secs(10), "the tail to open", || async {
+        let status = browser
+            .client
+            .find(Locator::Id("tail-status"))
+            .await?
+            .text()
+            .await?;
+        Ok(status.starts_with("live").then_some(()))
+    })
+    .await?;
+    for second in 0..3u64 {
+        let records = (0..1000u64)
+            .map(|k| {
+                log_with_severity(
+                    &format!("{tail_marker} line {:05}", second * 1000 + k),
+                    now_nanos(),
+                    9,
+                    "INFO",
+                    vec![],
+                )
+            })
+            .collect();
+        plane
+            .send_logs(Port::Http, &admin, &logs_request("tailer", records))
+            .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    wait_until(WAIT, "the newest line on top of the tail", || async {
+        let rows = browser.client.find_all(Locator::Css("#tail li")).await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let top = first.text().await?;
+        Ok((top.contains("line 02999") && rows.len() == 1000).then_some(()))
+    })
+    .await?;
+    browser.screenshot("logs-live-tail").await?;
+    browser
+        .client
+        .execute(
+            "Object.defineProperty(document, 'hidden', {value: true, configurable: true}); \
+             document.dispatchEvent(new Event('visibilitychange'))",
+            vec![],
+        )
+        .await?;
+    let status = browser
+        .client
+        .find(Locator::Id("tail-status"))
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        status.contains("hidden"),
+        "the tail stops with the tab hidden: {status}"
+    );
+    let records = (0..10u64)
+        .map(|k| {
+            log_with_severity(
+                &format!("{tail_marker} hidden {k}"),
+                now_nanos(),
+                9,
+                "INFO",
+                vec![],
+            )
+        })
+        .collect();
+    plane
+        .send_logs(Port::Http, &admin, &logs_request("tailer", records))
+        .await?;
+    plane
+        .wait_for_logs(&admin, &format!("{tail_marker} AND hidden"), 10)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let top = browser
+        .client
+        .find(Locator::Css("#tail li"))
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        top.contains("line 02999"),
+        "nothing arrives while hidden: {top}"
+    );
+
     // A bad query is shown with the parser's error at its position.
     browser
         .client
