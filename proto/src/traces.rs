@@ -142,6 +142,37 @@ pub struct RedResponse {
     pub took_ms: u64,
 }
 
+/// One edge of the service map: requests from one service to another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceEdge {
+    /// The calling service.
+    pub client: String,
+    /// The called service.
+    pub server: String,
+    /// Requests seen on the edge (the called side's server spans whose parent is a span of the caller).
+    pub requests: u64,
+    /// Of which failed.
+    pub errors: u64,
+}
+
+/// `GET /api/v1/service-map`: the services that called each other in a time range, from the spans of the range.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceMap {
+    /// Edges, by client then server.
+    pub edges: Vec<ServiceEdge>,
+    /// Every service seen, with its server spans' requests and errors: (service, requests, errors).
+    pub services: Vec<(String, u64, u64)>,
+    /// Spans read (the newest of the range, at most the map's cap).
+    pub spans_read: u64,
+    /// Spans in the range.
+    pub spans_matched: u64,
+    /// The oldest start among the spans read, ns since the epoch (the map covers from here to the range's end).
+    pub covered_from_ns: i64,
+    /// Time spent answering, in milliseconds.
+    #[serde(default)]
+    pub took_ms: u64,
+}
+
 /// The answer of `GET /api/v1/services`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServicesResponse {

@@ -19,7 +19,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use gantry_proto::ExportRequest;
 use gantry_proto::{
-    HistogramBucket, LogRecord, MetricSeries, RedSeries, ServiceRow, SpanRecord, TraceSummary,
+    HistogramBucket, LogRecord, MetricSeries, RedSeries, ServiceMap, ServiceRow, SpanRecord,
+    TraceSummary,
 };
 use gantry_query::Query;
 
@@ -281,6 +282,15 @@ pub trait Store: Send + Sync + 'static {
     async fn services(&self, range: TimeRange) -> Result<Vec<ServiceRow>, StoreError>;
     /// RED over time per service and version, or per operation and version (see [`RedQuery`]).
     async fn red(&self, query: RedQuery) -> Result<Vec<RedSeries>, StoreError>;
+    /// The names of the metrics with points in `range`, sorted (at most 10,000).
+    async fn metric_names(&self, range: TimeRange) -> Result<Vec<String>, StoreError>;
+    /// Which services called which in `range`, from its newest `max_spans` spans (a span whose parent is a span
+    /// of another service is a request on that edge).
+    async fn service_map(
+        &self,
+        range: TimeRange,
+        max_spans: usize,
+    ) -> Result<ServiceMap, StoreError>;
     /// Whether the store has finished starting (WAL replayed) and its writer and indexer are running.
     fn is_ready(&self) -> bool;
     /// Current figures for `/metrics`.

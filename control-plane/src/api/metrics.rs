@@ -17,13 +17,13 @@ const MAX_STEPS: i64 = 11_000;
 /// Query string of the metric query.
 #[derive(Debug, Deserialize)]
 pub struct MetricParams {
-    name: Option<String>,
-    filter: Option<String>,
-    agg: Option<String>,
-    group_by: Option<String>,
-    step: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) filter: Option<String>,
+    pub(crate) agg: Option<String>,
+    pub(crate) group_by: Option<String>,
+    pub(crate) step: Option<String>,
+    pub(crate) from: Option<String>,
+    pub(crate) to: Option<String>,
 }
 
 fn aggregation(text: &str) -> Result<Aggregation, ApiError> {
@@ -70,13 +70,14 @@ fn step(text: &str) -> Result<Duration, ApiError> {
     }
 }
 
-/// `GET /api/v1/metrics`.
-pub async fn query(
-    _: Caller<ReadAccess>,
-    State(state): State<AppState>,
-    Params(params): Params<MetricParams>,
-) -> Result<Json<MetricsResponse>, ApiError> {
-    let started = Instant::now();
+/// A metric query from its parameters: the metric's name, the store's query, and the parsed filter (for refusals
+/// at a position).
+///
+/// # Errors
+/// [`ApiError::BadRequest`] naming the parameter; [`ApiError::BadQuery`] for the filter.
+pub(crate) fn build(
+    params: MetricParams,
+) -> Result<(String, MetricQuery, super::ParsedQuery), ApiError> {
     let name = params.name.filter(|name| !name.is_empty()).ok_or_else(|| {
         ApiError::BadRequest("`name` is required: the metric to query".to_owned())
     })?;
@@ -111,6 +112,18 @@ pub async fn query(
         step,
         range,
     };
+    Ok((name, query, filter))
+}
+
+/// `GET /api/v1/metrics`.
+pub async fn query(
+    _: Caller<ReadAccess>,
+    State(state): State<AppState>,
+    Params(params): Params<MetricParams>,
+) -> Result<Json<MetricsResponse>, ApiError> {
+    let started = Instant::now();
+    let (name, query, filter) = build(params)?;
+    let step = query.step;
     let series = state
         .store
         .metrics(query)

@@ -4,7 +4,7 @@
 pub(crate) mod deployments;
 mod health;
 pub(crate) mod logs;
-mod metrics;
+pub(crate) mod metrics;
 mod nodes;
 pub(crate) mod platform;
 pub(crate) mod time;
@@ -176,6 +176,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/traces/{trace_id}", get(traces::by_id))
         .route("/api/v1/services", get(traces::services))
         .route("/api/v1/red", get(traces::red))
+        .route("/api/v1/service-map", get(traces::service_map))
         .route("/api/v1/services/{name}", get(platform::status))
         .route("/api/v1/services/{name}/scale", post(platform::scale))
         .route("/api/v1/services/{name}/stop", post(platform::stop))

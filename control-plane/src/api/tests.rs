@@ -95,6 +95,7 @@ fn routes() -> Vec<(Method, String, RequestBody, Who)> {
         get("/api/v1/secrets", Who::Readers),
         get("/api/v1/audit", Who::Readers),
         get("/api/v1/red", Who::Readers),
+        get("/api/v1/service-map", Who::Readers),
         (
             Method::POST,
             "/api/v1/apply".into(),

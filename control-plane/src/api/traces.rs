@@ -154,3 +154,26 @@ pub async fn red(
     let took_ms = state.query_done("red", started);
     Ok(Json(gantry_proto::RedResponse { series, took_ms }))
 }
+
+/// Query string of `GET /api/v1/service-map`.
+#[derive(Debug, Deserialize)]
+pub struct MapParams {
+    from: Option<String>,
+    to: Option<String>,
+    /// Spans read at most (default and cap 50 000).
+    max_spans: Option<usize>,
+}
+
+/// `GET /api/v1/service-map`: which services called which in the range, with requests and errors per edge.
+pub async fn service_map(
+    _: Caller<ReadAccess>,
+    State(state): State<AppState>,
+    Params(params): Params<MapParams>,
+) -> Result<Json<gantry_proto::ServiceMap>, ApiError> {
+    let started = Instant::now();
+    let range = parse_range(params.from.as_deref(), params.to.as_deref())?;
+    let max_spans = params.max_spans.unwrap_or(50_000).clamp(1, 50_000);
+    let mut map = state.store.service_map(range, max_spans).await?;
+    map.took_ms = state.query_done("service_map", started);
+    Ok(Json(map))
+}

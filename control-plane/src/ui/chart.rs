@@ -16,6 +16,8 @@ pub enum Unit {
     Millis,
     /// A plain count.
     Count,
+    /// A metric's value, in its own unit.
+    Value,
 }
 
 impl Unit {
@@ -26,6 +28,7 @@ impl Unit {
             Unit::Ratio => "%",
             Unit::Millis => "ms",
             Unit::Count => "count",
+            Unit::Value => "",
         }
     }
 
@@ -35,7 +38,7 @@ impl Unit {
             Unit::Ratio => format!("{}%", super::format::number(value * 100.0)),
             Unit::Millis => super::format::millis(value),
             Unit::PerSecond => format!("{}/s", super::format::number(value)),
-            Unit::Count => super::format::number(value),
+            Unit::Count | Unit::Value => super::format::number(value),
         }
     }
 }

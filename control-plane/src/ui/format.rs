@@ -15,7 +15,9 @@ pub fn number(value: f64) -> String {
     } else if abs >= 1.0 {
         trim(format!("{value:.2}"))
     } else {
-        trim(format!("{value:.3}"))
+        // Three significant digits, however small.
+        let decimals = (2 - abs.log10().floor() as i32).clamp(3, 12) as usize;
+        trim(format!("{value:.decimals$}"))
     }
 }
 
@@ -121,7 +123,8 @@ mod tests {
     fn numbers_and_durations_read_well() {
         assert_eq!(number(3.0), "3");
         assert_eq!(number(4.56789), "4.57");
-        assert_eq!(number(0.01234), "0.012");
+        assert_eq!(number(0.01234), "0.0123");
+        assert_eq!(number(0.00025), "0.00025");
         assert_eq!(number(12_345.0), "12.3k");
         assert_eq!(millis(0.25), "250 µs");
         assert_eq!(millis(12.5), "12.5 ms");

@@ -11,8 +11,10 @@
 mod auth;
 mod chart;
 mod deploys;
+mod explore;
 mod format;
 mod logs;
+mod map;
 mod nodes;
 mod overview;
 mod service;
@@ -52,6 +54,8 @@ pub fn app(state: AppState) -> Router {
         .route("/logs/tail", get(logs::tail))
         .route("/traces", get(traces::search))
         .route("/traces/{trace_id}", get(traces::view))
+        .route("/map", get(map::page))
+        .route("/explore", get(explore::page))
         .route("/deploys", get(deploys::list))
         .route("/deploys/{id}", get(deploys::page))
         .route("/deploys/{id}/{action}", post(deploys::act))

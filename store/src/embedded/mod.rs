@@ -29,7 +29,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use gantry_proto::{
-    ExportRequest, HistogramBucket, MetricSeries, RedSeries, ServiceRow, SpanRecord, TraceSummary,
+    ExportRequest, HistogramBucket, MetricSeries, RedSeries, ServiceMap, ServiceRow, SpanRecord,
+    TraceSummary,
 };
 use gantry_query::Query;
 use gantry_wal::{Wal, WalOptions};
@@ -288,6 +289,20 @@ impl Store for EmbeddedStore {
 
     async fn red(&self, query: RedQuery) -> Result<Vec<RedSeries>, StoreError> {
         self.read(move |catalog, budget| search::red(catalog, budget, &query))
+            .await
+    }
+
+    async fn metric_names(&self, range: TimeRange) -> Result<Vec<String>, StoreError> {
+        self.read(move |catalog, budget| search::metric_names(catalog, budget, range))
+            .await
+    }
+
+    async fn service_map(
+        &self,
+        range: TimeRange,
+        max_spans: usize,
+    ) -> Result<ServiceMap, StoreError> {
+        self.read(move |catalog, budget| search::service_map(catalog, budget, range, max_spans))
             .await
     }
 

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound as StdBound;
 
 use gantry_proto::{
-    HistogramBucket, LogRecord, RedPoint, RedSeries, ServiceRow, SpanRecord, TraceSummary,
+    HistogramBucket, LogRecord, RedPoint, RedSeries, ServiceEdge, ServiceMap, ServiceRow,
+    SpanRecord, TraceSummary,
 };
 use gantry_query::Query;
 use serde::de::DeserializeOwned;
@@ -811,6 +812,150 @@ fn red_groups(
         }
     }
     Ok(groups)
+}
+
+/// The most metric names [`metric_names`] returns.
+pub const MAX_METRIC_NAMES: usize = 10_000;
+
+/// The names of the metrics in the partitions overlapping `range`, from the term dictionaries of their `name`
+/// field (a partition reaching past the range may add names only seen outside it), sorted.
+///
+/// # Errors
+/// The budget's; a failing index read.
+pub fn metric_names(
+    catalog: &Catalog,
+    budget: &Budget,
+    range: TimeRange,
+) -> Result<Vec<String>, StoreError> {
+    let fields = catalog.fields(Signal::Metrics);
+    let name = fields
+        .name
+        .ok_or_else(|| StoreError::Internal("the metrics schema lacks `name`".to_owned()))?;
+    let mut names = std::collections::BTreeSet::new();
+    for partition in catalog.overlapping(Signal::Metrics, &range) {
+        budget.check()?;
+        let searcher = partition.reader.searcher();
+        for segment in searcher.segment_readers() {
+            let index = segment.inverted_index(name)?;
+            let mut terms = index.terms().stream()?;
+            while terms.advance() {
+                budget.tick()?;
+                if let Ok(text) = std::str::from_utf8(terms.key()) {
+                    names.insert(text.to_owned());
+                }
+                if names.len() >= MAX_METRIC_NAMES {
+                    return Ok(names.into_iter().collect());
+                }
+            }
+        }
+    }
+    Ok(names.into_iter().collect())
+}
+
+/// The service map of `range`: the newest `max_spans` spans (by start) are read whole; each server or consumer span
+/// whose parent is a span of another service is one request from that service to its own, failed when its status
+/// is an error. Spans of the range past the cap are counted but not read ([`ServiceMap::spans_read`] says how many
+/// were); the map then covers the part of the range from the oldest span read.
+///
+/// # Errors
+/// The budget's.
+pub fn service_map(
+    catalog: &Catalog,
+    budget: &Budget,
+    range: TimeRange,
+    max_spans: usize,
+) -> Result<ServiceMap, StoreError> {
+    let fields = catalog.fields(Signal::Traces);
+    // (start, partition index, address) of every span of the range; the newest `max_spans` are read.
+    let partitions = catalog.overlapping(Signal::Traces, &range);
+    let mut found: Vec<(i64, usize, DocAddress)> = Vec::new();
+    for (index, partition) in partitions.iter().enumerate() {
+        budget.check()?;
+        let searcher = partition.reader.searcher();
+        let query = within(
+            Signal::Traces,
+            fields,
+            &searcher,
+            budget,
+            &Query::All,
+            StdBound::Included(range.from_ns),
+            StdBound::Excluded(range.to_ns),
+            Vec::new(),
+        )?;
+        for (segment, docs) in budget.search(&searcher, &query, &DocIds)? {
+            let ts = searcher.segment_reader(segment).fast_fields().i64("ts")?;
+            for doc in docs {
+                budget.tick()?;
+                found.push((
+                    ts.first(doc).unwrap_or(0),
+                    index,
+                    DocAddress::new(segment, doc),
+                ));
+            }
+        }
+    }
+    let matched = found.len() as u64;
+    if found.len() > max_spans {
+        found.select_nth_unstable_by(max_spans, |a, b| b.0.cmp(&a.0));
+        found.truncate(max_spans);
+    }
+    let covered_from_ns = found.iter().map(|f| f.0).min().unwrap_or(range.from_ns);
+    let mut spans = Vec::with_capacity(found.len());
+    let searchers: Vec<_> = partitions.iter().map(|p| p.reader.searcher()).collect();
+    for (_, index, address) in &found {
+        budget.tick()?;
+        spans.push(stored::<SpanRecord>(&searchers[*index], fields, *address)?);
+    }
+    let spans = copies::unique(spans);
+    let owner: HashMap<(&str, &str), &str> = spans
+        .iter()
+        .map(|s| {
+            (
+                (s.trace_id.as_str(), s.span_id.as_str()),
+                s.service.as_str(),
+            )
+        })
+        .collect();
+    let mut edges: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    let mut services: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for span in &spans {
+        let entry = services.entry(span.service.clone()).or_default();
+        let serves = span.kind == "server" || span.kind == "consumer";
+        let failed = span.status == "error";
+        if serves {
+            entry.0 += 1;
+            entry.1 += u64::from(failed);
+        }
+        let parent = owner.get(&(span.trace_id.as_str(), span.parent_span_id.as_str()));
+        if let (true, Some(parent)) = (serves, parent)
+            && *parent != span.service
+        {
+            let edge = edges
+                .entry(((*parent).to_owned(), span.service.clone()))
+                .or_default();
+            edge.0 += 1;
+            edge.1 += u64::from(failed);
+        }
+    }
+    Ok(ServiceMap {
+        edges: edges
+            .into_iter()
+            .map(|((client, server), (requests, errors))| ServiceEdge {
+                client,
+                server,
+                requests,
+                errors,
+            })
+            .collect(),
+        services: services
+            .into_iter()
+            .map(|(service, (requests, errors))| (service, requests, errors))
+            .collect(),
+        spans_read: spans.len() as u64,
+        spans_matched: matched,
+        covered_from_ns,
+        took_ms: 0,
+    })
 }
 
 /// Nearest-rank percentile of sorted values (0 when empty).

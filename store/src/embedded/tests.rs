@@ -525,3 +525,56 @@ async fn red_series_bucket_requests_by_start_and_group_by_operation() {
     );
     store.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_map_joins_each_server_span_to_its_parents_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = start(dir.path(), config(24 * 7, 0)).await;
+    let start_ns = now_ns() - 60 * 1_000_000_000;
+    // Two traces: gateway's server span (root) and its client span, and the accounts server span under that.
+    let mut gateway = Vec::new();
+    let mut accounts = Vec::new();
+    for (trace, status) in [(1u8, 1), (2u8, 2)] {
+        gateway.push(span(trace, 1, 2, start_ns, 10, 1));
+        let mut client = span(trace, 2, 3, start_ns + 1, 8, 1);
+        client.parent_span_id = [vec![1], vec![9; 7]].concat();
+        gateway.push(client);
+        let mut server = span(trace, 3, 2, start_ns + 2, 6, status);
+        server.parent_span_id = [vec![2], vec![9; 7]].concat();
+        accounts.push(server);
+    }
+    write_spans(&store, "gateway", gateway).await;
+    write_spans(&store, "accounts", accounts).await;
+    let range = TimeRange {
+        from_ns: now_ns() - HOUR_NS,
+        to_ns: now_ns() + HOUR_NS,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let map = loop {
+        let map = store.service_map(range, 10_000).await.unwrap();
+        if map.spans_matched == 6 {
+            break map;
+        }
+        assert!(Instant::now() < deadline, "the spans never showed: {map:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(map.edges.len(), 1, "{map:?}");
+    let edge = &map.edges[0];
+    assert_eq!(
+        (
+            edge.client.as_str(),
+            edge.server.as_str(),
+            edge.requests,
+            edge.errors
+        ),
+        ("gateway", "accounts", 2, 1)
+    );
+    assert_eq!(
+        map.services,
+        vec![("accounts".to_owned(), 2, 1), ("gateway".to_owned(), 2, 0)]
+    );
+    // Past the cap, the newest spans are read and the rest only counted.
+    let capped = store.service_map(range, 3).await.unwrap();
+    assert_eq!((capped.spans_read, capped.spans_matched), (3, 6));
+    store.shutdown().await;
+}

@@ -410,6 +410,60 @@ async fn run(browser: &Browser) -> Result<()> {
     browser.client.find(Locator::Css("tr.trace-row")).await?;
     browser.screenshot("traces").await?;
 
+    // The service map: the four services, and the calls between them.
+    let drawn = wait_until(WAIT, "the service map with the demo's calls", || async {
+        browser
+            .client
+            .goto(&format!("{base}/map?from=-15m"))
+            .await?;
+        let mut on_map = std::collections::BTreeSet::new();
+        for node in browser.client.find_all(Locator::Css("g.map-node")).await? {
+            on_map.insert(node.attr("data-service").await?.unwrap_or_default());
+        }
+        let edges = browser
+            .client
+            .find_all(Locator::Css("path.edge"))
+            .await?
+            .len();
+        Ok((services.iter().all(|s| on_map.contains(*s)) && edges >= 3).then_some(edges))
+    })
+    .await?;
+    ensure!(
+        drawn >= 3,
+        "gateway → accounts, gateway → payments, payments → ledger"
+    );
+    browser.screenshot("map").await?;
+
+    // The metrics explorer: the demo's metrics are listed; one drawn per service.
+    let metric = wait_until(WAIT, "the demo's metrics in the explorer", || async {
+        browser
+            .client
+            .goto(&format!("{base}/explore?from=-15m"))
+            .await?;
+        let mut names = Vec::new();
+        for option in browser
+            .client
+            .find_all(Locator::Css("#metric option"))
+            .await?
+        {
+            names.push(option.attr("value").await?.unwrap_or_default());
+        }
+        Ok(names.into_iter().find(|n| n.starts_with("http.server")))
+    })
+    .await?;
+    browser
+        .client
+        .goto(&format!(
+            "{base}/explore?name={metric}&agg=max&group_by=service.name&from=-15m"
+        ))
+        .await?;
+    let lines = browser
+        .client
+        .find_all(Locator::Css("figure.chart path.line"))
+        .await?;
+    ensure!(!lines.is_empty(), "{metric} drawn per service");
+    browser.screenshot("explore").await?;
+
     // A deploy: its page shows its steps; pause and resume through the confirmed buttons.
     let (status, deployment) = plane
         .api_send(
