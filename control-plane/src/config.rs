@@ -88,6 +88,10 @@ pub struct RawConfig {
     /// cores, at least 1].
     #[arg(long, env = "GANTRY_QUERY_MAX_EXPENSIVE", value_name = "N")]
     pub query_max_expensive: Option<usize>,
+    /// A directory of dashboard YAML files shown under /dashboards/NAME; an invalid file stops the plane with its
+    /// file, line and field [default: the built-in dashboards].
+    #[arg(long, env = "GANTRY_DASHBOARDS", value_name = "DIR")]
+    pub dashboards: Option<PathBuf>,
 }
 
 /// The validated configuration the plane runs with.
@@ -117,6 +121,8 @@ pub struct PlaneConfig {
     pub header_read_timeout: Duration,
     /// A connection with nothing read or written for this long is closed.
     pub idle_timeout: Duration,
+    /// The dashboards shown under `/dashboards/NAME`, checked.
+    pub dashboards: Vec<crate::dashboards::Dashboard>,
 }
 
 impl RawConfig {
@@ -295,6 +301,12 @@ impl RawConfig {
                     ));
                 }
             }),
+            dashboards: match &self.dashboards {
+                Some(dir) => crate::dashboards::load_dir(dir)
+                    .map_err(|error| ConfigError::value("dashboards", format!("{error:#}")))?,
+                None => crate::dashboards::built_in()
+                    .map_err(|error| ConfigError::value("dashboards", error.to_string()))?,
+            },
             store,
         })
     }

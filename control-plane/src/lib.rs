@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dashboards;
 pub mod ingest;
 pub mod instances;
 pub mod nodes;

@@ -96,7 +96,8 @@ pub async fn serve(
     let (store, replayed) = EmbeddedStore::start(&config.data_dir, config.store.clone());
     let store: Arc<dyn Store> = store;
     let state = AppState::new(store.clone(), db, nodes.clone(), config.max_body_bytes)
-        .with_runtime(config.node_grace_period, shutdown.clone());
+        .with_runtime(config.node_grace_period, shutdown.clone())
+        .with_dashboards(config.dashboards.clone());
     let otlp = state.otlp.clone();
     tracing::info!(
         http = %bound.endpoints.http,
@@ -130,6 +131,10 @@ pub async fn serve(
     tasks.spawn(nodes.clone().watch(shutdown.clone().cancelled_owned()));
     tasks.spawn(state.scheduler.clone().run(shutdown.clone()));
     tasks.spawn(state.rollouts.clone().run(shutdown.clone()));
+    tasks.spawn(crate::telemetry::record_own(
+        store.clone(),
+        shutdown.clone(),
+    ));
     let limits = config.listener_limits();
     tracing::info!(
         max_connections = limits.connections.max(),

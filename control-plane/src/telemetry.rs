@@ -342,6 +342,108 @@ impl SelfMetrics {
     }
 }
 
+/// How often the plane records its own figures into its store.
+pub const OWN_METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The plane's own figures as OTLP metrics of the service `gantry-plane`, for its built-in health dashboard:
+/// `gantry.store.wal.size` and `gantry.store.index.size` (bytes, gauges), `gantry.store.queue.depth` (batches,
+/// gauge), `gantry.store.indexed_records` (records, a cumulative sum since `start_ns`), at `now_ns`.
+pub fn own_metrics(
+    stats: &StoreStats,
+    start_ns: u64,
+    now_ns: u64,
+) -> opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        AggregationTemporality, Gauge as OtlpGauge, Metric, NumberDataPoint, ResourceMetrics,
+        ScopeMetrics, Sum, metric, number_data_point,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    let point = |value: f64, start: u64| NumberDataPoint {
+        start_time_unix_nano: start,
+        time_unix_nano: now_ns,
+        value: Some(number_data_point::Value::AsDouble(value)),
+        ..NumberDataPoint::default()
+    };
+    let gauge = |name: &str, unit: &str, value: f64| Metric {
+        name: name.to_owned(),
+        unit: unit.to_owned(),
+        data: Some(metric::Data::Gauge(OtlpGauge {
+            data_points: vec![point(value, 0)],
+        })),
+        ..Metric::default()
+    };
+    let metrics = vec![
+        gauge("gantry.store.wal.size", "By", stats.wal_bytes as f64),
+        gauge("gantry.store.index.size", "By", stats.index_bytes as f64),
+        gauge(
+            "gantry.store.queue.depth",
+            "{batch}",
+            stats.queue_depth as f64,
+        ),
+        Metric {
+            name: "gantry.store.indexed_records".to_owned(),
+            unit: "{record}".to_owned(),
+            data: Some(metric::Data::Sum(Sum {
+                data_points: vec![point(stats.indexed_records as f64, start_ns)],
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                is_monotonic: true,
+            })),
+            ..Metric::default()
+        },
+    ];
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".to_owned(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue("gantry-plane".to_owned())),
+                    }),
+                    ..KeyValue::default()
+                }],
+                ..Resource::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics,
+                ..ScopeMetrics::default()
+            }],
+            ..ResourceMetrics::default()
+        }],
+    }
+}
+
+/// Records the plane's own figures ([`own_metrics`]) into `store` every [`OWN_METRICS_EVERY`] until `shutdown`; a
+/// write the store refuses (overload, a full disk) is skipped, the next one tries again.
+pub async fn record_own(
+    store: std::sync::Arc<dyn gantry_store::Store>,
+    shutdown: gantry_support::CancellationToken,
+) {
+    let now = || chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
+    let start_ns = now();
+    let mut ticker = tokio::time::interval(OWN_METRICS_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if !store.is_ready() {
+            continue;
+        }
+        let request = own_metrics(&store.stats(), start_ns, now());
+        let batch = gantry_store::Batch {
+            id: None,
+            request: gantry_proto::ExportRequest::Metrics(request),
+            encoded: None,
+        };
+        if let Err(error) = store.write(batch).await {
+            tracing::debug!(%error, "the plane's own metrics were not recorded this time");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

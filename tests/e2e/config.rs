@@ -290,3 +290,33 @@ async fn sigterm_while_ingesting_drains() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_invalid_dashboard_file_stops_the_plane_with_its_file_line_and_field() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let boards = tmp.path().join("boards");
+    std::fs::create_dir_all(&boards)?;
+    std::fs::write(
+        boards.join("good.yaml"),
+        "title: Good\npanels:\n  - {title: Rate, type: red}\n",
+    )?;
+    std::fs::write(
+        boards.join("ops.yaml"),
+        "title: Ops\npanels:\n  - {title: Rate, type: red}\n  - {title: Errors, type: log_count, query: \"service:(x\"}\n",
+    )?;
+    let (status, stderr) = run_plane_to_exit(
+        &tmp.path().join("data"),
+        &["--dashboards", boards.to_str().context("utf-8 path")?],
+        &[],
+    )
+    .await?;
+    ensure!(
+        !status.success(),
+        "the plane must refuse an invalid dashboard, exited {status}"
+    );
+    ensure!(
+        stderr.contains("ops.yaml:4:") && stderr.contains("panels[1].query"),
+        "stderr names the file, line and field:\n{stderr}"
+    );
+    Ok(())
+}

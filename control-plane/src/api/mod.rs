@@ -66,6 +66,8 @@ pub struct AppState {
     pub metrics: Arc<SelfMetrics>,
     /// The OTLP receiver whose HTTP routes the API port serves too.
     pub otlp: Receiver<PlaneIntake>,
+    /// The dashboards shown under `/dashboards/NAME`.
+    pub dashboards: Arc<Vec<crate::dashboards::Dashboard>>,
 }
 
 impl AppState {
@@ -115,7 +117,14 @@ impl AppState {
             nodes,
             metrics,
             otlp,
+            dashboards: Arc::new(crate::dashboards::built_in().unwrap_or_default()),
         }
+    }
+
+    /// The same state with these dashboards.
+    pub fn with_dashboards(mut self, dashboards: Vec<crate::dashboards::Dashboard>) -> AppState {
+        self.dashboards = Arc::new(dashboards);
+        self
     }
 
     /// The same state for a running plane: `grace` is the time a node may be down before its instances move, and

@@ -76,7 +76,7 @@ pub fn parse(
             ),
         });
     }
-    let raw = read_yaml(file, text)?;
+    let raw: RawPlatform = read_yaml(file, text)?;
     Checker {
         file,
         text,
@@ -85,7 +85,11 @@ pub fn parse(
     .check(raw)
 }
 
-fn read_yaml(file: &str, text: &str) -> Result<RawPlatform, SpecError> {
+/// Reads YAML into `T` with serde-saphyr; an error names the file, line, column and the field's path.
+///
+/// # Errors
+/// The first problem serde found.
+pub fn read_yaml<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Result<T, SpecError> {
     let mut path = String::new();
     let mut options = serde_saphyr::options::Options::default();
     options.with_snippet = false;

@@ -9,6 +9,7 @@
 //! `X-Content-Type-Options`, `Referrer-Policy` and frame denial ([`security_headers`]).
 
 mod auth;
+mod boards;
 mod chart;
 mod deploys;
 mod explore;
@@ -56,6 +57,8 @@ pub fn app(state: AppState) -> Router {
         .route("/traces/{trace_id}", get(traces::view))
         .route("/map", get(map::page))
         .route("/explore", get(explore::page))
+        .route("/dashboards", get(boards::list))
+        .route("/dashboards/{name}", get(boards::page))
         .route("/deploys", get(deploys::list))
         .route("/deploys/{id}", get(deploys::page))
         .route("/deploys/{id}/{action}", post(deploys::act))

@@ -464,6 +464,37 @@ async fn run(browser: &Browser) -> Result<()> {
     ensure!(!lines.is_empty(), "{metric} drawn per service");
     browser.screenshot("explore").await?;
 
+    // Dashboards as code: the built-ins are listed and drawn.
+    browser.client.goto(&format!("{base}/dashboards")).await?;
+    let listed = browser
+        .client
+        .find_all(Locator::Css("#dashboards tbody tr"))
+        .await?
+        .len();
+    ensure!(listed == 4, "the four built-in dashboards, listed {listed}");
+    browser.screenshot("dashboards").await?;
+    for board in ["platform-overview", "plane-health"] {
+        browser
+            .client
+            .goto(&format!("{base}/dashboards/{board}"))
+            .await?;
+        let panels = browser
+            .client
+            .find_all(Locator::Css("#board section.panel"))
+            .await?
+            .len();
+        ensure!(panels >= 4, "{board}: its panels drawn, {panels}");
+        ensure!(
+            browser
+                .client
+                .find_all(Locator::Css("#board .query-error"))
+                .await?
+                .is_empty(),
+            "{board}: every panel drawn without error"
+        );
+        browser.screenshot(&format!("dashboard-{board}")).await?;
+    }
+
     // A deploy: its page shows its steps; pause and resume through the confirmed buttons.
     let (status, deployment) = plane
         .api_send(
