@@ -113,6 +113,8 @@ struct DeployPage {
     d: Deployment,
     latest: Option<Decision>,
     events: Vec<Event>,
+    /// What the new revision changed, field by field.
+    diff: Vec<gantry_proto::platform::FieldChange>,
 }
 
 impl DeployPage {
@@ -130,6 +132,11 @@ impl DeployPage {
     }
     fn evalue(&self, value: &f64) -> String {
         evalue(*value)
+    }
+    fn json(&self, value: &Option<serde_json::Value>) -> String {
+        value
+            .as_ref()
+            .map_or("-".to_owned(), |v| format::visible(&v.to_string()))
     }
     /// Whether step `index` is done, current or ahead.
     fn step_state(&self, index: &usize) -> &'static str {
@@ -150,12 +157,18 @@ pub async fn page(
     State(state): State<AppState>,
     Path(id): Path<u64>,
 ) -> Result<Response, UiError> {
-    let (d, events) = blocking(&state.platform, move |platform| {
+    let (d, events, diff) = blocking(&state.platform, move |platform| {
         let d = platform.deployment(id)?;
         let events = platform
             .db()
             .read(|c| deployments::events(c, &[id], 0, 1000))?;
-        Ok::<_, PlatformError>((d, events))
+        let diff = platform
+            .revisions(&d.service)?
+            .into_iter()
+            .find(|r| r.revision == d.to_revision)
+            .map(|r| r.diff)
+            .unwrap_or_default();
+        Ok::<_, PlatformError>((d, events, diff))
     })
     .await?;
     let page = DeployPage {
@@ -163,6 +176,7 @@ pub async fn page(
         latest: d.decisions.last().cloned(),
         d,
         events,
+        diff,
     };
     Ok(html(&page))
 }
