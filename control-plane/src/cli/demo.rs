@@ -38,6 +38,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         http_addr,
         load_rate,
     } = args;
+    // The agent takes absolute paths only (its file patterns are matched against absolute paths).
+    let data_dir = std::path::absolute(&data_dir)
+        .with_context(|| format!("cannot resolve the demo's data directory {}", data_dir.display()))?;
     let config = RawConfig {
         data_dir: Some(data_dir.clone()),
         http_addr: Some(http_addr),
@@ -85,7 +88,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             bound,
             plane_stop.clone(),
         ));
-        let agent = tokio::spawn(gantry_agent::run(agent_config, agent_stop.clone()));
+        let agent = {
+            let stop = agent_stop.clone();
+            tokio::spawn(async move {
+                let result = gantry_agent::run(agent_config, stop).await;
+                if let Err(error) = &result {
+                    tracing::error!(error = %format!("{error:#}"), "the demo's node agent stopped");
+                }
+                result
+            })
+        };
         let base = format!("http://{}", endpoints.http);
         let load_stop = CancellationToken::new();
         let counts = std::sync::Arc::new(gantry_demo::load::Counts::default());
@@ -129,7 +141,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 println!("    gantry deploy payments --version 1.0.1 --wait                        # a good one rolls through (exit 0)");
                 println!("    curl -H \"Authorization: Bearer $GANTRY_TOKEN\" '{base}/api/v1/traces?service=gateway&from=-5m'");
             }
-            Err(error) => println!("  The demo bank could not be launched: {error:#}"),
+            Err(error) => {
+                println!("  The demo bank could not be launched: {error:#}");
+                if agent.is_finished() {
+                    println!("  (the node agent stopped; its log lines above say why)");
+                }
+            }
         }
         println!("Press Ctrl-C to stop (every instance the demo started stops with it).");
         println!();
