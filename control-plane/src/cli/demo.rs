@@ -39,8 +39,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         load_rate,
     } = args;
     // The agent takes absolute paths only (its file patterns are matched against absolute paths).
-    let data_dir = std::path::absolute(&data_dir)
-        .with_context(|| format!("cannot resolve the demo's data directory {}", data_dir.display()))?;
+    let data_dir = std::path::absolute(&data_dir).with_context(|| {
+        format!(
+            "cannot resolve the demo's data directory {}",
+            data_dir.display()
+        )
+    })?;
     let config = RawConfig {
         data_dir: Some(data_dir.clone()),
         http_addr: Some(http_addr),

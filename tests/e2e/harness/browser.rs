@@ -1,6 +1,7 @@
 //! Headless Chromium driven over WebDriver (`chromedriver` from Debian's `chromium-driver`, fantoccini as the
 //! client), and the dashboard's login through it. Screenshots go to `target/e2e-screenshots/` (the tests'
-//! artifacts); with `GANTRY_SCREENSHOTS=DIR` they are written there too (`docs/screenshots/` for the README's tour).
+//! artifacts); with `GANTRY_SCREENSHOTS=DIR` (relative to the repository) they are written there too
+//! (`GANTRY_SCREENSHOTS=docs/screenshots` for the README's tour).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -143,8 +144,10 @@ impl Browser {
         let path = dir.join(format!("{name}.png"));
         std::fs::write(&path, &png)?;
         if let Ok(extra) = std::env::var("GANTRY_SCREENSHOTS") {
+            // Relative to the repository (tests run in `tests/`).
+            let extra = repo_root().join(extra);
             std::fs::create_dir_all(&extra)?;
-            std::fs::write(PathBuf::from(extra).join(format!("{name}.png")), &png)?;
+            std::fs::write(extra.join(format!("{name}.png")), &png)?;
         }
         self.client.set_window_size(1400, 1000).await?;
         Ok(path)
