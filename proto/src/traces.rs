@@ -41,6 +41,21 @@ pub struct SpanRecord {
     /// Resource attributes.
     #[serde(default)]
     pub resource: Attributes,
+    /// The span's events (an exception, a retry, a cache miss), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<SpanEvent>,
+}
+
+/// An event of a span (OTLP `Span.Event`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SpanEvent {
+    /// When, nanoseconds since the Unix epoch.
+    pub time_unix_nano: i64,
+    /// Its name (`exception` for a recorded exception, by the OTel semantic conventions).
+    pub name: String,
+    /// Its attributes (`exception.type`, `exception.message`, `exception.stacktrace`, ...).
+    #[serde(default)]
+    pub attributes: Attributes,
 }
 
 /// The answer of `GET /api/v1/traces/{trace_id}`.

@@ -13,6 +13,7 @@ use super::{Layout, Range, RangePicker, UiError, Viewer, format, html};
 use crate::api::metrics::MetricParams;
 use crate::api::{ApiError, AppState};
 use crate::dashboards::{Dashboard, Panel, PanelKind};
+use crate::state::deployments;
 
 /// What a panel shows once drawn.
 pub enum Body {
@@ -182,6 +183,29 @@ async fn draw(state: &AppState, panel: &Panel, range: &Range) -> Result<Body, Ap
                     emphasis: false,
                 };
             let seconds = |s: &gantry_proto::RedSeries| s.step_ms.max(1) as f64 / 1000.0;
+            // The service's deploys as bands on its charts.
+            let markers = match service {
+                Some(name) => {
+                    let name = name.clone();
+                    let deploys = crate::api::blocking(&state.platform, move |platform| {
+                        platform
+                            .db()
+                            .read(|c| {
+                                deployments::list(c, Some(&name), 0, u64::MAX, 50)?
+                                    .iter()
+                                    .map(|row| deployments::to_api(c, row))
+                                    .collect::<rusqlite::Result<Vec<_>>>()
+                            })
+                            .map_err(crate::state::platform::PlatformError::from)
+                    })
+                    .await?;
+                    super::overview::markers(&deploys)
+                        .into_values()
+                        .flatten()
+                        .collect()
+                }
+                None => Vec::new(),
+            };
             let mut by_rate: Vec<&gantry_proto::RedSeries> = series.iter().collect();
             by_rate.sort_by_key(|s| std::cmp::Reverse(s.total.requests));
             by_rate.truncate(super::explore::MAX_LINES);
@@ -195,7 +219,7 @@ async fn draw(state: &AppState, panel: &Panel, range: &Range) -> Result<Body, Ap
                 from_ms,
                 to_ms,
                 &rate,
-                &[],
+                &markers,
             )];
             if service.is_some() {
                 let errors: Vec<Series> = by_rate
@@ -216,7 +240,7 @@ async fn draw(state: &AppState, panel: &Panel, range: &Range) -> Result<Body, Ap
                     from_ms,
                     to_ms,
                     &errors,
-                    &[],
+                    &markers,
                 ));
                 charts.push(Chart::lines(
                     "p99 latency",
@@ -224,7 +248,7 @@ async fn draw(state: &AppState, panel: &Panel, range: &Range) -> Result<Body, Ap
                     from_ms,
                     to_ms,
                     &p99,
-                    &[],
+                    &markers,
                 ));
             }
             Body::Charts(charts)

@@ -269,6 +269,10 @@ impl TracePage {
     fn text(&self, text: impl AsRef<str>) -> String {
         format::visible(text.as_ref())
     }
+    /// An event's time after its span's start.
+    fn offset(&self, at: &i64, start: &i64) -> String {
+        format::millis((*at - *start) as f64 / 1e6)
+    }
     fn indent(&self, depth: &usize) -> String {
         "· ".repeat((*depth).min(30))
     }
@@ -356,6 +360,7 @@ mod tests {
             status_message: String::new(),
             attributes: Default::default(),
             resource: Default::default(),
+            events: Vec::new(),
         }
     }
 

@@ -158,6 +158,15 @@ pub fn convert(request: &ExportRequest, window: &Acceptance, now_ns: i64) -> Row
                         status_message: status.map(|s| s.message.clone()).unwrap_or_default(),
                         attributes: attributes(&span.attributes),
                         resource: resource.clone(),
+                        events: span
+                            .events
+                            .iter()
+                            .map(|event| gantry_proto::SpanEvent {
+                                time_unix_nano: event.time_unix_nano as i64,
+                                name: event.name.clone(),
+                                attributes: attributes(&event.attributes),
+                            })
+                            .collect(),
                     });
                 }
             }

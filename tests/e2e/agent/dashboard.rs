@@ -165,6 +165,13 @@ async fn run(browser: &Browser) -> Result<()> {
             2,
         );
         span.attributes.push(kv(payload, payload));
+        span.events
+            .push(opentelemetry_proto::tonic::trace::v1::span::Event {
+                time_unix_nano: now + 1_000_000,
+                name: format!("exception {payload}"),
+                attributes: vec![kv("exception.message", payload)],
+                ..Default::default()
+            });
         spans.push(span);
     }
     plane
@@ -601,6 +608,17 @@ async fn run(browser: &Browser) -> Result<()> {
             "a payload ran or was injected on {page}: {ran}"
         );
     }
+    browser.client.goto(&hostile_pages[1]).await?;
+    let events = browser
+        .client
+        .find_all(Locator::Css("ol.span-events li"))
+        .await?;
+    ensure!(
+        events.len() == PAYLOADS.len(),
+        "each span's event in the waterfall: {} in {}",
+        events.len(),
+        browser.client.source().await?
+    );
     browser.client.goto(&hostile_pages[0]).await?;
     browser
         .client
