@@ -199,10 +199,16 @@ mod tests {
                 .contains("/bin/false")
         );
         drop(listener);
+        // A port bound but not listening refuses connections, and stays ours: a port merely freed may be taken by
+        // another process's listener before the probe (a flaky failure seen in CI).
+        let closed = tokio::net::TcpSocket::new_v4().unwrap();
+        closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let closed_address = closed.local_addr().unwrap();
         assert!(
-            probe(&Probe::Tcp, address, timeout, &client, &dir)
+            probe(&Probe::Tcp, closed_address, timeout, &client, &dir)
                 .await
                 .is_err()
         );
+        drop(closed);
     }
 }
