@@ -198,7 +198,7 @@ fn local_path(next: Option<&str>) -> String {
     }
 }
 
-fn login_page(next: String, name: String, error: Option<String>) -> Response {
+fn login_page(next: String, name: String, error: Option<String>, secure: bool) -> Response {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
     let csrf = hex::encode(bytes);
@@ -206,6 +206,7 @@ fn login_page(next: String, name: String, error: Option<String>) -> Response {
         .path("/login")
         .http_only(true)
         .same_site(SameSite::Strict)
+        .secure(secure)
         .max_age(cookie::time::Duration::minutes(30))
         .build();
     let page = LoginPage {
@@ -222,8 +223,13 @@ fn login_page(next: String, name: String, error: Option<String>) -> Response {
 }
 
 /// `GET /login`.
-pub async fn form(Query(query): Query<NextQuery>) -> Response {
-    login_page(local_path(query.next.as_deref()), String::new(), None)
+pub async fn form(headers: HeaderMap, Query(query): Query<NextQuery>) -> Response {
+    login_page(
+        local_path(query.next.as_deref()),
+        String::new(),
+        None,
+        super::over_tls(&headers),
+    )
 }
 
 /// The login form.
@@ -262,6 +268,7 @@ pub async fn login(
             next,
             form.name,
             Some("The login form expired: try again.".to_owned()),
+            super::over_tls(&headers),
         ));
     }
     let client = client_key(peer.ip());
@@ -296,6 +303,7 @@ pub async fn login(
             next,
             name,
             Some("Wrong user name or password.".to_owned()),
+            super::over_tls(&headers),
         ));
     };
     state.logins.succeeded(&name, &client);
@@ -315,6 +323,7 @@ pub async fn login(
         .path("/")
         .http_only(true)
         .same_site(SameSite::Lax)
+        .secure(super::over_tls(&headers))
         .max_age(cookie::time::Duration::seconds(
             crate::state::users::SESSION_TTL.as_secs() as i64,
         ))

@@ -134,7 +134,7 @@ async fn asset(Path(file): Path<String>) -> Response {
 pub struct Viewer {
     /// The session.
     pub session: Session,
-    /// Whether the request came over TLS (for the cookie's `Secure` flag); not yet: the plane serves plain HTTP.
+    /// Whether the browser reached the plane over TLS (see [`over_tls`]).
     pub secure: bool,
 }
 
@@ -179,6 +179,28 @@ impl Viewer {
     }
 }
 
+/// Whether the browser reached the plane over TLS: the plane itself serves plain HTTP today, so this is a
+/// TLS-terminating proxy's `X-Forwarded-Proto: https` or `Forwarded: proto=https` (RFC 7239). It only decides the
+/// cookies' `Secure` flag, which a forged header can only make stricter.
+pub fn over_tls(headers: &axum::http::HeaderMap) -> bool {
+    let forwarded_proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .next()
+                .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+        });
+    let forwarded = headers
+        .get(header::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split([';', ','])
+                .any(|pair| pair.trim().eq_ignore_ascii_case("proto=https"))
+        });
+    forwarded_proto || forwarded
+}
+
 /// The session secret a request's cookies carry.
 fn session_secret(parts: &Parts) -> Option<String> {
     parts
@@ -220,7 +242,7 @@ impl FromRequestParts<AppState> for Viewer {
         match session {
             Some(session) => Ok(Viewer {
                 session,
-                secure: false,
+                secure: over_tls(&parts.headers),
             }),
             None => Err(UiError::Login { next }),
         }
@@ -484,5 +506,25 @@ impl RangePicker {
         pairs.push(("from", from));
         pairs.push(("to", "now"));
         serde_urlencoded::to_string(pairs).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_is_read_from_the_proxys_headers() {
+        let with = |name: &'static str, value: &'static str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(name, HeaderValue::from_static(value));
+            over_tls(&headers)
+        };
+        assert!(with("x-forwarded-proto", "https"));
+        assert!(with("x-forwarded-proto", "HTTPS, http"));
+        assert!(!with("x-forwarded-proto", "http"));
+        assert!(with("forwarded", "for=10.0.0.1;proto=https;by=10.0.0.2"));
+        assert!(!with("forwarded", "for=10.0.0.1;proto=http"));
+        assert!(!over_tls(&axum::http::HeaderMap::new()));
     }
 }

@@ -977,6 +977,56 @@ async fn dashboard_security_over_http() -> Result<()> {
         "the form itself still loads: {status} {headers:?}"
     );
 
+    // Behind a TLS-terminating proxy the cookies are `Secure`; over plain HTTP they cannot be.
+    let via_proxy = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let form = via_proxy
+        .get(format!("{base}/login"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await?;
+    let login_cookie = form
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        login_cookie.contains("Secure"),
+        "the login form's cookie over TLS: {login_cookie}"
+    );
+    let page = form.text().await?;
+    let csrf = Session::csrf(&page).context("the login token")?;
+    let answer = via_proxy
+        .post(format!("{base}/login"))
+        .header("x-forwarded-proto", "https")
+        .header("cookie", login_cookie.split(';').next().unwrap_or_default())
+        .form(&[
+            ("name", "vic"),
+            ("password", PASSWORD),
+            ("csrf", csrf.as_str()),
+            ("next", "/"),
+        ])
+        .send()
+        .await?;
+    let session = answer
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("gantry_session="))
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        session.contains("Secure")
+            && session.contains("HttpOnly")
+            && session.contains("SameSite=Lax"),
+        "the session cookie over TLS: {session}"
+    );
+    let plain = victim.cookies.contains_key("gantry_session");
+    ensure!(plain, "over plain HTTP the session works without Secure");
+
     // Logout ends the session on the server: the old cookie no longer opens a page.
     let old = victim.cookies.clone();
     let (_, page, _) = victim.get("/").await?;
