@@ -50,7 +50,22 @@ async fn run(browser: &Browser) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
     let (plane, [admin, node]) = start_with_tokens(&data, &[], &[], ["admin", "node"]).await?;
-    let _agents = super::start_nodes(&plane, &node, &admin, tmp.path(), 1).await?;
+    let mut agents = super::start_nodes(&plane, &node, &admin, tmp.path(), 1).await?;
+    let outcome = flow(browser, &plane, &admin, &data).await;
+    // The agent stops the demo's instances when it is stopped (SIGTERM); killed, it would leave them running.
+    for agent in &mut agents {
+        agent.terminate().await?;
+    }
+    outcome
+}
+
+/// The browser's flow against a plane whose agent runs: everything the module's documentation lists.
+async fn flow(
+    browser: &Browser,
+    plane: &crate::harness::process::Plane,
+    admin: &str,
+    data: &std::path::Path,
+) -> Result<()> {
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect::<Result<_>>()?;
     let gantry = binary("GANTRY_BIN", "gantry", "gantry-plane")?;
     let mut spec = std::fs::read_to_string(repo_root().join("demo/platform.yaml"))?
