@@ -73,13 +73,13 @@ async fn flow(
     for (i, port) in ports.iter().enumerate() {
         spec = spec.replace(&format!("910{}", i + 1), &port.to_string());
     }
-    super::apply(&plane, &admin, &spec).await?;
+    super::apply(plane, admin, &spec).await?;
     let base = plane.endpoints.http_url();
 
     // Users: an admin through the API, a viewer through the data directory; passwords on standard input.
     gantry_cli_stdin(
         &[
-            "user", "create", "--plane", &base, "--token", &admin, "--name", "alice", "--role",
+            "user", "create", "--plane", &base, "--token", admin, "--name", "alice", "--role",
             "admin",
         ],
         &format!("{PASSWORD}\n"),
@@ -103,7 +103,7 @@ async fn flow(
     let services = ["gateway", "accounts", "payments", "ledger"];
     wait_until(WAIT, "every demo instance healthy", || async {
         for service in services {
-            let instances = super::instances(&plane, &admin, service).await?;
+            let instances = super::instances(plane, admin, service).await?;
             if instances.is_empty() || instances.iter().any(|i| i["actual"]["phase"] != "healthy") {
                 return Ok(None);
             }
@@ -137,7 +137,7 @@ async fn flow(
         .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16))
         .collect::<Result<_, _>>()?;
     plane
-        .send_logs(Port::Http, &admin, &logs_request("gateway", vec![line]))
+        .send_logs(Port::Http, admin, &logs_request("gateway", vec![line]))
         .await?;
 
     // Hostile telemetry: in log bodies, attribute keys and values, a service name, span names.
@@ -156,7 +156,7 @@ async fn flow(
         })
         .collect();
     plane
-        .send_logs(Port::Http, &admin, &logs_request(hostile_service, records))
+        .send_logs(Port::Http, admin, &logs_request(hostile_service, records))
         .await?;
     let hostile_trace = crate::harness::otlp::random_trace_id();
     let now = now_nanos();
@@ -190,7 +190,7 @@ async fn flow(
         spans.push(span);
     }
     plane
-        .send_traces(Port::Http, &admin, &traces_request(hostile_service, spans))
+        .send_traces(Port::Http, admin, &traces_request(hostile_service, spans))
         .await?;
     let hostile_trace = hex(&hostile_trace);
 
@@ -199,7 +199,7 @@ async fn flow(
         "the traced request's spans of all four services",
         || async {
             let (status, body) = plane
-                .api_get(&format!("/api/v1/traces/{trace}"), &admin)
+                .api_get(&format!("/api/v1/traces/{trace}"), admin)
                 .await?;
             if status != 200 {
                 return Ok(None);
@@ -214,9 +214,9 @@ async fn flow(
         },
     )
     .await?;
-    plane.wait_for_logs(&admin, &marker, 1).await?;
+    plane.wait_for_logs(admin, &marker, 1).await?;
     plane
-        .wait_for_logs(&admin, &xss_marker, PAYLOADS.len())
+        .wait_for_logs(admin, &xss_marker, PAYLOADS.len())
         .await?;
 
     // Not logged in: the login page, which brings the browser back.
@@ -341,7 +341,7 @@ async fn flow(
             })
             .collect();
         plane
-            .send_logs(Port::Http, &admin, &logs_request("tailer", records))
+            .send_logs(Port::Http, admin, &logs_request("tailer", records))
             .await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -385,10 +385,10 @@ async fn flow(
         })
         .collect();
     plane
-        .send_logs(Port::Http, &admin, &logs_request("tailer", records))
+        .send_logs(Port::Http, admin, &logs_request("tailer", records))
         .await?;
     plane
-        .wait_for_logs(&admin, &format!("{tail_marker} AND hidden"), 10)
+        .wait_for_logs(admin, &format!("{tail_marker} AND hidden"), 10)
         .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let top = browser
@@ -523,7 +523,7 @@ async fn flow(
             reqwest::Method::POST,
             "/api/v1/deployments",
             Some(serde_json::json!({"service": "payments", "version": "1.0.1"})),
-            &admin,
+            admin,
         )
         .await?;
     ensure!(status == 201, "deploy: {status} {deployment}");
@@ -577,7 +577,7 @@ async fn flow(
         .await?;
         ensure!(shown != "rolled_back", "{button} did not roll back");
     }
-    let (_, audit) = plane.api_get("/api/v1/audit?limit=20", &admin).await?;
+    let (_, audit) = plane.api_get("/api/v1/audit?limit=20", admin).await?;
     let actions: Vec<(&str, &str)> = audit["entries"]
         .as_array()
         .into_iter()
