@@ -19,7 +19,7 @@ use rand::RngCore;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::{SESSION_COOKIE, UiError, html};
+use super::{SESSION_COOKIE, UiError, cookie_value, html};
 use crate::api::AppState;
 
 /// The login form's own CSRF cookie.
@@ -241,17 +241,6 @@ pub struct LoginForm {
     next: Option<String>,
 }
 
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(Cookie::split_parse)
-        .filter_map(Result::ok)
-        .find(|c| c.name() == name)
-        .map(|c| c.value().to_owned())
-}
-
 /// `POST /login`: a new session and back to `next`, or the form again with a message that does not say which of
 /// name or password was wrong.
 pub async fn login(
@@ -341,18 +330,12 @@ pub async fn login(
     Ok(response)
 }
 
-/// The logout form.
-#[derive(Deserialize)]
-pub struct LogoutForm {
-    csrf: String,
-}
-
 /// `POST /logout`: the session ends on the server, the cookie is cleared.
 pub async fn logout(
     viewer: super::Viewer,
     State(state): State<AppState>,
     headers: HeaderMap,
-    Form(form): Form<LogoutForm>,
+    Form(form): Form<super::CsrfForm>,
 ) -> Result<Response, UiError> {
     viewer.check(&form.csrf, gantry_proto::Access::Read)?;
     if let Some(secret) = cookie_value(&headers, SESSION_COOKIE) {

@@ -10,7 +10,6 @@ use serde::Deserialize;
 
 use super::chart::{Chart, Series, Unit};
 use super::{Layout, Range, RangePicker, UiError, Viewer, format, html};
-use crate::api::metrics::MetricParams;
 use crate::api::{ApiError, AppState};
 use crate::dashboards::{Dashboard, Panel, PanelKind};
 use crate::state::deployments;
@@ -92,57 +91,16 @@ async fn draw(state: &AppState, panel: &Panel, range: &Range) -> Result<Body, Ap
             group_by,
             filter,
         } => {
-            let (_, query, parsed) = crate::api::metrics::build(MetricParams {
-                name: Some(metric.clone()),
-                filter: Some(filter.clone()),
-                agg: Some(agg.clone()),
-                group_by: Some(group_by.join(",")),
-                step: None,
-                from: Some(range.from.clone()),
-                to: Some(range.to.clone()),
-            })?;
-            let mut series = state
-                .store
-                .metrics(query)
-                .await
-                .map_err(|e| parsed.refusal(e))?;
-            let peak = |s: &gantry_proto::MetricSeries| {
-                s.points
-                    .iter()
-                    .map(|p| p.1)
-                    .filter(|v| v.is_finite())
-                    .fold(f64::MIN, f64::max)
-            };
-            series.sort_by(|a, b| peak(b).total_cmp(&peak(a)));
-            let lines: Vec<Series> = series
-                .iter()
-                .take(super::explore::MAX_LINES)
-                .map(|s| Series {
-                    label: if s.labels.is_empty() {
-                        metric.clone()
-                    } else {
-                        s.labels
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    },
-                    points: s
-                        .points
-                        .iter()
-                        .map(|&(ns, v)| (ns / 1_000_000, v))
-                        .collect(),
-                    emphasis: false,
-                })
-                .collect();
-            Body::Charts(vec![Chart::lines(
-                &format!("{agg}({metric})"),
-                Unit::Value,
-                from_ms,
-                to_ms,
-                &lines,
-                &[],
-            )])
+            let (chart, _) = super::explore::metric_chart(
+                state,
+                range,
+                metric,
+                agg,
+                &group_by.join(","),
+                filter,
+            )
+            .await?;
+            Body::Charts(vec![chart])
         }
         PanelKind::LogCount { query } => {
             let parsed = crate::api::parse_query(Some(query))?;

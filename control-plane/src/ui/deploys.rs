@@ -11,7 +11,7 @@ use gantry_proto::Access;
 use gantry_proto::deployments::{Decision, Deployment, Event};
 use serde::Deserialize;
 
-use super::{Layout, UiError, Viewer, blocking, format, html};
+use super::{CsrfForm, Layout, UiError, Viewer, blocking, format, html};
 use crate::api::AppState;
 use crate::state::deployments;
 use crate::state::platform::{Control, PlatformError};
@@ -181,18 +181,12 @@ pub async fn page(
     Ok(html(&page))
 }
 
-/// A form with only the CSRF token.
-#[derive(Deserialize)]
-pub struct ActionForm {
-    csrf: String,
-}
-
 /// `POST /deploys/{id}/{action}`: pause, resume, promote, promote-full or abort.
 pub async fn act(
     viewer: Viewer,
     State(state): State<AppState>,
     Path((id, action)): Path<(u64, String)>,
-    Form(form): Form<ActionForm>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, UiError> {
     viewer.check(&form.csrf, Access::Deploy)?;
     let control = match action.as_str() {
@@ -222,7 +216,7 @@ pub async fn rollback(
     viewer: Viewer,
     State(state): State<AppState>,
     Path(service): Path<String>,
-    Form(form): Form<ActionForm>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, UiError> {
     viewer.check(&form.csrf, Access::Deploy)?;
     let by = viewer.session.actor();

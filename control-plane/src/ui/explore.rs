@@ -47,6 +47,74 @@ pub struct ExploreQuery {
     to: Option<String>,
 }
 
+/// Runs a metric query over `range` as `GET /api/v1/metrics` would (`group_by` comma-separated, `filter` in the
+/// query language) and draws it: a line per group, the [`MAX_LINES`] with the highest peaks. Returns the chart and
+/// how many groups there were.
+///
+/// # Errors
+/// The query's parameters or filter are refused (400, at a position), or the store failed.
+pub async fn metric_chart(
+    state: &AppState,
+    range: &Range,
+    metric: &str,
+    agg: &str,
+    group_by: &str,
+    filter: &str,
+) -> Result<(Chart, usize), ApiError> {
+    let (_, query, parsed) = crate::api::metrics::build(MetricParams {
+        name: Some(metric.to_owned()),
+        filter: Some(filter.to_owned()),
+        agg: Some(agg.to_owned()),
+        group_by: Some(group_by.to_owned()),
+        step: None,
+        from: Some(range.from.clone()),
+        to: Some(range.to.clone()),
+    })?;
+    let mut series = state
+        .store
+        .metrics(query)
+        .await
+        .map_err(|e| parsed.refusal(e))?;
+    let peak = |s: &gantry_proto::MetricSeries| {
+        s.points
+            .iter()
+            .map(|p| p.1)
+            .filter(|v| v.is_finite())
+            .fold(f64::MIN, f64::max)
+    };
+    series.sort_by(|a, b| peak(b).total_cmp(&peak(a)));
+    let lines: Vec<Series> = series
+        .iter()
+        .take(MAX_LINES)
+        .map(|s| Series {
+            label: if s.labels.is_empty() {
+                metric.to_owned()
+            } else {
+                s.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            points: s
+                .points
+                .iter()
+                .map(|&(ns, v)| (ns / 1_000_000, v))
+                .collect(),
+            emphasis: false,
+        })
+        .collect();
+    let chart = Chart::lines(
+        &format!("{agg}({metric})"),
+        Unit::Value,
+        range.range.from_ns / 1_000_000,
+        range.range.to_ns / 1_000_000,
+        &lines,
+        &[],
+    );
+    Ok((chart, series.len()))
+}
+
 /// `GET /explore`.
 pub async fn page(
     viewer: Viewer,
@@ -70,63 +138,10 @@ pub async fn page(
     let mut groups = 0;
     let mut error = None;
     if !name.is_empty() {
-        let built = crate::api::metrics::build(MetricParams {
-            name: Some(name.clone()),
-            filter: Some(filter.clone()),
-            agg: Some(agg.clone()),
-            group_by: Some(group_by.clone()),
-            step: None,
-            from: Some(range.from.clone()),
-            to: Some(range.to.clone()),
-        });
-        let answer = match built {
-            Ok((_, metric_query, parsed)) => state
-                .store
-                .metrics(metric_query)
-                .await
-                .map_err(|e| parsed.refusal(e)),
-            Err(error) => Err(error),
-        };
-        match answer {
-            Ok(mut series) => {
-                groups = series.len();
-                let peak = |s: &gantry_proto::MetricSeries| {
-                    s.points
-                        .iter()
-                        .map(|p| p.1)
-                        .filter(|v| v.is_finite())
-                        .fold(f64::MIN, f64::max)
-                };
-                series.sort_by(|a, b| peak(b).total_cmp(&peak(a)));
-                let lines: Vec<Series> = series
-                    .iter()
-                    .take(MAX_LINES)
-                    .map(|s| Series {
-                        label: if s.labels.is_empty() {
-                            name.clone()
-                        } else {
-                            s.labels
-                                .iter()
-                                .map(|(k, v)| format!("{k}={v}"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        },
-                        points: s
-                            .points
-                            .iter()
-                            .map(|&(ns, v)| (ns / 1_000_000, v))
-                            .collect(),
-                        emphasis: false,
-                    })
-                    .collect();
-                chart = Some(Chart::lines(
-                    &format!("{agg}({name})"),
-                    Unit::Value,
-                    range.range.from_ns / 1_000_000,
-                    range.range.to_ns / 1_000_000,
-                    &lines,
-                    &[],
-                ));
+        match metric_chart(&state, &range, &name, &agg, &group_by, &filter).await {
+            Ok((drawn, count)) => {
+                chart = Some(drawn);
+                groups = count;
             }
             Err(
                 e @ (ApiError::BadRequest(_)

@@ -147,17 +147,14 @@ pub async fn page(
                 .unwrap_or_default()
             });
         }
-        Err(ApiError::BadQuery { message, position }) => {
-            let split = q
-                .char_indices()
-                .nth(position)
-                .map_or(q.len(), |(byte, _)| byte);
-            page.error = Some((message, q[..split].to_owned(), q[split..].to_owned()));
-        }
-        Err(ApiError::TooExpensive {
-            message,
-            position: Some(position),
-        }) => {
+        // The query's own fault: shown at its position, on the page.
+        Err(
+            ApiError::BadQuery { message, position }
+            | ApiError::TooExpensive {
+                message,
+                position: Some(position),
+            },
+        ) => {
             let split = q
                 .char_indices()
                 .nth(position)

@@ -201,16 +201,22 @@ pub fn over_tls(headers: &axum::http::HeaderMap) -> bool {
     forwarded_proto || forwarded
 }
 
-/// The session secret a request's cookies carry.
-fn session_secret(parts: &Parts) -> Option<String> {
-    parts
-        .headers
+/// A form that carries only the session's CSRF token (an action button).
+#[derive(serde::Deserialize)]
+pub struct CsrfForm {
+    /// The session's CSRF token, as the page rendered it.
+    pub csrf: String,
+}
+
+/// The value of the cookie `name` a request carries.
+pub fn cookie_value(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(cookie::Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|c| c.name() == SESSION_COOKIE)
+        .find(|c| c.name() == name)
         .map(|c| c.value().to_owned())
 }
 
@@ -231,7 +237,7 @@ impl FromRequestParts<AppState> for Viewer {
         } else {
             "/".to_owned()
         };
-        let Some(secret) = session_secret(parts) else {
+        let Some(secret) = cookie_value(&parts.headers, SESSION_COOKIE) else {
             return Err(UiError::Login { next });
         };
         let users = state.users.clone();

@@ -8,9 +8,8 @@ use axum::extract::{Form, Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use gantry_proto::platform::InstanceStatus;
 use gantry_proto::{Access, NodeInfo};
-use serde::Deserialize;
 
-use super::{Layout, UiError, Viewer, blocking, format, html};
+use super::{CsrfForm, Layout, UiError, Viewer, blocking, format, html};
 use crate::api::AppState;
 
 /// One node and what runs on it.
@@ -74,18 +73,12 @@ pub async fn page(viewer: Viewer, State(state): State<AppState>) -> Result<Respo
     Ok(html(&page))
 }
 
-/// A form with only the CSRF token.
-#[derive(Deserialize)]
-pub struct ActionForm {
-    csrf: String,
-}
-
 /// `POST /nodes/{agent_id}/{drain|activate}`: admins only.
 pub async fn act(
     viewer: Viewer,
     State(state): State<AppState>,
     Path((agent_id, action)): Path<(String, String)>,
-    Form(form): Form<ActionForm>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, UiError> {
     viewer.check(&form.csrf, Access::Admin)?;
     let drained = match action.as_str() {

@@ -9,7 +9,7 @@ use gantry_proto::platform::AuditEntry;
 use gantry_proto::{Access, Role, TokenInfo, UserInfo};
 use serde::Deserialize;
 
-use super::{Layout, UiError, Viewer, blocking, html};
+use super::{CsrfForm, Layout, UiError, Viewer, blocking, html};
 use crate::api::{ApiError, AppState};
 use crate::state::audit::Action;
 use crate::state::users::UserError;
@@ -145,18 +145,12 @@ pub async fn create_user(
     }
 }
 
-/// A form with only the CSRF token.
-#[derive(Deserialize)]
-pub struct ActionForm {
-    csrf: String,
-}
-
 /// `POST /admin/users/{name}/delete`.
 pub async fn delete_user(
     viewer: Viewer,
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Form(form): Form<ActionForm>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, UiError> {
     viewer.check(&form.csrf, Access::Admin)?;
     let user = name.clone();
@@ -245,7 +239,7 @@ pub async fn revoke_token(
     viewer: Viewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Form(form): Form<ActionForm>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, UiError> {
     viewer.check(&form.csrf, Access::Admin)?;
     let token = id.clone();
