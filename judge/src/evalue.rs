@@ -27,7 +27,7 @@ pub const ERROR_RATIOS: [f64; 8] = [1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 200.0]
 /// Their prior weights (sum 1), tuned on the simulation study (`sim`, figures in BENCHMARKS.md): a weight's price
 /// is its ln, which matters most where evidence is scarce (a crash caught in a handful of requests), least for a
 /// small regression that takes thousands of requests anyway.
-pub const ERROR_WEIGHTS: [f64; 8] = [0.1, 0.15, 0.1, 0.1, 0.2, 0.1, 0.15, 0.1];
+pub const ERROR_WEIGHTS: [f64; 8] = [0.05, 0.15, 0.1, 0.15, 0.25, 0.1, 0.1, 0.1];
 
 impl Default for ErrorTest {
     fn default() -> ErrorTest {

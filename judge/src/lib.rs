@@ -5,9 +5,16 @@
 //!   either version's error ratio, and compares the two over the same time window by construction.
 //! - **Latency**: a sign test on pairs of canary and stable requests close in time ([`evalue::LatencyTest`]), with
 //!   an optional allowed relative increase.
+//! - **Error logs** (optional, the log rule): who gets each `severity >= ERROR` log record, given the routers'
+//!   weights: the error test again, on log records instead of failed requests.
 //!
-//! The false-rollback rate `α` (default 1% per deployment) is split evenly between the two tests; each test is a
-//! test supermartingale under its null, so the chance that either ever crosses `1/α_m` for a canary no worse than
+//! Blue-green's new version takes no share of live traffic: it is judged on **mirrored pairs** instead
+//! ([`Judge::observe_pair`]), each safe request answered by both versions. Errors become McNemar's comparison of
+//! the discordant pairs (the error test at a share of 1/2), latency the sign test on exact pairs.
+//!
+//! The false-rollback rate `α` (default 1% per deployment) is split between the tests ([`ERROR_SHARE`], and
+//! [`LOG_SHARE`] with the log rule); each test is a
+//! test supermartingale under its null, so the chance that any ever crosses `1/α_m` for a canary no worse than
 //! its stable is at most `α` (Ville's inequality). A verdict is [`Verdict::Fail`] the moment a test crosses,
 //! [`Verdict::Pass`] once the step's minimum exposure is reached without a crossing, and
 //! [`Verdict::Inconclusive`] when the step's deadline comes first: never a silent pass.
@@ -32,7 +39,9 @@ use interval::Interval;
 const PAIRING_QUEUE: usize = 64;
 /// The error test's share of `α`; the latency test has the rest. Errors get more: they are what a bad release
 /// shows first, and detection in a handful of requests is where the threshold costs most.
-pub const ERROR_SHARE: f64 = 0.7;
+pub const ERROR_SHARE: f64 = 0.8;
+/// The log rule's share of `α`, when it is on (taken from the latency test's: errors keep theirs).
+pub const LOG_SHARE: f64 = 0.1;
 /// Exemplar trace ids a record carries, at most.
 pub const EXEMPLARS: usize = 5;
 
@@ -51,6 +60,9 @@ pub struct JudgeConfig {
     /// would otherwise find, given enough requests.
     #[serde(default = "default_slack")]
     pub latency_slack_ns: u64,
+    /// The log rule: also compare `severity >= ERROR` log records per request ([`Judge::observe_log_error`]).
+    #[serde(default)]
+    pub log_errors: bool,
 }
 
 /// The default [`JudgeConfig::latency_slack_ns`]: 1 ms.
@@ -67,6 +79,7 @@ impl Default for JudgeConfig {
             max_error_ratio_increase: None,
             max_latency_increase: None,
             latency_slack_ns: LATENCY_SLACK_NS,
+            log_errors: false,
         }
     }
 }
@@ -89,6 +102,24 @@ pub struct Observation {
     pub time_ns: u64,
 }
 
+/// One mirrored request: the same request answered by the stable version (the live answer) and by the canary (a
+/// copy the router sent it, whose answer was dropped). Blue-green's new version is judged on these.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    /// Whether the canary's answer failed (a 5xx, or none).
+    pub canary_error: bool,
+    /// Whether the stable version's answer failed.
+    pub stable_error: bool,
+    /// The canary's duration, nanoseconds.
+    pub canary_latency_ns: u64,
+    /// The stable version's duration, nanoseconds.
+    pub stable_latency_ns: u64,
+    /// The request's trace id, hex.
+    pub trace_id: String,
+    /// When the canary's answer came, ns since the Unix epoch.
+    pub time_ns: u64,
+}
+
 /// A judged metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -97,6 +128,8 @@ pub enum Metric {
     Errors,
     /// Latency.
     Latency,
+    /// `severity >= ERROR` log records per request (the log rule).
+    Logs,
 }
 
 impl std::fmt::Display for Metric {
@@ -104,6 +137,7 @@ impl std::fmt::Display for Metric {
         f.write_str(match self {
             Metric::Errors => "error ratio",
             Metric::Latency => "latency",
+            Metric::Logs => "error logs",
         })
     }
 }
@@ -168,6 +202,15 @@ pub struct Judge {
     canary_first_ns: Option<u64>,
     /// The first metric to cross its threshold, once one has.
     failure: Option<Metric>,
+    /// The log rule's test.
+    #[serde(default)]
+    logs: ErrorTest,
+    /// `severity >= ERROR` log records of the canary and of the stable version.
+    #[serde(default)]
+    error_logs: (u64, u64),
+    /// Whether the observations are mirrored pairs (blue-green) rather than routed requests.
+    #[serde(default)]
+    paired: bool,
 }
 
 impl Judge {
@@ -187,6 +230,9 @@ impl Judge {
             window: None,
             canary_first_ns: None,
             failure: None,
+            logs: ErrorTest::default(),
+            error_logs: (0, 0),
+            paired: false,
         }
     }
 
@@ -195,26 +241,115 @@ impl Judge {
         self.config.alpha * ERROR_SHARE
     }
 
-    /// The latency test's share: the rest of `α`.
+    /// The latency test's share: the rest of `α` (less the log rule's, when it is on).
     pub fn latency_alpha(&self) -> f64 {
-        self.config.alpha * (1.0 - ERROR_SHARE)
+        self.config.alpha * (1.0 - ERROR_SHARE - self.log_share())
+    }
+
+    /// The log rule's share: `LOG_SHARE · α` when it is on, else 0.
+    pub fn log_alpha(&self) -> f64 {
+        self.config.alpha * self.log_share()
+    }
+
+    fn log_share(&self) -> f64 {
+        if self.config.log_errors {
+            LOG_SHARE
+        } else {
+            0.0
+        }
+    }
+
+    fn widen_window(&mut self, time_ns: u64) {
+        self.window = Some(match self.window {
+            None => (time_ns, time_ns),
+            Some((first, last)) => (first.min(time_ns), last.max(time_ns)),
+        });
+    }
+
+    fn canary_seen(&mut self, time_ns: u64) {
+        self.step_requests += 1;
+        self.canary_first_ns = Some(
+            self.canary_first_ns
+                .map_or(time_ns, |first| first.min(time_ns)),
+        );
+    }
+
+    /// Counts one mirrored pair and re-tests; returns the metric that crossed, the first time one does.
+    ///
+    /// Errors: McNemar's comparison, sequentially. A pair where exactly one version failed is discordant; when the
+    /// canary's error ratio is no higher than the stable's, `P(canary failed, stable did not) <= P(stable failed,
+    /// canary did not)`, so a discordant pair is the canary's with probability at most 1/2: the error test at a
+    /// share of 1/2. Latency: each pair where both answered is scored by the sign test, as routed requests paired
+    /// by time are.
+    pub fn observe_pair(&mut self, pair: &Pair) -> Option<Metric> {
+        self.paired = true;
+        self.widen_window(pair.time_ns);
+        self.canary_seen(pair.time_ns);
+        self.canary.requests += 1;
+        self.stable.requests += 1;
+        self.canary.errors += u64::from(pair.canary_error);
+        self.stable.errors += u64::from(pair.stable_error);
+        if pair.canary_error != pair.stable_error {
+            self.errors.error(0.5, pair.canary_error);
+        }
+        if pair.canary_error && self.failed.len() < EXEMPLARS {
+            self.failed.push(pair.trace_id.clone());
+        }
+        if !pair.canary_error && !pair.stable_error {
+            self.canary.latency.record(pair.canary_latency_ns);
+            self.stable.latency.record(pair.stable_latency_ns);
+            let factor = 1.0 + self.config.max_latency_increase.unwrap_or(0.0).max(0.0);
+            let slack = self.config.latency_slack_ns as f64;
+            self.latency.pair(
+                pair.canary_latency_ns as f64 > pair.stable_latency_ns as f64 * factor + slack,
+            );
+            self.keep_slowest(pair.canary_latency_ns, &pair.trace_id);
+        }
+        self.retest()
+    }
+
+    /// Counts one `severity >= ERROR` log record of either version (the log rule; ignored when it is off) and
+    /// re-tests. `canary_share` is the canary's share of requests when the record was written. Under "the canary
+    /// writes no more error logs per request than the stable", a record written while serving a request comes
+    /// from the canary with probability at most that share: the error test's argument, on log records. Records
+    /// not tied to requests (a timer's, a start-up's) weaken that argument; the rule is for services whose error
+    /// logs come from requests.
+    pub fn observe_log_error(
+        &mut self,
+        canary: bool,
+        canary_share: f64,
+        time_ns: u64,
+    ) -> Option<Metric> {
+        if !self.config.log_errors {
+            return None;
+        }
+        self.widen_window(time_ns);
+        if canary {
+            self.error_logs.0 += 1;
+        } else {
+            self.error_logs.1 += 1;
+        }
+        if canary_share > 0.0 && canary_share < 1.0 {
+            self.logs.error(canary_share, canary);
+        }
+        self.retest()
+    }
+
+    fn retest(&mut self) -> Option<Metric> {
+        if self.failure.is_none() {
+            self.failure = self.crossed();
+            return self.failure;
+        }
+        None
     }
 
     /// Counts one request and re-tests; returns the metric that crossed, the first time one does.
     pub fn observe(&mut self, observation: &Observation) -> Option<Metric> {
-        self.window = Some(match self.window {
-            None => (observation.time_ns, observation.time_ns),
-            Some((first, last)) => (
-                first.min(observation.time_ns),
-                last.max(observation.time_ns),
-            ),
-        });
+        self.widen_window(observation.time_ns);
+        if observation.canary {
+            self.canary_seen(observation.time_ns);
+        }
         let stats = if observation.canary {
-            self.step_requests += 1;
-            self.canary_first_ns = Some(
-                self.canary_first_ns
-                    .map_or(observation.time_ns, |first| first.min(observation.time_ns)),
-            );
             &mut self.canary
         } else {
             &mut self.stable
@@ -233,17 +368,13 @@ impl Judge {
             stats.latency.record(observation.latency_ns);
             if observation.canary {
                 self.canary_waiting.push_back(observation.latency_ns);
-                self.keep_slowest(observation);
+                self.keep_slowest(observation.latency_ns, &observation.trace_id);
             } else {
                 self.stable_waiting.push_back(observation.latency_ns);
             }
             self.pair();
         }
-        if self.failure.is_none() {
-            self.failure = self.crossed();
-            return self.failure;
-        }
-        None
+        self.retest()
     }
 
     /// Pairs waiting canary requests with the newest waiting stable ones (the pairing never looks at the values).
@@ -268,9 +399,8 @@ impl Judge {
         }
     }
 
-    fn keep_slowest(&mut self, observation: &Observation) {
-        self.slowest
-            .push((observation.latency_ns, observation.trace_id.clone()));
+    fn keep_slowest(&mut self, latency_ns: u64, trace_id: &str) {
+        self.slowest.push((latency_ns, trace_id.to_owned()));
         self.slowest
             .sort_by_key(|(latency, _)| std::cmp::Reverse(*latency));
         self.slowest.truncate(EXEMPLARS);
@@ -288,6 +418,9 @@ impl Judge {
         }
         if self.latency.e_value() >= 1.0 / self.latency_alpha() {
             return Some(Metric::Latency);
+        }
+        if self.config.log_errors && self.logs.e_value() >= 1.0 / self.log_alpha() {
+            return Some(Metric::Logs);
         }
         None
     }
@@ -322,11 +455,16 @@ impl Judge {
 
     /// The step's verdict given its exposure so far.
     pub fn verdict(&self, exposure: Exposure) -> Verdict {
+        let (new, old) = if self.paired {
+            ("the new version", "the live version")
+        } else {
+            ("the canary", "the stable")
+        };
         if let Some(metric) = self.failure {
             let record = self.record();
             return Verdict::Fail(match metric {
                 Metric::Errors => format!(
-                    "the canary's error ratio {:.2}% ({} of {}) is above the stable's {:.2}% ({} of {}) (e-value {} >= {:.0})",
+                    "{new}'s error ratio {:.2}% ({} of {}) is above {old}'s {:.2}% ({} of {}) (e-value {} >= {:.0})",
                     record.errors.canary.ratio * 100.0,
                     record.errors.canary.errors,
                     record.errors.canary.requests,
@@ -337,7 +475,7 @@ impl Judge {
                     record.errors.threshold
                 ),
                 Metric::Latency => format!(
-                    "the canary is slower than the stable: {} of {} paired requests slower by more than {:.0}% and {:.1} ms (e-value {} >= {:.0}); p99 {:.1} ms against {:.1} ms",
+                    "{new} is slower than {old}: {} of {} paired requests slower by more than {:.0}% and {:.1} ms (e-value {} >= {:.0}); p99 {:.1} ms against {:.1} ms",
                     record.latency.slower,
                     record.latency.pairs,
                     self.config.max_latency_increase.unwrap_or(0.0) * 100.0,
@@ -347,6 +485,20 @@ impl Judge {
                     record.latency.canary.p99_ms,
                     record.latency.stable.p99_ms
                 ),
+                Metric::Logs => {
+                    let logs = record.logs.as_ref();
+                    format!(
+                        "the canary writes more error logs per request: {:.3} ({} in {} requests) against the stable's {:.3} ({} in {}) (e-value {} >= {:.0})",
+                        logs.map_or(0.0, |l| l.canary_per_request),
+                        logs.map_or(0, |l| l.canary),
+                        record.errors.canary.requests,
+                        logs.map_or(0.0, |l| l.stable_per_request),
+                        logs.map_or(0, |l| l.stable),
+                        record.errors.stable.requests,
+                        compact(logs.map_or(0.0, |l| l.e_value)),
+                        logs.map_or(0.0, |l| l.threshold)
+                    )
+                }
             });
         }
         if self.step_requests >= exposure.min_requests
@@ -423,6 +575,24 @@ impl Judge {
                 max_increase: self.config.max_latency_increase,
                 slack_ms: self.config.latency_slack_ns as f64 / 1e6,
             },
+            logs: self.config.log_errors.then(|| {
+                let per_request = |logs: u64, stats: &VersionStats| {
+                    if stats.requests == 0 {
+                        0.0
+                    } else {
+                        logs as f64 / stats.requests as f64
+                    }
+                };
+                LogRecord {
+                    canary: self.error_logs.0,
+                    stable: self.error_logs.1,
+                    canary_per_request: per_request(self.error_logs.0, &self.canary),
+                    stable_per_request: per_request(self.error_logs.1, &self.stable),
+                    e_value: self.logs.e_value(),
+                    threshold: 1.0 / self.log_alpha(),
+                }
+            }),
+            paired: self.paired,
             exemplars,
         }
     }
@@ -455,8 +625,32 @@ pub struct Record {
     pub errors: ErrorRecord,
     /// Latency.
     pub latency: LatencyRecord,
+    /// The log rule's figures, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<LogRecord>,
+    /// Whether the versions were compared on mirrored pairs (blue-green: each request answered by both) rather
+    /// than on the routers' split of live requests.
+    #[serde(default)]
+    pub paired: bool,
     /// Trace ids of failed canary requests, then of the slowest ones, at most [`EXEMPLARS`].
     pub exemplars: Vec<String>,
+}
+
+/// The log rule's part of a record: `severity >= ERROR` log records of each version over the same window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// The canary's error log records.
+    pub canary: u64,
+    /// The stable version's.
+    pub stable: u64,
+    /// The canary's per request.
+    pub canary_per_request: f64,
+    /// The stable version's per request.
+    pub stable_per_request: f64,
+    /// The e-value.
+    pub e_value: f64,
+    /// The e-value that fails the canary: `1 / (LOG_SHARE · α)`.
+    pub threshold: f64,
 }
 
 /// One version's error ratio.

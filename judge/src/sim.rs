@@ -87,6 +87,79 @@ pub fn run(scenario: &Scenario, config: JudgeConfig, seed: u64) -> Run {
     Run { detected: None }
 }
 
+/// Runs one blue-green preview of `scenario` with `seed`: every request is mirrored, so both versions answer each
+/// (independently, each with its error ratio and latency); `canary_share` is not used.
+pub fn run_mirrored(scenario: &Scenario, config: JudgeConfig, seed: u64) -> Run {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut judge = Judge::new(config);
+    let mut time_ns = 0u64;
+    while judge.canary_requests() < scenario.max_canary_requests {
+        let mut latency = |factor: f64| {
+            let ms = scenario.latency_median_ms
+                * (scenario.latency_sigma * standard_normal(&mut rng)).exp()
+                * factor;
+            (ms * 1e6) as u64
+        };
+        let (stable_latency_ns, canary_latency_ns) =
+            (latency(1.0), latency(scenario.canary_latency_factor));
+        time_ns += 1_000_000;
+        let pair = crate::Pair {
+            stable_error: rng.random::<f64>() < scenario.stable_error,
+            canary_error: rng.random::<f64>() < scenario.canary_error,
+            stable_latency_ns,
+            canary_latency_ns,
+            trace_id: String::new(),
+            time_ns,
+        };
+        if let Some(metric) = judge.observe_pair(&pair) {
+            return Run {
+                detected: Some((metric, judge.canary_requests())),
+            };
+        }
+    }
+    Run { detected: None }
+}
+
+/// Runs one canary of `scenario` with the log rule on: each request writes a `severity >= ERROR` log record with
+/// probability `stable_logs` (stable) or `canary_logs` (canary), besides failing with its error ratio.
+pub fn run_with_logs(scenario: &Scenario, stable_logs: f64, canary_logs: f64, seed: u64) -> Run {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut judge = Judge::new(JudgeConfig {
+        log_errors: true,
+        ..JudgeConfig::default()
+    });
+    let mut time_ns = 0u64;
+    while judge.canary_requests() < scenario.max_canary_requests {
+        let canary = rng.random::<f64>() < scenario.canary_share;
+        time_ns += 1_000_000;
+        let observation = Observation {
+            canary,
+            canary_share: scenario.canary_share,
+            error: rng.random::<f64>()
+                < if canary {
+                    scenario.canary_error
+                } else {
+                    scenario.stable_error
+                },
+            latency_ns: (scenario.latency_median_ms * 1e6) as u64,
+            trace_id: String::new(),
+            time_ns,
+        };
+        let logged = rng.random::<f64>() < if canary { canary_logs } else { stable_logs };
+        let crossed = judge.observe(&observation).or_else(|| {
+            logged
+                .then(|| judge.observe_log_error(canary, scenario.canary_share, time_ns))
+                .flatten()
+        });
+        if let Some(metric) = crossed {
+            return Run {
+                detected: Some((metric, judge.canary_requests())),
+            };
+        }
+    }
+    Run { detected: None }
+}
+
 /// The share of rollouts of `scenario` in which a one-sided Fisher exact test, run once after exactly `canary`
 /// canary requests, finds the canary's error ratio above the stable's at level `alpha`. Fisher's test conditions
 /// on the total errors as the judge does and is uniformly most powerful unbiased for this comparison at a fixed
@@ -251,15 +324,78 @@ mod tests {
             false_rate <= config.alpha,
             "A/A false rollbacks {false_rate}"
         );
-        // The targets were 5 and 50; see BENCHMARKS.md for why 5 is out of any valid test's reach at α = 1%.
+        // The crash target was 5: see BENCHMARKS.md for why the same-window error test cannot reach it at α = 1%.
         assert!(figures[1].median_requests <= 8, "crash: {:?}", figures[1]);
-        assert!(figures[2].median_requests <= 60, "10x: {:?}", figures[2]);
+        assert!(figures[2].median_requests <= 50, "10x: {:?}", figures[2]);
         assert!(figures[3].median_requests <= 2_000, "2x: {:?}", figures[3]);
         assert!(
             figures[4].detected * 10 >= figures[4].runs * 9,
             "latency: {:?}",
             figures[4]
         );
+    }
+
+    #[test]
+    fn mirrored_pairs_hold_alpha_and_catch_a_bad_green() {
+        let config = JudgeConfig::default();
+        let same = Scenario::same(1_000);
+        let false_alarms = (0..500)
+            .filter(|seed| run_mirrored(&same, config, *seed).detected.is_some())
+            .count();
+        println!("mirrored A/A: {false_alarms} of 500 previews failed");
+        assert!(
+            false_alarms as f64 / 500.0 <= config.alpha,
+            "{false_alarms}"
+        );
+        let bad = Scenario {
+            canary_error: 0.2,
+            ..same
+        };
+        let mut at: Vec<u64> = (0..200)
+            .map(|seed| {
+                let run = run_mirrored(&bad, config, seed);
+                assert!(matches!(run.detected, Some((Metric::Errors, _))), "{run:?}");
+                run.detected.map_or(u64::MAX, |(_, n)| n)
+            })
+            .collect();
+        at.sort_unstable();
+        println!(
+            "mirrored 20% errors: caught after a median of {} pairs",
+            at[100]
+        );
+        assert!(at[100] <= 60, "{}", at[100]);
+        let slow = Scenario {
+            canary_latency_factor: 1.5,
+            ..same
+        };
+        let caught = (0..200)
+            .filter(|seed| {
+                matches!(
+                    run_mirrored(&slow, config, *seed).detected,
+                    Some((Metric::Latency, _))
+                )
+            })
+            .count();
+        assert!(caught >= 190, "{caught}");
+    }
+
+    #[test]
+    fn the_log_rule_holds_alpha_and_catches_more_error_logs() {
+        let same = Scenario::same(1_000);
+        let false_alarms = (0..500)
+            .filter(|seed| run_with_logs(&same, 0.05, 0.05, *seed).detected.is_some())
+            .count();
+        assert!(false_alarms <= 5, "{false_alarms}");
+        let caught: Vec<Run> = (0..100)
+            .map(|seed| run_with_logs(&same, 0.02, 0.2, seed))
+            .collect();
+        let by_logs = caught
+            .iter()
+            .filter(|run| matches!(run.detected, Some((Metric::Logs, _))))
+            .count();
+        assert!(by_logs >= 95, "{by_logs}");
+        let judge = Judge::new(JudgeConfig::default());
+        assert!(judge.record().logs.is_none(), "off by default");
     }
 
     #[test]

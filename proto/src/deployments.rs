@@ -33,6 +33,11 @@ pub struct DeployRequest {
     /// Deploy even a revision that was rolled back before.
     #[serde(default)]
     pub force: bool,
+    /// When another rollout of the service runs: wait in line behind it (the deployment is `queued`, and starts,
+    /// with these changes applied to what the service runs then, once no rollout of the service runs) instead of
+    /// being refused.
+    #[serde(default)]
+    pub queue: bool,
 }
 
 /// `POST /api/v1/services/{name}/rollback`.
@@ -58,10 +63,22 @@ pub enum Status {
     Succeeded,
     /// Done: the stable revision runs everywhere again.
     RolledBack,
+    /// Waiting in line behind the service's running rollout (`--queue`).
+    Queued,
+    /// Ended before it started: refused when its turn came (the reason says why), or aborted while queued.
+    Cancelled,
 }
 
 impl Status {
-    /// Whether the deployment is still running.
+    /// Whether the deployment has ended (succeeded, rolled back or cancelled).
+    pub fn ended(self) -> bool {
+        matches!(
+            self,
+            Status::Succeeded | Status::RolledBack | Status::Cancelled
+        )
+    }
+
+    /// Whether the deployment is running (a queued one is not yet).
     pub fn active(self) -> bool {
         matches!(
             self,
@@ -77,6 +94,8 @@ impl Status {
             Status::RollingBack => "rolling_back",
             Status::Succeeded => "succeeded",
             Status::RolledBack => "rolled_back",
+            Status::Queued => "queued",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -88,6 +107,8 @@ impl Status {
             Status::RollingBack,
             Status::Succeeded,
             Status::RolledBack,
+            Status::Queued,
+            Status::Cancelled,
         ]
         .into_iter()
         .find(|status| status.as_str() == text)

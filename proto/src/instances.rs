@@ -80,6 +80,20 @@ pub struct ServiceRoute {
     /// Stickiness, when the service asks for it.
     #[serde(default)]
     pub sticky: Option<crate::platform::Sticky>,
+    /// Traffic mirroring, while a blue-green rollout judges its new version.
+    #[serde(default)]
+    pub mirror: Option<Mirror>,
+}
+
+/// Traffic mirroring (shadowing): the routers copy a share of the safe requests (`GET`, `HEAD`, `OPTIONS` without
+/// a body: RFC 9110, section 9.2.1) to an instance of `version`, drop its answer, and record both answers in one
+/// span for the canary judge. A copy never delays the live answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mirror {
+    /// The version the copies go to.
+    pub version: String,
+    /// The share of safe requests copied, percent in (0, 100].
+    pub percent: f64,
 }
 
 /// One ready instance of a routed service.

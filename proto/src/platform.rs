@@ -140,6 +140,9 @@ pub struct RolloutPolicy {
     pub steps: Vec<CanaryStep>,
     /// How long blue-green keeps the old version after the switch, for an instant switch back, milliseconds.
     pub scale_down_delay_ms: u64,
+    /// How blue-green judges the new version before the switch.
+    #[serde(default)]
+    pub preview: Preview,
     /// What the canary judge compares, and how much worse the canary may be.
     pub judge: JudgePolicy,
 }
@@ -235,6 +238,34 @@ pub struct CanaryStep {
     pub min_duration_ms: u64,
     /// What happens when the step's exposure is reached.
     pub pause: Pause,
+}
+
+/// Blue-green's preview: the new version, at full size and taking no live traffic, is judged on copies of the
+/// live safe requests (mirrored by the routers, answers dropped) against the live answers to the same requests;
+/// it also answers requests that ask for it with `x-gantry-version`. Argo Rollouts' pre-promotion analysis, with
+/// the canary judge instead of queries.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Preview {
+    /// The share of safe requests (`GET`, `HEAD`, `OPTIONS`) copied to the new version, percent in [0, 100]; 0
+    /// judges nothing: the switch comes once the new version is healthy.
+    pub mirror_percent: f64,
+    /// Mirrored requests the judge must see before the switch.
+    pub min_requests: u64,
+    /// Time judged before the switch, milliseconds.
+    pub min_duration_ms: u64,
+    /// What happens once the judge passes the new version.
+    pub pause: Pause,
+}
+
+impl Default for Preview {
+    fn default() -> Preview {
+        Preview {
+            mirror_percent: 100.0,
+            min_requests: 100,
+            min_duration_ms: 30_000,
+            pause: Pause::None,
+        }
+    }
 }
 
 /// A canary step's pause.

@@ -5,7 +5,8 @@
 //!
 //! Balancing: a request first picks a version by the weights (when the plane set any; canary steps drive them),
 //! then the endpoint of that version with the fewest requests in flight (least outstanding requests), ties broken
-//! at random. An instance leaves the table when it stops being ready (its agent reports it stopping before it
+//! at random. While a blue-green rollout judges its new version, safe requests are also copied to it (mirrored)
+//! and both answers recorded in one span; the live answer never waits for the copy. An instance leaves the table when it stops being ready (its agent reports it stopping before it
 //! sends SIGTERM), so new requests stop going to it while those in flight finish.
 
 mod proxy;
@@ -45,6 +46,8 @@ pub struct Table {
     pub weights: BTreeMap<String, f64>,
     /// Stickiness: requests with the same key go to the same endpoint while it is in the table.
     pub sticky: Option<gantry_proto::platform::Sticky>,
+    /// Traffic mirroring to a version being judged (blue-green's preview), when the plane asks for it.
+    pub mirror: Option<gantry_proto::instances::Mirror>,
 }
 
 impl Table {
@@ -202,6 +205,7 @@ pub async fn run(
                         tables: tables.clone(),
                         client: client.clone(),
                         spans: spans.clone(),
+                        mirrors: Arc::new(tokio::sync::Semaphore::new(proxy::MIRRORS_IN_FLIGHT)),
                     };
                     let address = SocketAddr::new(host, route.port);
                     let limits = limits.clone();
@@ -282,6 +286,7 @@ fn update(tables: &Tables, routes: &[ServiceRoute], listeners: impl FnOnce(&[Ser
                     upstreams,
                     weights: route.weights.clone(),
                     sticky: route.sticky.clone(),
+                    mirror: route.mirror.clone(),
                 }),
             );
         }
@@ -313,6 +318,7 @@ mod tests {
             ],
             weights: BTreeMap::new(),
             sticky: None,
+            mirror: None,
         };
         for _ in 0..20 {
             assert_eq!(table.pick(None, None).unwrap().instance_id, "b");
@@ -326,6 +332,7 @@ mod tests {
             upstreams: vec![upstream("old", "1", 0), upstream("new", "2", 0)],
             weights: BTreeMap::from([("1".to_owned(), 90.0), ("2".to_owned(), 10.0)]),
             sticky: None,
+            mirror: None,
         };
         let new = (0..10_000)
             .filter(|_| weighted.pick(None, None).unwrap().version == "2")
@@ -335,6 +342,7 @@ mod tests {
             upstreams: vec![upstream("old", "1", 0)],
             weights: BTreeMap::from([("1".to_owned(), 0.0), ("2".to_owned(), 100.0)]),
             sticky: None,
+            mirror: None,
         };
         assert_eq!(
             only_old.pick(None, None).unwrap().version,
@@ -355,6 +363,7 @@ mod tests {
             upstreams: all.clone(),
             weights: BTreeMap::new(),
             sticky: None,
+            mirror: None,
         };
         let keys: Vec<String> = (0..300).map(|n| format!("user-{n}")).collect();
         let before: Vec<String> = keys
@@ -383,6 +392,7 @@ mod tests {
             upstreams: all[..2].to_vec(),
             weights: BTreeMap::new(),
             sticky: None,
+            mirror: None,
         };
         for (key, first) in keys.iter().zip(&before) {
             let now = fewer

@@ -1,7 +1,8 @@
 //! The reverse proxy of one routed service, on hyper (through axum, for the server side) and hyper-util's pooled
 //! client: hop-by-hop headers are dropped (RFC 9110, section 7.6.1), `traceparent` is set to the router's span,
 //! and a request that could not reach its instance (the connection was refused before anything was sent) is tried
-//! once on another, when it has no body to resend.
+//! once on another, when it has no body to resend. While the table names a version to mirror to, a share of
+//! the safe requests is copied to one of its instances (see [`mirror`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::spans::{RouterSpan, SpanSink, parse_traceparent, traceparent};
+use super::spans::{LiveAnswer, RouterSpan, SpanSink, parse_traceparent, traceparent};
 use super::{Tables, Upstream};
 
 /// The pooled HTTP client routers forward with (HTTP/1.1 to instances).
@@ -31,6 +32,11 @@ pub fn client() -> HttpClient {
         .build(connector)
 }
 
+/// Mirrored copies in flight per service at most; past it, requests are not copied (a copy never waits).
+pub const MIRRORS_IN_FLIGHT: usize = 256;
+/// How long a mirrored copy may take, and how long it waits for the live answer to be recorded.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What one service's listener shares.
 pub struct State {
     /// The service.
@@ -41,6 +47,8 @@ pub struct State {
     pub client: HttpClient,
     /// Where spans go.
     pub spans: SpanSink,
+    /// Permits for mirrored copies in flight ([`MIRRORS_IN_FLIGHT`]).
+    pub mirrors: Arc<tokio::sync::Semaphore>,
 }
 
 /// The listener's application: every path proxied.
@@ -125,6 +133,7 @@ async fn handle(
         peer: String::new(),
         error: None,
         share: None,
+        mirror_of: None,
     };
     let bodyless = http_body::Body::size_hint(&body).exact() == Some(0);
     let mut body = Some(body);
@@ -145,6 +154,8 @@ async fn handle(
         .get("x-gantry-version")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // Where the live answer goes when this request is mirrored.
+    let mut live: Option<tokio::sync::oneshot::Sender<LiveAnswer>> = None;
     for attempt in 0..2 {
         let Some((upstream, share)) = table.as_ref().and_then(|t| {
             t.pick_with_share(avoid.as_deref(), key.as_deref(), requested.as_deref())
@@ -156,6 +167,7 @@ async fn handle(
             return answer_self(
                 &state,
                 span,
+                live,
                 clock,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_healthy_instance",
@@ -168,12 +180,23 @@ async fn handle(
         span.share = share.filter(|_| key.is_none() && attempt == 0);
         span.instance_id = upstream.instance_id.clone();
         span.peer = upstream.address.clone();
+        if attempt == 0 && requested.is_none() && bodyless {
+            live = mirror(
+                &state,
+                table.as_deref(),
+                &parts,
+                &upstream,
+                trace_id,
+                parent_span_id,
+            );
+        }
         let Ok(uri) =
             format!("http://{}{path_and_query}", upstream.address).parse::<axum::http::Uri>()
         else {
             return answer_self(
                 &state,
                 span,
+                live,
                 clock,
                 StatusCode::BAD_GATEWAY,
                 "bad_address",
@@ -200,6 +223,7 @@ async fn handle(
             Ok(response) => {
                 span.status = response.status().as_u16();
                 span.end_ns = start_ns + clock.elapsed().as_nanos() as u64;
+                tell(live, &span);
                 state.spans.record(span);
                 let (mut head, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
@@ -225,6 +249,7 @@ async fn handle(
                 return answer_self(
                     &state,
                     span,
+                    live,
                     clock,
                     StatusCode::BAD_GATEWAY,
                     "upstream_failed",
@@ -236,11 +261,143 @@ async fn handle(
     answer_self(
         &state,
         span,
+        live,
         clock,
         StatusCode::BAD_GATEWAY,
         "upstream_failed",
         "no instance answered\n".into(),
     )
+}
+
+/// Hands the live answer to the request's mirrored copy, if it has one.
+fn tell(live: Option<tokio::sync::oneshot::Sender<LiveAnswer>>, span: &RouterSpan) {
+    if let Some(live) = live {
+        let _ = live.send(LiveAnswer {
+            version: span.version.clone(),
+            status: span.status,
+            duration_ns: span.end_ns.saturating_sub(span.start_ns),
+        });
+    }
+}
+
+/// Copies a safe request (`GET`, `HEAD`, `OPTIONS`, no body: RFC 9110, section 9.2.1, so the copy has no effect
+/// the service's callers did not ask for) to an instance of the table's mirror version, when the table names one,
+/// the live request went to another version, the draw falls within the mirror's share, and fewer than
+/// [`MIRRORS_IN_FLIGHT`] copies are in flight. The copy runs on its own task, continues the request's trace with a
+/// span of its own and carries `x-gantry-mirror: 1`; its answer is read through and dropped. Returns where the live
+/// answer must be sent: the copy's span records both, once both are known.
+fn mirror(
+    state: &Arc<State>,
+    table: Option<&super::Table>,
+    parts: &axum::http::request::Parts,
+    live_upstream: &Upstream,
+    trace_id: [u8; 16],
+    parent_span_id: Option<[u8; 8]>,
+) -> Option<tokio::sync::oneshot::Sender<LiveAnswer>> {
+    let table = table?;
+    let wanted = table.mirror.as_ref()?;
+    let safe = matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe || live_upstream.version == wanted.version {
+        return None;
+    }
+    if rand::random::<f64>() * 100.0 >= wanted.percent {
+        return None;
+    }
+    let (target, _) = table.pick_with_share(None, None, Some(&wanted.version))?;
+    if target.version != wanted.version {
+        return None;
+    }
+    let permit = state.mirrors.clone().try_acquire_owned().ok()?;
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let state = Arc::clone(state);
+    let method = parts.method.clone();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let mut headers = parts.headers.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let start_ns = now_ns();
+        let clock = Instant::now();
+        let span_id: [u8; 8] = rand::random();
+        if let Ok(value) = HeaderValue::from_str(&traceparent(&trace_id, &span_id)) {
+            headers.insert("traceparent", value);
+        }
+        headers.insert("x-gantry-mirror", HeaderValue::from_static("1"));
+        let mut span = RouterSpan {
+            service: state.service.clone(),
+            version: target.version.clone(),
+            instance_id: target.instance_id.clone(),
+            trace_id,
+            span_id,
+            parent_span_id,
+            method: method.to_string(),
+            path: path_and_query
+                .split_once('?')
+                .map_or(path_and_query.as_str(), |(path, _)| path)
+                .to_owned(),
+            status: 0,
+            start_ns,
+            end_ns: 0,
+            peer: target.address.clone(),
+            error: None,
+            share: None,
+            mirror_of: None,
+        };
+        let request = format!("http://{}{path_and_query}", target.address)
+            .parse::<axum::http::Uri>()
+            .ok()
+            .and_then(|uri| {
+                let mut request = axum::http::Request::builder()
+                    .method(method)
+                    .uri(uri)
+                    .version(axum::http::Version::HTTP_11)
+                    .body(Body::empty())
+                    .ok()?;
+                *request.headers_mut() = headers;
+                Some(request)
+            });
+        target.outstanding.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(target.clone());
+        let outcome = match request {
+            None => Err("bad_address"),
+            Some(request) => {
+                match tokio::time::timeout(MIRROR_TIMEOUT, state.client.request(request)).await {
+                    Ok(Ok(response)) => Ok(response),
+                    Ok(Err(_)) => Err("upstream_failed"),
+                    Err(_) => Err("mirror_timeout"),
+                }
+            }
+        };
+        span.end_ns = start_ns + clock.elapsed().as_nanos() as u64;
+        match outcome {
+            Ok(response) => {
+                span.status = response.status().as_u16();
+                // Read through (and drop) so that the connection goes back to the pool.
+                let mut body = response.into_body();
+                let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {
+                    while let Some(Ok(_)) = body.frame().await {}
+                })
+                .await;
+            }
+            Err(error) => {
+                span.status = StatusCode::BAD_GATEWAY.as_u16();
+                span.error = Some(error.to_owned());
+            }
+        }
+        drop(guard);
+        // The live answer may never come (its caller went away): the copy is then not a pair, and not recorded.
+        if let Ok(Ok(live)) = tokio::time::timeout(MIRROR_TIMEOUT, receiver).await {
+            span.mirror_of = Some(live);
+            state.spans.record(span);
+        }
+    });
+    Some(sender)
 }
 
 /// The stickiness key of a request: the header's value, or the cookie's (RFC 6265, section 5.4: `name=value`
@@ -273,6 +430,7 @@ impl Drop for InFlight {
 fn answer_self(
     state: &State,
     mut span: RouterSpan,
+    live: Option<tokio::sync::oneshot::Sender<LiveAnswer>>,
     clock: Instant,
     status: StatusCode,
     error: &str,
@@ -281,6 +439,7 @@ fn answer_self(
     span.status = status.as_u16();
     span.end_ns = span.start_ns + clock.elapsed().as_nanos() as u64;
     span.error = Some(error.to_owned());
+    tell(live, &span);
     state.spans.record(span);
     let mut response = Response::new(Body::from(message));
     *response.status_mut() = status;

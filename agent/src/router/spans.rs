@@ -59,6 +59,20 @@ pub struct RouterSpan {
     /// The probability the answering version had of being picked, when the route has weights (the canary
     /// judge's `gantry.route.share`).
     pub share: Option<f64>,
+    /// For a mirrored copy: the live answer to the same request.
+    pub mirror_of: Option<LiveAnswer>,
+}
+
+/// The live answer to a request a router mirrored, recorded on the copy's span (`gantry.mirror.live.*`) so that
+/// the canary judge compares the two answers to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveAnswer {
+    /// The version that answered live.
+    pub version: String,
+    /// Its status code (0: no answer).
+    pub status: u16,
+    /// Its duration to the answer's head, nanoseconds.
+    pub duration_ns: u64,
 }
 
 /// Where routers send their spans.
@@ -165,8 +179,24 @@ pub fn encode(spans: &[RouterSpan], host_name: &str) -> ExportTraceServiceReques
                         "http.response.status_code",
                         any_value::Value::IntValue(i64::from(span.status)),
                     ),
-                    kv("gantry.router", any_value::Value::BoolValue(true)),
                 ];
+                // A mirrored copy is not a request of the service's callers: it carries `gantry.mirror` (and the
+                // live answer) instead of `gantry.router`, so that it counts in no rate or error ratio.
+                match &span.mirror_of {
+                    None => attributes.push(kv("gantry.router", any_value::Value::BoolValue(true))),
+                    Some(live) => {
+                        attributes.push(kv("gantry.mirror", any_value::Value::BoolValue(true)));
+                        attributes.push(text("gantry.mirror.live.version", &live.version));
+                        attributes.push(kv(
+                            "gantry.mirror.live.status_code",
+                            any_value::Value::IntValue(i64::from(live.status)),
+                        ));
+                        attributes.push(kv(
+                            "gantry.mirror.live.duration_ns",
+                            any_value::Value::IntValue(live.duration_ns.min(i64::MAX as u64) as i64),
+                        ));
+                    }
+                }
                 if !span.peer.is_empty() {
                     attributes.push(text("network.peer.address", &span.peer));
                 }
@@ -307,6 +337,7 @@ mod tests {
             peer: "127.0.0.1:1".into(),
             error: None,
             share: None,
+            mirror_of: None,
         };
         let request = encode(&[span("a", 200), span("a", 503), span("b", 404)], "node-1");
         assert_eq!(request.resource_spans.len(), 2);

@@ -16,7 +16,8 @@ use crate::state::platform::Control;
 /// The longest `GET .../events` waits for a new event.
 const MAX_WAIT_MS: u64 = 30_000;
 
-/// `POST /api/v1/deployments`: 201 with the deployment.
+/// `POST /api/v1/deployments`: 201 with the deployment, or 202 with it `queued` (a request with `queue: true`
+/// while another rollout of the service runs).
 pub async fn create(
     caller: Caller<DeployAccess>,
     State(state): State<AppState>,
@@ -27,6 +28,10 @@ pub async fn create(
         platform.deploy(&request, &by)
     })
     .await?;
+    if deployment.status == gantry_proto::deployments::Status::Queued {
+        tracing::info!(by = %caller.token.name, id = deployment.id, service = %deployment.service, "deployment queued");
+        return Ok((StatusCode::ACCEPTED, Json(deployment)));
+    }
     tracing::info!(by = %caller.token.name, id = deployment.id, service = %deployment.service, "deployment started");
     state.rollouts.wake();
     replan(&state).await;
@@ -130,7 +135,7 @@ pub async fn events(
         })
         .await?;
         if !page.events.is_empty()
-            || !page.deployment.status.active()
+            || page.deployment.status.ended()
             || tokio::time::Instant::now() >= deadline
         {
             return Ok(Json(page));

@@ -219,6 +219,7 @@ pub async fn assignments(
             port: service.port,
             weights: service.weights,
             sticky: service.sticky,
+            mirror: service.mirror,
         })
         .collect();
     Ok(Json(Assignments {

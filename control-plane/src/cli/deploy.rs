@@ -26,8 +26,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// Waiting timed out (the rollout goes on), or the plane could not be reached.
     pub const TIMED_OUT: u8 = 3;
-    /// The deployment was refused: another rollout runs, the change is invalid, or the revision was rolled back
-    /// before.
+    /// The deployment was refused: another rollout runs (without `--queue`), the change is invalid, or the
+    /// revision was rolled back before; or, queued, it was refused when its turn came or aborted.
     pub const REFUSED: u8 = 4;
     /// Rolled back for health (new instances not healthy, progress deadline) or by hand.
     pub const ROLLED_BACK: u8 = 5;
@@ -49,8 +49,9 @@ pub enum StrategyArg {
 /// `gantry deploy SERVICE --version V`.
 ///
 /// Exit codes: 0 succeeded; 1 rolled back by the canary judge; 2 bad usage or auth; 3 timed out waiting (the
-/// rollout goes on) or the plane unreachable; 4 refused (another rollout running, invalid change, a revision
-/// rolled back before); 5 rolled back for health, progress deadline or by hand; 6 paused waiting for a human.
+/// rollout goes on) or the plane unreachable; 4 refused (another rollout running without `--queue`, invalid
+/// change, a revision rolled back before; or queued and then refused or aborted); 5 rolled back for health,
+/// progress deadline or by hand; 6 paused waiting for a human.
 #[derive(Args, Debug)]
 pub struct DeployArgs {
     /// The service.
@@ -76,6 +77,10 @@ pub struct DeployArgs {
     /// Deploy even settings that were rolled back before.
     #[arg(long)]
     force: bool,
+    /// When another rollout of the service runs, wait in line behind it (its changes apply to what the service
+    /// runs when its turn comes) instead of being refused; `--wait` waits through the queue.
+    #[arg(long)]
+    queue: bool,
     #[command(flatten)]
     wait: WaitArgs,
     #[command(flatten)]
@@ -201,6 +206,7 @@ pub fn deploy(args: DeployArgs) -> ExitCode {
             StrategyArg::BlueGreen => Strategy::BlueGreen,
         }),
         force: args.force,
+        queue: args.queue,
     };
     let runtime = match runtime() {
         Ok(runtime) => runtime,
@@ -251,6 +257,11 @@ fn follow(
     if !wait {
         if remote.json {
             println!("{}", serde_json::to_string(&created).unwrap_or_default());
+        } else if created.status == Status::Queued {
+            println!(
+                "deployment {} queued: {} {} starts when the running rollout ends; follow it with `gantry deployments --id {}`",
+                created.id, created.service, created.to_version, created.id
+            );
         } else {
             println!(
                 "deployment {} started: {} r{} ({}) -> r{} ({}), {}; follow it with `gantry deployments --id {}`",
@@ -306,7 +317,7 @@ fn follow(
             print_event(event, remote.json);
         }
         let deployment = &page.deployment;
-        if !deployment.status.active() {
+        if deployment.status.ended() {
             return outcome(deployment, remote.json);
         }
         if deployment.status == Status::Paused && deployment.paused_until.is_none() {
@@ -339,6 +350,8 @@ fn outcome(deployment: &Deployment, json: bool) -> ExitCode {
         );
     }
     let code = match deployment.outcome {
+        // Refused when its turn came, or aborted while queued.
+        _ if deployment.status == Status::Cancelled => exit::REFUSED,
         Some(Outcome::Succeeded) => exit::SUCCEEDED,
         Some(Outcome::RolledBackByJudge) => exit::ROLLED_BACK_BY_JUDGE,
         Some(Outcome::RolledBackForHealth | Outcome::Aborted) | None => exit::ROLLED_BACK,
@@ -349,6 +362,7 @@ fn outcome(deployment: &Deployment, json: bool) -> ExitCode {
         deployment.service,
         match deployment.status {
             Status::Succeeded => "succeeded",
+            Status::Cancelled => "was cancelled",
             _ => "was rolled back",
         },
         deployment.reason
@@ -408,6 +422,12 @@ pub fn render_decision(decision: &gantry_proto::deployments::Decision) -> String
     };
     let ms = |x: f64| format!("{x:.1} ms");
     let mut out = String::new();
+    if record.paired {
+        out.push_str(&format!(
+            "              on {} mirrored requests, each answered by both versions\n",
+            record.errors.canary.requests
+        ));
+    }
     out.push_str(&format!(
         "              errors   stable {stable}: {}/{} = {} {}   canary {canary}: {}/{} = {} {}   e-value {} (fails at {:.0})\n",
         record.errors.stable.errors,
@@ -432,6 +452,17 @@ pub fn render_decision(decision: &gantry_proto::deployments::Decision) -> String
         gantry_judge::compact(record.latency.e_value),
         record.latency.threshold
     ));
+    if let Some(logs) = &record.logs {
+        out.push_str(&format!(
+            "              error logs  stable {stable}: {} ({:.3} per request)   canary {canary}: {} ({:.3} per request)   e-value {} (fails at {:.0})\n",
+            logs.stable,
+            logs.stable_per_request,
+            logs.canary,
+            logs.canary_per_request,
+            gantry_judge::compact(logs.e_value),
+            logs.threshold
+        ));
+    }
     if !record.exemplars.is_empty() {
         out.push_str(&format!(
             "              exemplar traces: {}\n",

@@ -40,7 +40,7 @@ use crate::state::audit::{self, Action};
 use crate::state::deployments::{self, Row};
 use crate::state::placements::{self, StoredSlot};
 use crate::state::{StateDb, StateError, now_ms, platform, rfc3339_ms};
-use feed::{Feed, Watch};
+use feed::{Feed, Sample, Watch};
 use plan::{Budget, SlotView};
 
 /// How often the loop runs a round when nothing wakes it (what a `min_healthy_time` or a step's minimum duration
@@ -56,8 +56,9 @@ pub struct Rollouts {
     instances: Arc<InstanceRegistry>,
     /// The judge's per-request feed, filled by the intake.
     pub feed: Arc<Feed>,
-    /// When each instance was first seen healthy (in memory: after a restart the count starts again, which only
-    /// delays).
+    /// Since when each healthy instance has been healthy, ms since the epoch: the time its agent reports it
+    /// entered the phase (an absolute time, so a restarted plane counts `min_healthy_time` from when the instance
+    /// became healthy, not from when the plane saw it again), never later than when the plane first saw it so.
     healthy_since: Mutex<HashMap<String, u64>>,
     /// The earliest time an instance seen healthy will have been so for `min_healthy_time`, ms since the epoch: the
     /// loop runs a round then rather than at its next tick.
@@ -128,25 +129,46 @@ impl Rollouts {
     /// The state database failed; the round's changes of the failing deployment are not kept.
     pub fn round(&self) -> Result<bool, StateError> {
         let now = now_ms();
+        // A queued deployment whose turn came starts (or is cancelled with the reason).
+        let mut started = false;
+        if !self.db.read(|c| deployments::queued(c, None))?.is_empty() {
+            started = self.db.write(|transaction| {
+                platform::start_next(transaction).map_err(|e| self.db.error(e))
+            })?;
+        }
         let running = self.db.read(deployments::active)?;
         self.note_health(now);
         let mut watched = HashMap::new();
         for deployment in &running {
-            if deployment.strategy == Strategy::Canary && deployment.status != Status::RollingBack {
+            let judged = match deployment.strategy {
+                Strategy::Canary => true,
+                Strategy::BlueGreen => matches!(deployment.phase.as_str(), "judging" | "passed"),
+                Strategy::Rolling => false,
+            };
+            if judged && deployment.status != Status::RollingBack {
                 let (stable, canary) = self.db.read(|c| {
                     Ok((
                         deployments::version(c, &deployment.service, deployment.from_revision)?,
                         deployments::version(c, &deployment.service, deployment.to_revision)?,
                     ))
                 })?;
-                watched.insert(deployment.service.clone(), Watch { stable, canary });
+                watched.insert(
+                    deployment.service.clone(),
+                    Watch {
+                        stable,
+                        canary,
+                        mirrored: deployment.strategy == Strategy::BlueGreen,
+                        logs: deployment.strategy == Strategy::Canary
+                            && deployment.policy.judge.log_errors,
+                    },
+                );
             }
         }
         self.feed.watch(watched);
-        let mut changed = false;
+        let mut changed = started;
         let mut failed = None;
         for deployment in running {
-            let observations = self.feed.take(&deployment.service);
+            let samples = self.feed.take(&deployment.service);
             let id = deployment.id;
             let outcome = self.db.write(|transaction| {
                 // Read again inside the transaction: an API action may have changed it since.
@@ -166,7 +188,7 @@ impl Rollouts {
                     changed: false,
                 };
                 round
-                    .advance(&mut row, observations)
+                    .advance(&mut row, samples)
                     .map_err(|e| self.db.error(e))?;
                 if format!("{row:?}") != before {
                     deployments::save(transaction, &row).map_err(|e| self.db.error(e))?;
@@ -193,8 +215,14 @@ impl Rollouts {
         let ready = self.instances.ready();
         let mut since = self.healthy_since.lock().unwrap_or_else(|e| e.into_inner());
         since.retain(|id, _| ready.contains_key(id));
-        for id in ready.keys() {
-            since.entry(id.clone()).or_insert(now);
+        for (id, (agent, _)) in &ready {
+            since.entry(id.clone()).or_insert_with(|| {
+                self.instances
+                    .state(agent, id)
+                    .and_then(|state| chrono::DateTime::parse_from_rfc3339(&state.since).ok())
+                    .and_then(|at| u64::try_from(at.timestamp_millis()).ok())
+                    .map_or(now, |at| at.min(now))
+            });
         }
     }
 
@@ -257,22 +285,18 @@ struct Round<'a> {
 }
 
 impl Round<'_> {
-    fn advance(
-        &mut self,
-        row: &mut Row,
-        observations: Vec<gantry_judge::Observation>,
-    ) -> rusqlite::Result<()> {
+    fn advance(&mut self, row: &mut Row, samples: Vec<Sample>) -> rusqlite::Result<()> {
         if row.status == Status::RollingBack {
             return self.roll_back(row);
         }
-        // Paused: hold (a canary's judge goes on seeing requests, and its timed pauses end, in `canary`).
-        if row.status == Status::Paused && row.strategy != Strategy::Canary {
+        // Paused: hold (a judge goes on seeing requests, and timed pauses end, in `canary` and `blue_green`).
+        if row.status == Status::Paused && row.strategy == Strategy::Rolling {
             return Ok(());
         }
         match row.strategy {
             Strategy::Rolling => self.rolling(row),
-            Strategy::Canary => self.canary(row, observations),
-            Strategy::BlueGreen => self.blue_green(row),
+            Strategy::Canary => self.canary(row, samples),
+            Strategy::BlueGreen => self.blue_green(row, samples),
         }
     }
 
@@ -519,7 +543,11 @@ impl Round<'_> {
         self.event(
             row,
             "verdict",
-            &format!("step {}: {verdict}: {reason}", row.step + 1),
+            &if row.strategy == Strategy::BlueGreen {
+                format!("preview: {verdict}: {reason}")
+            } else {
+                format!("step {}: {verdict}: {reason}", row.step + 1)
+            },
             Some(&detail),
         )?;
         self.audit(row, "deployment.verdict", &format!("{verdict}: {reason}"))

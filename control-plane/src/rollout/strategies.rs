@@ -7,6 +7,7 @@ use gantry_judge::{Exposure, Judge, JudgeConfig, Verdict};
 use gantry_proto::deployments::{Outcome, Status};
 use gantry_proto::platform::Pause;
 
+use super::feed::Sample;
 use super::{Round, step_deadline};
 use crate::placement::Slot;
 use crate::state::deployments::{self, Row};
@@ -18,11 +19,9 @@ impl Round<'_> {
         ((f64::from(replicas) * weight / 100.0).ceil() as u32).clamp(1, replicas.max(1))
     }
 
-    pub(super) fn canary(
-        &mut self,
-        row: &mut Row,
-        observations: Vec<gantry_judge::Observation>,
-    ) -> rusqlite::Result<()> {
+    /// Feeds the judge (created at the first round) with `samples`, up to the first crossing, so that the record is
+    /// the judge's state at the verdict; returns the failure's reason once a test has crossed.
+    fn judge(&self, row: &mut Row, samples: Vec<Sample>) -> Option<String> {
         let config = JudgeConfig {
             alpha: 0.01,
             max_error_ratio_increase: row.policy.judge.max_error_ratio_increase,
@@ -32,31 +31,40 @@ impl Round<'_> {
                 .max_latency_increase_percent
                 .map(|p| p / 100.0),
             latency_slack_ns: gantry_judge::LATENCY_SLACK_NS,
+            log_errors: row.policy.judge.log_errors,
         };
+        // Error logs are weighed at the canary's weight now: weights only rise during a canary, so a record
+        // routed at an earlier step's weight counts against the canary no more than it should.
+        let share = row.weight / 100.0;
+        let judge = row.judge.get_or_insert_with(|| Judge::new(config));
+        for sample in samples {
+            let crossed = match sample {
+                Sample::Routed(observation) => judge.observe(&observation),
+                Sample::Mirrored(pair) => judge.observe_pair(&pair),
+                Sample::ErrorLog(canary, time_ns) => {
+                    judge.observe_log_error(canary, share, time_ns)
+                }
+            };
+            if crossed.is_some() {
+                break;
+            }
+        }
+        judge.failure()?;
+        match judge.verdict(Exposure {
+            min_requests: 0,
+            min_duration_ms: 0,
+            deadline_ms: u64::MAX,
+            elapsed_ms: 0,
+        }) {
+            Verdict::Fail(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    pub(super) fn canary(&mut self, row: &mut Row, samples: Vec<Sample>) -> rusqlite::Result<()> {
         // The judge sees every request while the canary takes traffic, paused or not: a regression during a pause
         // still rolls back.
-        let failed = {
-            let judge = row.judge.get_or_insert_with(|| Judge::new(config));
-            // Up to the first crossing: the record is the judge's state at the verdict.
-            for observation in &observations {
-                if judge.observe(observation).is_some() {
-                    break;
-                }
-            }
-            match judge.failure() {
-                Some(_) => match judge.verdict(Exposure {
-                    min_requests: 0,
-                    min_duration_ms: 0,
-                    deadline_ms: u64::MAX,
-                    elapsed_ms: 0,
-                }) {
-                    Verdict::Fail(reason) => Some(reason),
-                    _ => None,
-                },
-                None => None,
-            }
-        };
-        if let Some(reason) = failed {
+        if let Some(reason) = self.judge(row, samples) {
             self.decide(row, "fail", &reason)?;
             return self.fail(row, Outcome::RolledBackByJudge, reason);
         }
@@ -287,10 +295,33 @@ impl Round<'_> {
         )
     }
 
-    pub(super) fn blue_green(&mut self, row: &mut Row) -> rusqlite::Result<()> {
+    /// Blue-green: `starting` (the new version at full size), `judging` (the routers mirror the preview's share
+    /// of safe requests to it; the judge compares each copy's answer with the live one), `passed` (the preview's
+    /// pause), then the switch and `scaling_down`. Without mirroring (a preview share of 0), the switch follows
+    /// `starting`.
+    pub(super) fn blue_green(
+        &mut self,
+        row: &mut Row,
+        samples: Vec<Sample>,
+    ) -> rusqlite::Result<()> {
+        let judging = matches!(row.phase.as_str(), "judging" | "passed");
+        if judging && let Some(reason) = self.judge(row, samples) {
+            self.decide(row, "fail", &reason)?;
+            return self.fail(row, Outcome::RolledBackByJudge, reason);
+        }
         let slots = self.slots(&row.service)?;
         if let Some(why) = self.crash(&slots, row.to_template) {
             return self.fail(row, Outcome::RolledBackForHealth, why);
+        }
+        if row.status == Status::Paused {
+            // A passed preview's pause ends (or `gantry resume` ended it): the switch.
+            if row.phase == "passed" && row.paused_until_ms.is_some_and(|until| until <= self.now) {
+                row.status = Status::Progressing;
+                row.paused_until_ms = None;
+                row.pause_reason = None;
+                return self.switch(row);
+            }
+            return Ok(());
         }
         match row.phase.as_str() {
             "starting" => {
@@ -308,26 +339,105 @@ impl Round<'_> {
                     }
                     all_ready &= self.new_instance_ready(row, slot, stored)?;
                 }
-                if all_ready {
-                    row.weight = 100.0;
-                    row.phase = "scaling_down".to_owned();
-                    row.paused_until_ms = Some(self.now + row.policy.scale_down_delay_ms);
-                    self.changed = true;
-                    let message = format!(
-                        "switched: all requests to r{}; the old version stays {} s for an instant switch back",
-                        row.to_revision,
-                        row.policy.scale_down_delay_ms / 1000
-                    );
-                    self.event(
-                        row,
-                        "weight",
-                        &message,
-                        Some(&serde_json::json!({"weight": 100.0})),
-                    )?;
-                    self.audit(row, "deployment.switch", &message)?;
+                if !all_ready {
+                    return Ok(());
                 }
-                Ok(())
+                let preview = row.policy.preview;
+                if preview.mirror_percent <= 0.0 {
+                    return self.switch(row);
+                }
+                row.phase = "judging".to_owned();
+                row.step_started_ms = Some(self.now);
+                row.judge = None;
+                self.changed = true;
+                let message = format!(
+                    "preview: r{} runs at full size; {}% of safe requests (GET, HEAD, OPTIONS) are mirrored to it and judged against the live answers ({} needed, at least {} s)",
+                    row.to_revision,
+                    preview.mirror_percent,
+                    preview.min_requests,
+                    preview.min_duration_ms / 1000
+                );
+                self.event(row, "preview", &message, None)?;
+                self.audit(row, "deployment.preview", &message)
             }
+            "judging" => {
+                let preview = row.policy.preview;
+                let elapsed = self
+                    .now
+                    .saturating_sub(row.step_started_ms.unwrap_or(self.now));
+                let exposure = Exposure {
+                    min_requests: preview.min_requests,
+                    min_duration_ms: preview.min_duration_ms,
+                    deadline_ms: step_deadline(preview.min_duration_ms),
+                    elapsed_ms: elapsed,
+                };
+                let verdict = row
+                    .judge
+                    .as_ref()
+                    .map_or(Verdict::Continue, |judge| judge.verdict(exposure));
+                match verdict {
+                    Verdict::Continue | Verdict::Fail(_) => Ok(()),
+                    Verdict::Pass => {
+                        let reason = format!(
+                            "no regression in {} mirrored requests",
+                            row.judge.as_ref().map_or(0, Judge::step_requests)
+                        );
+                        self.decide(row, "pass", &reason)?;
+                        match preview.pause {
+                            Pause::None => self.switch(row),
+                            Pause::For(ms) => {
+                                row.phase = "passed".to_owned();
+                                row.status = Status::Paused;
+                                row.paused_until_ms = Some(self.now + ms);
+                                row.pause_reason =
+                                    Some(format!("preview pause of {} s", ms / 1000));
+                                self.event(
+                                    row,
+                                    "paused",
+                                    &format!(
+                                        "preview passed; pausing {} s before the switch",
+                                        ms / 1000
+                                    ),
+                                    None,
+                                )
+                            }
+                            Pause::UntilPromoted => {
+                                row.phase = "passed".to_owned();
+                                row.status = Status::Paused;
+                                row.pause_reason = Some(format!(
+                                    "preview passed: waiting for `gantry promote {}` to switch",
+                                    row.service
+                                ));
+                                self.event(
+                                    row,
+                                    "paused",
+                                    row.pause_reason.as_deref().unwrap_or_default(),
+                                    None,
+                                )
+                            }
+                        }
+                    }
+                    Verdict::Inconclusive(reason) => {
+                        let reason =
+                            reason.replace("the canary served", "the new version answered");
+                        self.decide(row, "inconclusive", &reason)?;
+                        row.status = Status::Paused;
+                        row.pause_reason = Some(format!(
+                            "inconclusive: {reason} (only safe requests are mirrored); the old version keeps all requests: `gantry resume {}` to judge again, `gantry promote` to switch or `gantry abort`",
+                            row.service
+                        ));
+                        self.event(
+                            row,
+                            "paused",
+                            row.pause_reason.as_deref().unwrap_or_default(),
+                            None,
+                        )?;
+                        self.audit(row, "deployment.pause", &reason)
+                    }
+                }
+            }
+            // `gantry promote` during the preview.
+            "switching" => self.switch(row),
             "scaling_down" => {
                 if row.paused_until_ms.is_some_and(|until| until <= self.now) {
                     for (slot, stored) in &slots {
@@ -355,5 +465,25 @@ impl Round<'_> {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Blue-green's switch: all requests to the new version at once; the old stays `scale_down_delay`.
+    fn switch(&mut self, row: &mut Row) -> rusqlite::Result<()> {
+        row.weight = 100.0;
+        row.phase = "scaling_down".to_owned();
+        row.paused_until_ms = Some(self.now + row.policy.scale_down_delay_ms);
+        self.changed = true;
+        let message = format!(
+            "switched: all requests to r{}; the old version stays {} s for an instant switch back",
+            row.to_revision,
+            row.policy.scale_down_delay_ms / 1000
+        );
+        self.event(
+            row,
+            "weight",
+            &message,
+            Some(&serde_json::json!({"weight": 100.0})),
+        )?;
+        self.audit(row, "deployment.switch", &message)
     }
 }

@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gantry_proto::SpecLocation;
 use gantry_proto::platform::{
-    CanaryStep, HealthCheck, IntOrPercent, JudgePolicy, Pause, Probe, ProcessSpec, Resources,
-    RolloutPolicy, RuntimeSpec, ServiceSpec, Sticky, Strategy,
+    CanaryStep, HealthCheck, IntOrPercent, JudgePolicy, Pause, Preview, Probe, ProcessSpec,
+    Resources, RolloutPolicy, RuntimeSpec, ServiceSpec, Sticky, Strategy,
 };
 use serde_saphyr::{Location, Spanned};
 
@@ -616,13 +616,48 @@ impl Checker<'_> {
                 "a latency increase is a percentage of at least 0",
             );
         }
-        if let Some(log_errors) = &judge.log_errors
+        if strategy != Strategy::BlueGreen
+            && let Some(preview) = &raw.preview
+        {
+            return self.error(
+                preview.referenced,
+                field(".preview"),
+                "preview is for `strategy: blue-green` (a canary is judged at each step)",
+            );
+        }
+        let mut preview = Preview::default();
+        if let Some(raw_preview) = &raw.preview {
+            let raw_preview = &raw_preview.value;
+            if let Some(mirror) = &raw_preview.mirror {
+                if !(0.0..=100.0).contains(&mirror.value.0) {
+                    return self.error(
+                        mirror.referenced,
+                        field(".preview.mirror"),
+                        "the mirrored share is a percentage in [0%, 100%] (0% switches without judging)",
+                    );
+                }
+                preview.mirror_percent = mirror.value.0;
+            }
+            if let Some(min_requests) = raw_preview.min_requests {
+                preview.min_requests = min_requests;
+            }
+            if let Some(min_duration) = raw_preview.min_duration {
+                preview.min_duration_ms = min_duration.0;
+            }
+            preview.pause = match raw_preview.pause {
+                None | Some(PauseValue::For(0)) => Pause::None,
+                Some(PauseValue::For(ms)) => Pause::For(ms),
+                Some(PauseValue::UntilPromoted) => Pause::UntilPromoted,
+            };
+        }
+        if strategy != Strategy::Canary
+            && let Some(log_errors) = &judge.log_errors
             && log_errors.value
         {
             return self.error(
                 log_errors.referenced,
                 field(".judge.log_errors"),
-                "the log rule is not supported yet: the judge compares error ratios and latency (remove this line)",
+                "the log rule is for `strategy: canary`: a rolling rollout is not judged, and blue-green's mirrored requests write logs beside the live ones'",
             );
         }
         Ok(RolloutPolicy {
@@ -633,13 +668,14 @@ impl Checker<'_> {
             progress_deadline_ms: progress_deadline,
             steps,
             scale_down_delay_ms: raw.scale_down_delay.map_or(30_000, |v| v.0),
+            preview,
             judge: JudgePolicy {
                 max_error_ratio_increase: judge.max_error_ratio_increase.as_ref().map(|v| v.value),
                 max_latency_increase_percent: judge
                     .max_latency_increase
                     .as_ref()
                     .map(|v| v.value.0),
-                log_errors: false,
+                log_errors: judge.log_errors.as_ref().is_some_and(|v| v.value),
             },
         })
     }

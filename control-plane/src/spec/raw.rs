@@ -149,8 +149,21 @@ pub struct RawRollout {
     #[serde(default)]
     pub steps: Vec<Spanned<RawStep>>,
     pub scale_down_delay: Option<Millis>,
+    pub preview: Option<Spanned<RawPreview>>,
     #[serde(default)]
     pub judge: RawJudge,
+}
+
+/// `rollout.preview` (blue-green).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreview {
+    /// Percent of safe requests mirrored, e.g. `100%` or `50`.
+    pub mirror: Option<Spanned<Percent>>,
+    pub min_requests: Option<u64>,
+    pub min_duration: Option<Millis>,
+    /// A duration, or `until-promoted`.
+    pub pause: Option<PauseValue>,
 }
 
 /// `rollout.strategy`.

@@ -376,14 +376,59 @@ fn a_big_file_or_an_alias_bomb_is_refused() {
 }
 
 #[test]
-fn the_log_rule_is_refused_until_it_is_judged() {
+fn the_log_rule_is_a_canarys_and_preview_is_blue_greens() {
     refused(
         &format!("{HEAD}    rollout: {{judge: {{log_errors: true}}}}\n"),
         4,
         35,
         "services.api.rollout.judge.log_errors",
-        "not supported yet",
+        "for `strategy: canary`",
     );
+    let canary = format!(
+        "{HEAD}    rollout: {{strategy: canary, steps: [{{weight: 10}}], judge: {{log_errors: true}}}}\n"
+    );
+    let services = parse("p.yaml", &canary, &secrets).unwrap();
+    assert!(services[0].rollout.judge.log_errors);
+    refused(
+        &format!(
+            "{HEAD}    rollout: {{strategy: canary, steps: [{{weight: 10}}], preview: {{mirror: 50%}}}}\n"
+        ),
+        4,
+        65,
+        "services.api.rollout.preview",
+        "for `strategy: blue-green`",
+    );
+    refused(
+        &format!("{HEAD}    rollout: {{strategy: blue-green, preview: {{mirror: 150%}}}}\n"),
+        4,
+        55,
+        "services.api.rollout.preview.mirror",
+        "[0%, 100%]",
+    );
+    let blue_green = format!(
+        "{HEAD}    rollout: {{strategy: blue-green, preview: {{mirror: 25%, min_requests: 50, min_duration: 10s, pause: until-promoted}}}}\n"
+    );
+    let preview = parse("p.yaml", &blue_green, &secrets).unwrap()[0]
+        .rollout
+        .preview;
+    assert_eq!(
+        (
+            preview.mirror_percent,
+            preview.min_requests,
+            preview.min_duration_ms,
+            preview.pause
+        ),
+        (25.0, 50, 10_000, Pause::UntilPromoted)
+    );
+    let defaults = parse(
+        "p.yaml",
+        &format!("{HEAD}    rollout: {{strategy: blue-green}}\n"),
+        &secrets,
+    )
+    .unwrap()[0]
+        .rollout
+        .preview;
+    assert_eq!(defaults, gantry_proto::platform::Preview::default());
 }
 
 #[test]

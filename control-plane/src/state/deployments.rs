@@ -239,6 +239,89 @@ pub fn active_for(connection: &Connection, service: &str) -> rusqlite::Result<Op
         .find(|deployment| deployment.service == service))
 }
 
+/// The queued deployments, oldest first (of one service, or all), each with the request and the author it was
+/// queued with.
+///
+/// # Errors
+/// SQLite failed, or a stored request does not parse.
+pub fn queued(
+    connection: &Connection,
+    service: Option<&str>,
+) -> rusqlite::Result<
+    Vec<(
+        Row,
+        (
+            gantry_proto::deployments::DeployRequest,
+            gantry_proto::TokenInfo,
+        ),
+    )>,
+> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT {COLUMNS}, d.request FROM deployments d WHERE d.status = 'queued' AND (?1 IS NULL OR d.service = ?1)
+         ORDER BY d.id"
+    ))?;
+    let rows = statement.query_map([service], |r| {
+        let stored: Option<String> = r.get(23)?;
+        let queued: Queued = json(stored.as_deref().unwrap_or("null"), 23)?;
+        Ok((row(r)?, (queued.request, queued.by)))
+    })?;
+    rows.collect()
+}
+
+/// What a queued deployment keeps until its turn.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Queued {
+    request: gantry_proto::deployments::DeployRequest,
+    by: gantry_proto::TokenInfo,
+}
+
+/// Stores the request and author of queued deployment `id`.
+///
+/// # Errors
+/// SQLite failed.
+pub fn set_queued(
+    connection: &Connection,
+    id: u64,
+    request: &gantry_proto::deployments::DeployRequest,
+    by: &gantry_proto::TokenInfo,
+) -> rusqlite::Result<()> {
+    let text = serde_json::to_string(&Queued {
+        request: request.clone(),
+        by: by.clone(),
+    })
+    .unwrap_or_default();
+    connection.execute(
+        "UPDATE deployments SET request = ?2 WHERE id = ?1",
+        params![id as i64, text],
+    )?;
+    Ok(())
+}
+
+/// Turns queued deployment `id` into the deployment `started` describes (its revisions, strategy, policy, status
+/// and start time), keeping its id; the request it was queued with is dropped.
+///
+/// # Errors
+/// SQLite failed, or the service has a deployment running (the `deployments_one_active` index).
+pub fn start_queued(connection: &Connection, id: u64, started: &Row) -> rusqlite::Result<()> {
+    connection.execute(
+        "UPDATE deployments SET from_revision = ?2, to_revision = ?3, kind = ?4, strategy = ?5, policy = ?6,
+         status = ?7, phase = ?8, step_started_ms = ?9, started_ms = ?10, request = NULL WHERE id = ?1",
+        params![
+            id as i64,
+            started.from_revision as i64,
+            started.to_revision as i64,
+            kind_name(started.kind),
+            strategy_name(started.strategy),
+            serde_json::to_string(&started.policy).unwrap_or_default(),
+            started.status.as_str(),
+            started.phase,
+            started.step_started_ms.map(|v| v as i64),
+            started.started_ms as i64,
+        ],
+    )?;
+    Ok(())
+}
+
 /// The services with a deployment running.
 ///
 /// # Errors
@@ -409,7 +492,16 @@ pub fn to_api(connection: &Connection, deployment: &Row) -> rusqlite::Result<Dep
         from_revision: deployment.from_revision,
         from_version: version(connection, &deployment.service, deployment.from_revision)?,
         to_revision: deployment.to_revision,
-        to_version: version(connection, &deployment.service, deployment.to_revision)?,
+        to_version: if deployment.status == Status::Queued {
+            // No revision yet: the version asked for.
+            queued(connection, Some(&deployment.service))?
+                .into_iter()
+                .find(|(row, _)| row.id == deployment.id)
+                .map(|(_, (request, _))| request.version)
+                .unwrap_or_default()
+        } else {
+            version(connection, &deployment.service, deployment.to_revision)?
+        },
         step: deployment.step,
         steps: deployment
             .policy

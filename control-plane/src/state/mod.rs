@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_deployments.sql"),
     include_str!("migrations/0006_token_services.sql"),
     include_str!("migrations/0007_users.sql"),
+    include_str!("migrations/0008_deploy_queue.sql"),
 ];
 
 /// A failure of the state database.

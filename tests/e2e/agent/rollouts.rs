@@ -5,6 +5,10 @@
 //! are refused without `--force`; a plane SIGKILLed during a canary step resumes it, with no instance started
 //! twice or missing and no step repeated or skipped; a release that crash-loops is rolled back for health (exit 5);
 //! a rollback by hand is in the history and the audit log.
+//!
+//! Blue-green on one node: the new version is judged on mirrored requests before the switch (a good one switches,
+//! exit 0; one with 30% errors is rolled back by the judge, exit 1, and no live request ever failed), and a deploy
+//! with `--queue` waits in line behind the running one, then rolls out with `--wait` following it through.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -404,6 +408,196 @@ async fn canary_rollouts_roll_through_roll_back_and_survive_a_plane_kill() -> Re
     stop.store(true, Ordering::Relaxed);
     load.await?;
     ensure!(sent.load(Ordering::Relaxed) > 100);
+    drop(agents);
+    Ok(())
+}
+
+fn blue_green_spec(service: &str, port: u16, gantry: &str) -> String {
+    format!(
+        "services:
+  {service}:
+    version: '1.0.0'
+    runtime:
+      process:
+        command: {gantry}
+        args: [demo-service, --role, echo]
+        env: {{ERROR_RATE: '0'}}
+    replicas: 2
+    port: {port}
+    health: {{http: {{path: /}}, interval: 300ms, timeout: 250ms}}
+    kill_timeout: 2s
+    rollout:
+      strategy: blue-green
+      min_healthy_time: 500ms
+      preview: {{mirror: 100%, min_requests: 40, min_duration: 2s}}
+      scale_down_delay: 1s
+      judge: {{max_latency_increase: 50%}}
+"
+    )
+}
+
+#[tokio::test]
+async fn blue_green_is_judged_on_mirrored_requests_and_deploys_queue() -> Result<()> {
+    let suffix = unique("")
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+        .to_ascii_lowercase();
+    let service = format!("bg{suffix}");
+    let _cleanup = Cleanup(format!("{service}-"));
+    let tmp = tempfile::tempdir()?;
+    let (plane, [deployer, node]) =
+        start_with_tokens(&tmp.path().join("data"), &[], &[], ["deployer", "node"]).await?;
+    let agents = super::start_nodes(&plane, &node, &deployer, tmp.path(), 1).await?;
+    let port = free_port()?;
+    let gantry = binary("GANTRY_BIN", "gantry", "gantry-plane")?;
+    super::apply(
+        &plane,
+        &deployer,
+        &blue_green_spec(&service, port, &gantry.display().to_string()),
+    )
+    .await?;
+    stable_only(&service, "1.0.0").await?;
+    wait_until(WAIT, "two healthy instances", || async {
+        let instances = super::instances(&plane, &deployer, &service).await?;
+        Ok(
+            (instances.len() == 2 && instances.iter().all(|i| i["actual"]["phase"] == "healthy"))
+                .then_some(()),
+        )
+    })
+    .await?;
+
+    // Steady GETs through the router; every live answer that is not a 200 is counted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, failed) = (stop.clone(), failed.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while !stop.load(Ordering::Relaxed) {
+                let answer = client
+                    .get(format!("http://127.0.0.2:{port}/"))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                if !answer.is_ok_and(|a| a.status().is_success()) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+        })
+    };
+
+    // A good release: judged on mirrored requests, then switched.
+    let (code, out, err) = cli(
+        &plane,
+        &deployer,
+        &["deploy", &service, "--version", "1.0.1", "--wait"],
+    )
+    .await?;
+    ensure!(
+        code == 0,
+        "good blue-green release: exit {code}\n{out}\n{err}"
+    );
+    ensure!(
+        out.contains("preview") && out.contains("mirrored requests") && out.contains("switched"),
+        "{out}"
+    );
+    stable_only(&service, "1.0.1").await?;
+
+    // A deploy with --queue waits behind the running one; one without is refused, naming it.
+    let (code, out, err) = cli(
+        &plane,
+        &deployer,
+        &["deploy", &service, "--version", "1.0.2"],
+    )
+    .await?;
+    ensure!(code == 0, "{out}{err}");
+    let first = latest(&plane, &deployer, &service).await?;
+    let waiter = {
+        let (url, token, service) = (
+            plane.endpoints.http_url(),
+            deployer.clone(),
+            service.clone(),
+        );
+        tokio::spawn(async move {
+            gantry_cli(&[
+                "deploy",
+                &service,
+                "--version",
+                "1.0.3",
+                "--queue",
+                "--wait",
+                "--timeout",
+                "3m",
+                "--plane",
+                &url,
+                "--token",
+                &token,
+            ])
+            .await
+        })
+    };
+    wait_until(WAIT, "the second deployment queued", || async {
+        let d = latest(&plane, &deployer, &service).await?;
+        Ok((d["to_version"] == "1.0.3" && d["status"] == "queued").then_some(()))
+    })
+    .await?;
+    let (code, _, err) = cli(
+        &plane,
+        &deployer,
+        &["deploy", &service, "--version", "1.0.4"],
+    )
+    .await?;
+    ensure!(
+        code == 4 && err.contains(&format!("deployment {}", first["id"])),
+        "a third deploy without --queue: exit {code}: {err}"
+    );
+    let out = waiter.await??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.code() == Some(0) && text.contains("queued") && text.contains("succeeded"),
+        "the queued deployment: {}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = deployment(&plane, &deployer, first["id"].as_u64().context("id")?).await?;
+    ensure!(
+        first["status"] == "succeeded",
+        "the first ran to its end: {first}"
+    );
+    stable_only(&service, "1.0.3").await?;
+
+    // A bad release: the judge fails it on mirrored requests; no live request saw it.
+    let before = failed.load(Ordering::Relaxed);
+    let (code, out, err) = cli(
+        &plane,
+        &deployer,
+        &[
+            "deploy",
+            &service,
+            "--version",
+            "1.1.0",
+            "--set",
+            "ERROR_RATE=0.3",
+            "--wait",
+        ],
+    )
+    .await?;
+    ensure!(
+        code == 1,
+        "bad blue-green release: exit {code}\n{out}\n{err}"
+    );
+    ensure!(
+        out.contains("mirrored requests") && out.contains("errors   stable 1.0.3"),
+        "the decision record: {out}"
+    );
+    println!("{out}");
+    stable_only(&service, "1.0.3").await?;
+    ensure!(
+        failed.load(Ordering::Relaxed) == before,
+        "a live request failed during the bad preview"
+    );
+    stop.store(true, Ordering::Relaxed);
+    load.await?;
     drop(agents);
     Ok(())
 }

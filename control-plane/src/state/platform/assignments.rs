@@ -29,8 +29,12 @@ impl PlatformStore {
                     .map(|d| (d.service.clone(), d))
                     .collect();
             let mut route_weights = BTreeMap::new();
+            let mut mirrors = BTreeMap::new();
             for (name, rollout) in &rollouts {
                 route_weights.insert(name.clone(), weights(c, rollout)?);
+                if let Some(mirror) = mirror(c, rollout)? {
+                    mirrors.insert(name.clone(), mirror);
+                }
             }
             let mut assignments = Vec::new();
             let mut placed = Vec::new();
@@ -47,6 +51,7 @@ impl PlatformStore {
                             instances: Vec::new(),
                             sticky: service.spec.sticky.clone(),
                             weights: route_weights.get(name).cloned().unwrap_or_default(),
+                            mirror: mirrors.get(name).cloned(),
                         },
                     ))
                 })
@@ -84,6 +89,7 @@ impl PlatformStore {
                                 instances: Vec::new(),
                                 sticky: service.spec.sticky.clone(),
                                 weights: BTreeMap::new(),
+                                mirror: None,
                             })
                             .instances
                             .push((instance_id.clone(), version.clone()));
@@ -157,6 +163,33 @@ pub struct RoutedService {
     pub sticky: Option<gantry_proto::platform::Sticky>,
     /// Share of requests per version, percent (empty: every instance alike).
     pub weights: BTreeMap<String, f64>,
+    /// Mirroring to a blue-green rollout's new version while the judge compares it.
+    pub mirror: Option<gantry_proto::instances::Mirror>,
+}
+
+/// The routers' mirroring during a blue-green rollout's judging (its `judging` and `passed` phases, paused or
+/// not): safe requests copied to the new version at the preview's share.
+fn mirror(
+    connection: &rusqlite::Connection,
+    rollout: &crate::state::deployments::Row,
+) -> rusqlite::Result<Option<gantry_proto::instances::Mirror>> {
+    use gantry_proto::deployments::Status;
+    use gantry_proto::platform::Strategy;
+    let judging = rollout.strategy == Strategy::BlueGreen
+        && rollout.status != Status::RollingBack
+        && matches!(rollout.phase.as_str(), "judging" | "passed")
+        && rollout.policy.preview.mirror_percent > 0.0;
+    if !judging {
+        return Ok(None);
+    }
+    Ok(Some(gantry_proto::instances::Mirror {
+        version: crate::state::deployments::version(
+            connection,
+            &rollout.service,
+            rollout.to_revision,
+        )?,
+        percent: rollout.policy.preview.mirror_percent.min(100.0),
+    }))
 }
 
 /// The routers' weights during a rollout: a canary's step weight, or blue-green's switch (0 before, 100 after);

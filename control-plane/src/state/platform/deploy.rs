@@ -60,7 +60,8 @@ impl PlatformStore {
     ) -> Result<Deployment, PlatformError> {
         super::may_change(by, &request.service)?;
         let result = self.db.write(|transaction| {
-            let outcome = deploy_in(transaction, request, by).map_err(|e| self.db.error(e))?;
+            let outcome =
+                deploy_in(transaction, request, by, None).map_err(|e| self.db.error(e))?;
             Ok::<_, StateError>(outcome)
         })?;
         if let Err(error @ (PlatformError::Conflict(_) | PlatformError::Invalid(_))) = &result {
@@ -139,18 +140,19 @@ pub(super) fn busy(running: &Row) -> PlatformError {
     ))
 }
 
+/// Starts the deployment `request` asks for, as `by`; `queued`: the id of the queued deployment whose turn came
+/// (it becomes that deployment). When another rollout runs, a request with `queue` is queued behind it (and
+/// behind those queued before it) rather than refused.
 fn deploy_in(
     c: &Connection,
     request: &DeployRequest,
     by: &TokenInfo,
+    queued: Option<u64>,
 ) -> rusqlite::Result<Result<Deployment, PlatformError>> {
     let services = current(c)?;
     let Some(now) = services.get(&request.service) else {
         return Ok(Err(not_found(&request.service)));
     };
-    if let Some(running) = deployments::active_for(c, &request.service)? {
-        return Ok(Err(busy(&running)));
-    }
     let version = request.version.trim();
     if version.is_empty()
         || version.len() > 128
@@ -162,6 +164,26 @@ fn deploy_in(
             "`{}` is not a version: 1-128 characters without spaces",
             request.version
         ))));
+    }
+    if queued.is_none() {
+        let running = deployments::active_for(c, &request.service)?;
+        let ahead = deployments::queued(c, Some(&request.service))?;
+        match (running, ahead.first()) {
+            (None, None) => {}
+            (running, _) if request.queue => {
+                let behind = ahead
+                    .last()
+                    .map_or_else(|| running.as_ref().map_or(0, |r| r.id), |(row, _)| row.id);
+                return queue(c, now, request, by, behind).map(Ok);
+            }
+            (Some(running), _) => return Ok(Err(busy(&running))),
+            (None, Some((first, _))) => {
+                return Ok(Err(PlatformError::Conflict(format!(
+                    "deployment {} of `{}` is queued to start next: deploy with --queue to wait in line behind it, or `gantry abort {}` it",
+                    first.id, first.service, first.id
+                ))));
+            }
+        }
     }
     let mut spec = now.spec.clone();
     spec.version = Some(version.to_owned());
@@ -250,6 +272,7 @@ fn deploy_in(
         Kind::Deploy,
         &by.name,
         now.replicas == 0 || now.stopped,
+        queued,
     )?;
     let detail = format!(
         "deployment {id}: r{} -> r{revision} ({version}), {}",
@@ -278,9 +301,9 @@ fn strategy_word(strategy: Strategy) -> &'static str {
     }
 }
 
-/// Inserts the deployment row of a new revision of `service` with `policy`, and its `started` event; returns its
-/// id. A rollback, and a service with nothing running or whose versions cannot be told apart (`plain`), rolls by
-/// replacement.
+/// Inserts the deployment row of a new revision of `service` with `policy` (or turns the queued deployment
+/// `queued` into it), and its `started` event; returns its id. A rollback, and a service with nothing running or
+/// whose versions cannot be told apart (`plain`), rolls by replacement.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn start(
     c: &Connection,
@@ -291,6 +314,7 @@ pub(super) fn start(
     kind: Kind,
     by: &str,
     plain: bool,
+    queued: Option<u64>,
 ) -> rusqlite::Result<u64> {
     let strategy = if plain || kind == Kind::Rollback {
         Strategy::Rolling
@@ -327,7 +351,13 @@ pub(super) fn start(
         judge: None,
         decisions: Vec::new(),
     };
-    let id = deployments::insert(c, &row)?;
+    let id = match queued {
+        Some(id) => {
+            deployments::start_queued(c, id, &row)?;
+            id
+        }
+        None => deployments::insert(c, &row)?,
+    };
     let message = match kind {
         Kind::Deploy => format!(
             "deployment {id} started: {service} r{from_revision} -> r{to_revision}, {}",
@@ -339,6 +369,117 @@ pub(super) fn start(
     };
     deployments::event(c, id, now_ms(), "started", &message, None)?;
     Ok(id)
+}
+
+/// Queues `request` behind deployment `behind` (the running one, or the last queued): a `queued` deployment
+/// row holding the request and its author, started by [`start_next`] when its turn comes.
+fn queue(
+    c: &Connection,
+    now: &super::CurrentService,
+    request: &DeployRequest,
+    by: &TokenInfo,
+    behind: u64,
+) -> rusqlite::Result<Deployment> {
+    let mut policy = now.spec.rollout.clone();
+    if let Some(strategy) = request.strategy {
+        policy.strategy = strategy;
+    }
+    let at = now_ms();
+    let row = Row {
+        id: 0,
+        service: request.service.clone(),
+        from_revision: now.revision,
+        to_revision: 0,
+        from_template: 0,
+        to_template: 0,
+        kind: Kind::Deploy,
+        strategy: policy.strategy,
+        policy,
+        status: Status::Queued,
+        phase: "queued".to_owned(),
+        step: 0,
+        weight: 0.0,
+        step_started_ms: None,
+        paused_until_ms: None,
+        pause_reason: None,
+        outcome: None,
+        reason: String::new(),
+        created_by: by.name.clone(),
+        started_ms: at,
+        finished_ms: None,
+        judge: None,
+        decisions: Vec::new(),
+    };
+    let id = deployments::insert(c, &row)?;
+    deployments::set_queued(c, id, request, by)?;
+    let message = format!(
+        "deployment {id} queued: {} {} starts after deployment {behind}",
+        request.service, request.version
+    );
+    deployments::event(c, id, at, "queued", &message, None)?;
+    audit::append(
+        c,
+        &Action {
+            actor: by,
+            action: "deploy.queue",
+            target: &request.service,
+            outcome: "ok",
+            detail: &message,
+        },
+    )?;
+    let row = deployments::get(c, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    deployments::to_api(c, &row)
+}
+
+/// Starts the oldest queued deployment of each service with no rollout running, as the author who queued it;
+/// one that cannot start (its version runs already, its settings were rolled back, a secret is gone, the author
+/// may no longer deploy the service) is cancelled with the reason, and the next in line may start in a later
+/// round. Returns whether one started. Part of the rollout engine's round, in its transaction.
+///
+/// # Errors
+/// The database failed.
+pub fn start_next(c: &Connection) -> rusqlite::Result<bool> {
+    let mut started = false;
+    let running = deployments::active_services(c)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (row, (request, by)) in deployments::queued(c, None)? {
+        if running.contains(&row.service) || !seen.insert(row.service.clone()) {
+            continue;
+        }
+        let refusal = match super::may_change(&by, &row.service) {
+            Err(error) => Some(error.to_string()),
+            Ok(()) => match deploy_in(c, &request, &by, Some(row.id))? {
+                Ok(_) => None,
+                Err(error) => Some(error.to_string()),
+            },
+        };
+        let at = now_ms();
+        match refusal {
+            None => started = true,
+            Some(why) => {
+                let mut row = row;
+                row.status = Status::Cancelled;
+                row.phase = "done".to_owned();
+                row.reason = format!("refused when its turn came: {why}");
+                row.finished_ms = Some(at);
+                deployments::save(c, &row)?;
+                deployments::event(c, row.id, at, "finished", &row.reason, None)?;
+                audit::append(
+                    c,
+                    &Action {
+                        actor: &by,
+                        action: "deploy",
+                        target: &row.service,
+                        outcome: "refused",
+                        detail: &format!("deployment {}: {}", row.id, row.reason),
+                    },
+                )?;
+                // The next in line is tried at once.
+                seen.remove(&row.service);
+            }
+        }
+    }
+    Ok(started)
 }
 
 /// An earlier revision with the same template settings as `spec` that was rolled back: (revision, why).
@@ -489,6 +630,7 @@ fn rollback_in(
         Kind::Rollback,
         &by.name,
         false,
+        None,
     )?;
     let detail = format!(
         "deployment {id}: r{} -> r{new} (copy of r{revision})",
@@ -519,6 +661,32 @@ fn control_in(
     };
     if let Err(error) = super::may_change(by, &row.service) {
         return Ok(Err(error));
+    }
+    if row.status == Status::Queued {
+        let now = now_ms();
+        if control != Control::Abort {
+            return Ok(Err(PlatformError::Conflict(format!(
+                "deployment {id} is queued: it can only be aborted until it starts"
+            ))));
+        }
+        row.status = Status::Cancelled;
+        row.phase = "done".to_owned();
+        row.outcome = Some(Outcome::Aborted);
+        row.reason = format!("aborted by {} while queued", by.name);
+        row.finished_ms = Some(now);
+        deployments::save(c, &row)?;
+        deployments::event(c, id, now, "finished", &row.reason, None)?;
+        audit::append(
+            c,
+            &Action {
+                actor: by,
+                action: "deployment.abort",
+                target: &row.service,
+                outcome: "ok",
+                detail: &format!("deployment {id} (queued)"),
+            },
+        )?;
+        return Ok(Ok(deployments::to_api(c, &row)?));
     }
     if !row.status.active() {
         return Ok(Err(PlatformError::Conflict(format!(
@@ -567,34 +735,54 @@ fn control_in(
             ("deployment.resume", format!("resumed by {}", by.name))
         }
         Control::Promote { full } => {
-            if row.status == Status::RollingBack || row.strategy != Strategy::Canary {
+            if row.status == Status::RollingBack {
                 return Ok(Err(PlatformError::Conflict(format!(
-                    "deployment {id} has no step to promote ({})",
-                    if row.status == Status::RollingBack {
-                        "it is rolling back"
-                    } else {
-                        "only a canary has steps"
-                    }
+                    "deployment {id} has no step to promote (it is rolling back)"
                 ))));
             }
-            row.status = Status::Progressing;
-            row.pause_reason = None;
-            row.paused_until_ms = None;
-            if full || row.step as usize + 1 >= row.policy.steps.len() {
-                row.phase = "promoting".to_owned();
-            } else {
-                row.step += 1;
-                row.phase = "starting".to_owned();
+            match row.strategy {
+                Strategy::Canary => {
+                    row.status = Status::Progressing;
+                    row.pause_reason = None;
+                    row.paused_until_ms = None;
+                    if full || row.step as usize + 1 >= row.policy.steps.len() {
+                        row.phase = "promoting".to_owned();
+                    } else {
+                        row.step += 1;
+                        row.phase = "starting".to_owned();
+                    }
+                    row.step_started_ms = Some(now);
+                    (
+                        "deployment.promote",
+                        if full {
+                            format!("promoted to 100% by {}", by.name)
+                        } else {
+                            format!("promoted to the next step by {}", by.name)
+                        },
+                    )
+                }
+                // Blue-green's preview ends: the switch, whatever the judge has seen.
+                Strategy::BlueGreen if matches!(row.phase.as_str(), "judging" | "passed") => {
+                    row.status = Status::Progressing;
+                    row.pause_reason = None;
+                    row.paused_until_ms = None;
+                    row.phase = "switching".to_owned();
+                    (
+                        "deployment.promote",
+                        format!("promoted by {}: switching to r{}", by.name, row.to_revision),
+                    )
+                }
+                _ => {
+                    return Ok(Err(PlatformError::Conflict(format!(
+                        "deployment {id} has no step to promote ({})",
+                        if row.strategy == Strategy::BlueGreen {
+                            "a blue-green rollout is promoted during its preview, once the new version runs at full size"
+                        } else {
+                            "a rolling rollout has no steps"
+                        }
+                    ))));
+                }
             }
-            row.step_started_ms = Some(now);
-            (
-                "deployment.promote",
-                if full {
-                    format!("promoted to 100% by {}", by.name)
-                } else {
-                    format!("promoted to the next step by {}", by.name)
-                },
-            )
         }
         Control::Abort => {
             if row.status == Status::RollingBack {

@@ -24,7 +24,7 @@ mod deploy;
 
 pub use assignments::{NodeWork, RoutedService};
 pub(crate) use deploy::copy_revision;
-pub use deploy::{Control, default_steps};
+pub use deploy::{Control, default_steps, start_next};
 
 /// Why a platform change was not made.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +220,7 @@ impl PlatformStore {
                                 gantry_proto::deployments::Kind::Deploy,
                                 &author.name,
                                 trivial || same_label,
+                                None,
                             )
                             .map_err(|e| self.db.error(e))?;
                             written.push(format!("(deployment {id})"));
