@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use gantry_judge::JudgeConfig;
-use gantry_judge::sim::{fisher_limit, scenarios, study};
+use gantry_judge::sim::{
+    Scenario, Summary, fisher_limit, scenarios, study, study_logs, study_mirrored,
+};
 use serde_json::Value;
 
 use crate::node::{Platform, apply_when_up, free_port};
@@ -54,24 +56,91 @@ pub fn run_judge() -> anyhow::Result<()> {
         "| scenario | rollouts | failed by the judge | canary requests to the verdict: median | p90 |"
     );
     println!("|---|---|---|---|---|");
-    for (name, scenario, runs) in scenarios() {
-        let summary = study(&scenario, config, runs, 1);
-        let median = if summary.median_requests > scenario.max_canary_requests {
-            "not caught".to_owned()
-        } else {
-            summary.median_requests.to_string()
-        };
-        let p90 = if summary.p90_requests > scenario.max_canary_requests {
-            "not caught".to_owned()
-        } else {
-            summary.p90_requests.to_string()
+    let row = |name: &str, scenario: &Scenario, summary: Summary| {
+        let shown = |requests: u64| {
+            if requests > scenario.max_canary_requests {
+                "not caught".to_owned()
+            } else {
+                requests.to_string()
+            }
         };
         println!(
-            "| {name} | {runs} | {} ({:.2}%) | {median} | {p90} |",
+            "| {name} | {} | {} ({:.2}%) | {} | {} |",
+            summary.runs,
             summary.detected,
-            100.0 * summary.detected as f64 / runs as f64
+            100.0 * summary.detected as f64 / summary.runs as f64,
+            shown(summary.median_requests),
+            shown(summary.p90_requests)
         );
+    };
+    for (name, scenario, runs) in scenarios() {
+        row(name, &scenario, study(&scenario, config, runs, 1));
     }
+    println!();
+    println!("Blue-green previews: every request mirrored, both versions answer it.");
+    println!();
+    println!(
+        "| scenario | previews | failed by the judge | mirrored requests to the verdict: median | p90 |"
+    );
+    println!("|---|---|---|---|---|");
+    let same = Scenario::same(2_000);
+    let mirrored = [
+        (
+            "A/A: identical versions, 2,000 mirrored requests each",
+            same,
+            1_000,
+        ),
+        (
+            "new version 20% errors (live 1%)",
+            Scenario {
+                canary_error: 0.2,
+                ..same
+            },
+            400,
+        ),
+        (
+            "new version 2x errors (2%, live 1%)",
+            Scenario {
+                canary_error: 0.02,
+                max_canary_requests: 20_000,
+                ..same
+            },
+            200,
+        ),
+        (
+            "new version +50% latency at every quantile",
+            Scenario {
+                canary_latency_factor: 1.5,
+                ..same
+            },
+            400,
+        ),
+    ];
+    for (name, scenario, runs) in mirrored {
+        row(name, &scenario, study_mirrored(&scenario, config, runs, 1));
+    }
+    println!();
+    println!("The log rule (α split 80/10/10): error log records per request, no failed requests.");
+    println!();
+    println!(
+        "| scenario | rollouts | failed by the judge | canary requests to the verdict: median | p90 |"
+    );
+    println!("|---|---|---|---|---|");
+    let quiet = Scenario {
+        stable_error: 0.0,
+        canary_error: 0.0,
+        ..same
+    };
+    row(
+        "A/A: 5% of requests log an error on both",
+        &quiet,
+        study_logs(&quiet, (0.05, 0.05), 1_000, 1),
+    );
+    row(
+        "canary logs an error on 20% of requests (stable 2%)",
+        &quiet,
+        study_logs(&quiet, (0.02, 0.2), 400, 1),
+    );
     let (_, crash, _) = scenarios()[1];
     let alpha = config.alpha * gantry_judge::ERROR_SHARE;
     println!();

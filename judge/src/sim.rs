@@ -230,11 +230,35 @@ pub struct Summary {
 
 /// Runs `runs` rollouts of `scenario`, seeds `seed..seed + runs`.
 pub fn study(scenario: &Scenario, config: JudgeConfig, runs: u64, seed: u64) -> Summary {
+    summarize(scenario, runs, |index| run(scenario, config, seed + index))
+}
+
+/// [`study`] of blue-green previews on mirrored pairs ([`run_mirrored`]).
+pub fn study_mirrored(scenario: &Scenario, config: JudgeConfig, runs: u64, seed: u64) -> Summary {
+    summarize(scenario, runs, |index| {
+        run_mirrored(scenario, config, seed + index)
+    })
+}
+
+/// [`study`] with the log rule on ([`run_with_logs`]): each request writes an error log record with probability
+/// `stable_logs` or `canary_logs`.
+pub fn study_logs(
+    scenario: &Scenario,
+    (stable_logs, canary_logs): (f64, f64),
+    runs: u64,
+    seed: u64,
+) -> Summary {
+    summarize(scenario, runs, |index| {
+        run_with_logs(scenario, stable_logs, canary_logs, seed + index)
+    })
+}
+
+fn summarize(scenario: &Scenario, runs: u64, mut one: impl FnMut(u64) -> Run) -> Summary {
     let mut requests = Vec::with_capacity(runs as usize);
     let mut detected = 0;
     let mut by_errors = 0;
     for index in 0..runs {
-        match run(scenario, config, seed + index).detected {
+        match one(index).detected {
             Some((metric, at)) => {
                 detected += 1;
                 by_errors += u64::from(metric == Metric::Errors);

@@ -143,6 +143,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 println!("    gantry logs gateway -f");
                 println!("    gantry deploy payments --version 1.1.0 --set ERROR_RATE=0.2 --wait   # a bad release: the canary judge rolls it back (exit 1)");
                 println!("    gantry deploy payments --version 1.0.1 --wait                        # a good one rolls through (exit 0)");
+                println!("    gantry deploy accounts --version 1.0.1 --wait                        # blue-green: judged on mirrored requests, then switched");
                 println!("    curl -H \"Authorization: Bearer $GANTRY_TOKEN\" '{base}/api/v1/traces?service=gateway&from=-5m'");
             }
             Err(error) => {

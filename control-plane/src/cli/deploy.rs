@@ -411,7 +411,19 @@ fn print_event(event: &Event, json: bool) {
 /// A decision record as a small table.
 pub fn render_decision(decision: &gantry_proto::deployments::Decision) -> String {
     let record = &decision.record;
-    let (stable, canary) = &decision.versions;
+    let (stable_version, canary_version) = &decision.versions;
+    // Blue-green's preview compares the live version with the new one on the same requests.
+    let (stable, canary) = if record.paired {
+        (
+            format!("live {stable_version}"),
+            format!("new {canary_version}"),
+        )
+    } else {
+        (
+            format!("stable {stable_version}"),
+            format!("canary {canary_version}"),
+        )
+    };
     let percent = |x: f64| format!("{:.2}%", x * 100.0);
     let interval = |i: &gantry_judge::interval::Interval, f: &dyn Fn(f64) -> String| {
         if i.high.is_finite() {
@@ -429,7 +441,7 @@ pub fn render_decision(decision: &gantry_proto::deployments::Decision) -> String
         ));
     }
     out.push_str(&format!(
-        "              errors   stable {stable}: {}/{} = {} {}   canary {canary}: {}/{} = {} {}   e-value {} (fails at {:.0})\n",
+        "              errors   {stable}: {}/{} = {} {}   {canary}: {}/{} = {} {}   e-value {} (fails at {:.0})\n",
         record.errors.stable.errors,
         record.errors.stable.requests,
         percent(record.errors.stable.ratio),
@@ -442,11 +454,12 @@ pub fn render_decision(decision: &gantry_proto::deployments::Decision) -> String
         record.errors.threshold
     ));
     out.push_str(&format!(
-        "              latency  stable p99 {} {}   canary p99 {} {}   canary slower in {} of {} pairs   e-value {} (fails at {:.0})\n",
+        "              latency  {stable} p99 {} {}   {canary} p99 {} {}   {} slower in {} of {} pairs   e-value {} (fails at {:.0})\n",
         ms(record.latency.stable.p99_ms),
         interval(&record.latency.stable.p99_interval_ms, &ms),
         ms(record.latency.canary.p99_ms),
         interval(&record.latency.canary.p99_interval_ms, &ms),
+        if record.paired { "new" } else { "canary" },
         record.latency.slower,
         record.latency.pairs,
         gantry_judge::compact(record.latency.e_value),
@@ -454,7 +467,7 @@ pub fn render_decision(decision: &gantry_proto::deployments::Decision) -> String
     ));
     if let Some(logs) = &record.logs {
         out.push_str(&format!(
-            "              error logs  stable {stable}: {} ({:.3} per request)   canary {canary}: {} ({:.3} per request)   e-value {} (fails at {:.0})\n",
+            "              error logs  {stable}: {} ({:.3} per request)   {canary}: {} ({:.3} per request)   e-value {} (fails at {:.0})\n",
             logs.stable,
             logs.stable_per_request,
             logs.canary,

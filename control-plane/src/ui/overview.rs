@@ -177,7 +177,14 @@ pub fn markers(deployments: &[Deployment]) -> HashMap<String, Vec<Marker>> {
             .unwrap_or(now_ms)
     };
     let mut by_service: HashMap<String, Vec<Marker>> = HashMap::new();
-    for deployment in deployments {
+    // A queued deployment has not touched the service yet; a cancelled one never did.
+    for deployment in deployments.iter().filter(|d| {
+        !matches!(
+            d.status,
+            gantry_proto::deployments::Status::Queued
+                | gantry_proto::deployments::Status::Cancelled
+        )
+    }) {
         let outcome = match (deployment.status.active(), deployment.outcome) {
             (true, _) | (false, None) => "running".to_owned(),
             (false, Some(outcome)) => outcome.as_str().to_owned(),

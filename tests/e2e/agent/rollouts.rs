@@ -587,7 +587,9 @@ async fn blue_green_is_judged_on_mirrored_requests_and_deploys_queue() -> Result
         "bad blue-green release: exit {code}\n{out}\n{err}"
     );
     ensure!(
-        out.contains("mirrored requests") && out.contains("errors   stable 1.0.3"),
+        out.contains("mirrored requests")
+            && out.contains("errors   live 1.0.3")
+            && out.contains("new 1.1.0"),
         "the decision record: {out}"
     );
     println!("{out}");
