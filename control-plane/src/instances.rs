@@ -130,6 +130,7 @@ mod tests {
             reason: String::new(),
             last_lines: vec![],
             since: String::new(),
+            phase_age_ms: None,
         }
     }
 

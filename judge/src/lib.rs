@@ -44,6 +44,8 @@ pub const ERROR_SHARE: f64 = 0.8;
 pub const LOG_SHARE: f64 = 0.1;
 /// Exemplar trace ids a record carries, at most.
 pub const EXEMPLARS: usize = 5;
+/// Trace ids the log rule remembers, so that a request's several error log records count once.
+pub const LOGGED_TRACES: usize = 4096;
 
 /// What the judge is asked to tolerate.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -205,9 +207,12 @@ pub struct Judge {
     /// The log rule's test.
     #[serde(default)]
     logs: ErrorTest,
-    /// `severity >= ERROR` log records of the canary and of the stable version.
+    /// Requests of the canary and of the stable version that wrote a `severity >= ERROR` log record.
     #[serde(default)]
     error_logs: (u64, u64),
+    /// The trace ids of the newest requests counted by the log rule, oldest first.
+    #[serde(default)]
+    logged: VecDeque<String>,
     /// Whether the observations are mirrored pairs (blue-green) rather than routed requests.
     #[serde(default)]
     paired: bool,
@@ -232,6 +237,7 @@ impl Judge {
             failure: None,
             logs: ErrorTest::default(),
             error_logs: (0, 0),
+            logged: VecDeque::new(),
             paired: false,
         }
     }
@@ -309,19 +315,29 @@ impl Judge {
     }
 
     /// Counts one `severity >= ERROR` log record of either version (the log rule; ignored when it is off) and
-    /// re-tests. `canary_share` is the canary's share of requests when the record was written. Under "the canary
-    /// writes no more error logs per request than the stable", a record written while serving a request comes
-    /// from the canary with probability at most that share: the error test's argument, on log records. Records
-    /// not tied to requests (a timer's, a start-up's) weaken that argument; the rule is for services whose error
-    /// logs come from requests.
+    /// re-tests. The rule judges **requests that wrote an error log**, not records: a failing request often writes
+    /// several, and each would otherwise be a bet of its own on the same request. So a record counts once per
+    /// `trace_id` (the request's trace; the newest [`LOGGED_TRACES`] are remembered), and a record with no trace id
+    /// (a timer's, a start-up's: no request's) does not count. `canary_share` is the canary's share of requests
+    /// when the record was written. Under "the canary's requests write an error log no more often than the
+    /// stable's", a request that wrote one went to the canary with probability at most that share: the error
+    /// test's argument, on requests with error logs.
     pub fn observe_log_error(
         &mut self,
         canary: bool,
         canary_share: f64,
         time_ns: u64,
+        trace_id: &str,
     ) -> Option<Metric> {
-        if !self.config.log_errors {
+        if !self.config.log_errors || trace_id.is_empty() {
             return None;
+        }
+        if self.logged.iter().any(|seen| seen == trace_id) {
+            return None;
+        }
+        self.logged.push_back(trace_id.to_owned());
+        while self.logged.len() > LOGGED_TRACES {
+            self.logged.pop_front();
         }
         self.widen_window(time_ns);
         if canary {
@@ -488,7 +504,7 @@ impl Judge {
                 Metric::Logs => {
                     let logs = record.logs.as_ref();
                     format!(
-                        "the canary writes more error logs per request: {:.3} ({} in {} requests) against the stable's {:.3} ({} in {}) (e-value {} >= {:.0})",
+                        "more of the canary's requests write error logs: {:.3} ({} of {}) against the stable's {:.3} ({} of {}) (e-value {} >= {:.0})",
                         logs.map_or(0.0, |l| l.canary_per_request),
                         logs.map_or(0, |l| l.canary),
                         record.errors.canary.requests,
@@ -636,10 +652,11 @@ pub struct Record {
     pub exemplars: Vec<String>,
 }
 
-/// The log rule's part of a record: `severity >= ERROR` log records of each version over the same window.
+/// The log rule's part of a record: requests of each version that wrote a `severity >= ERROR` log record, over
+/// the same window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
-    /// The canary's error log records.
+    /// The canary's requests with an error log.
     pub canary: u64,
     /// The stable version's.
     pub stable: u64,

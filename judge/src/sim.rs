@@ -120,8 +120,9 @@ pub fn run_mirrored(scenario: &Scenario, config: JudgeConfig, seed: u64) -> Run 
     Run { detected: None }
 }
 
-/// Runs one canary of `scenario` with the log rule on: each request writes a `severity >= ERROR` log record with
-/// probability `stable_logs` (stable) or `canary_logs` (canary), besides failing with its error ratio.
+/// Runs one canary of `scenario` with the log rule on: each request writes `severity >= ERROR` log records with
+/// probability `stable_logs` (stable) or `canary_logs` (canary), in bursts of one to four records of its trace,
+/// besides failing with its error ratio; a record with no trace (a timer's) comes every 20 requests.
 pub fn run_with_logs(scenario: &Scenario, stable_logs: f64, canary_logs: f64, seed: u64) -> Run {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut judge = Judge::new(JudgeConfig {
@@ -129,9 +130,12 @@ pub fn run_with_logs(scenario: &Scenario, stable_logs: f64, canary_logs: f64, se
         ..JudgeConfig::default()
     });
     let mut time_ns = 0u64;
+    let mut request = 0u64;
     while judge.canary_requests() < scenario.max_canary_requests {
+        request += 1;
         let canary = rng.random::<f64>() < scenario.canary_share;
         time_ns += 1_000_000;
+        let trace_id = format!("{request:032x}");
         let observation = Observation {
             canary,
             canary_share: scenario.canary_share,
@@ -142,15 +146,23 @@ pub fn run_with_logs(scenario: &Scenario, stable_logs: f64, canary_logs: f64, se
                     scenario.stable_error
                 },
             latency_ns: (scenario.latency_median_ms * 1e6) as u64,
-            trace_id: String::new(),
+            trace_id: trace_id.clone(),
             time_ns,
         };
-        let logged = rng.random::<f64>() < if canary { canary_logs } else { stable_logs };
-        let crossed = judge.observe(&observation).or_else(|| {
-            logged
-                .then(|| judge.observe_log_error(canary, scenario.canary_share, time_ns))
-                .flatten()
-        });
+        let mut crossed = judge.observe(&observation);
+        if rng.random::<f64>() < if canary { canary_logs } else { stable_logs } {
+            for _ in 0..rng.random_range(1..=4) {
+                crossed = crossed.or(judge.observe_log_error(
+                    canary,
+                    scenario.canary_share,
+                    time_ns,
+                    &trace_id,
+                ));
+            }
+        }
+        if request.is_multiple_of(20) {
+            crossed = crossed.or(judge.observe_log_error(true, scenario.canary_share, time_ns, ""));
+        }
         if let Some(metric) = crossed {
             return Run {
                 detected: Some((metric, judge.canary_requests())),
@@ -406,6 +418,7 @@ mod tests {
     #[test]
     fn the_log_rule_holds_alpha_and_catches_more_error_logs() {
         let same = Scenario::same(1_000);
+        // Bursts of records from one request, and records of no request, count as one request and as none.
         let false_alarms = (0..500)
             .filter(|seed| run_with_logs(&same, 0.05, 0.05, *seed).detected.is_some())
             .count();

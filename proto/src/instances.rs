@@ -136,6 +136,10 @@ pub struct InstanceState {
     pub last_lines: Vec<String>,
     /// When it entered this phase, RFC 3339.
     pub since: String,
+    /// How long it had been in this phase when the report was sent, milliseconds, by the agent's own clock (so
+    /// that the plane can place the phase's start on its clock whatever the skew between the two).
+    #[serde(default)]
+    pub phase_age_ms: Option<u64>,
 }
 
 /// An instance's phase.

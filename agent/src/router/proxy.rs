@@ -110,6 +110,8 @@ async fn handle(
     };
     let span_id: [u8; 8] = rand::random();
     strip_hop_by_hop(&mut parts.headers);
+    // Only a router marks a mirrored copy: a caller cannot.
+    parts.headers.remove("x-gantry-mirror");
     if let Ok(value) = HeaderValue::from_str(&traceparent(&trace_id, &span_id)) {
         parts.headers.insert("traceparent", value);
     }
@@ -183,7 +185,7 @@ async fn handle(
         if attempt == 0 && requested.is_none() && bodyless {
             live = mirror(
                 &state,
-                table.as_deref(),
+                table.as_ref(),
                 &parts,
                 &upstream,
                 trace_id,
@@ -286,16 +288,20 @@ fn tell(live: Option<tokio::sync::oneshot::Sender<LiveAnswer>>, span: &RouterSpa
 /// [`MIRRORS_IN_FLIGHT`] copies are in flight. The copy runs on its own task, continues the request's trace with a
 /// span of its own and carries `x-gantry-mirror: 1`; its answer is read through and dropped. Returns where the live
 /// answer must be sent: the copy's span records both, once both are known.
+///
+/// Both answers are taken alike, so that a pair leans to neither version: a copy refused a connection is tried once
+/// on another instance, as the live request is; a pair where either side gave no answer (the copy past
+/// [`MIRROR_TIMEOUT`], the live request abandoned by its caller) is not recorded.
 fn mirror(
     state: &Arc<State>,
-    table: Option<&super::Table>,
+    table: Option<&Arc<super::Table>>,
     parts: &axum::http::request::Parts,
     live_upstream: &Upstream,
     trace_id: [u8; 16],
     parent_span_id: Option<[u8; 8]>,
 ) -> Option<tokio::sync::oneshot::Sender<LiveAnswer>> {
-    let table = table?;
-    let wanted = table.mirror.as_ref()?;
+    let table = Arc::clone(table?);
+    let wanted = table.mirror.clone()?;
     let safe = matches!(
         parts.method,
         axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
@@ -306,10 +312,10 @@ fn mirror(
     if rand::random::<f64>() * 100.0 >= wanted.percent {
         return None;
     }
-    let (target, _) = table.pick_with_share(None, None, Some(&wanted.version))?;
-    if target.version != wanted.version {
-        return None;
-    }
+    // Only when the version has an instance here.
+    table
+        .pick_with_share(None, None, Some(&wanted.version))
+        .filter(|(target, _)| target.version == wanted.version)?;
     let permit = state.mirrors.clone().try_acquire_owned().ok()?;
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let state = Arc::clone(state);
@@ -331,8 +337,8 @@ fn mirror(
         headers.insert("x-gantry-mirror", HeaderValue::from_static("1"));
         let mut span = RouterSpan {
             service: state.service.clone(),
-            version: target.version.clone(),
-            instance_id: target.instance_id.clone(),
+            version: wanted.version.clone(),
+            instance_id: String::new(),
             trace_id,
             span_id,
             parent_span_id,
@@ -344,53 +350,58 @@ fn mirror(
             status: 0,
             start_ns,
             end_ns: 0,
-            peer: target.address.clone(),
+            peer: String::new(),
             error: None,
             share: None,
             mirror_of: None,
         };
-        let request = format!("http://{}{path_and_query}", target.address)
-            .parse::<axum::http::Uri>()
-            .ok()
-            .and_then(|uri| {
-                let mut request = axum::http::Request::builder()
-                    .method(method)
-                    .uri(uri)
-                    .version(axum::http::Version::HTTP_11)
-                    .body(Body::empty())
-                    .ok()?;
-                *request.headers_mut() = headers;
-                Some(request)
-            });
-        target.outstanding.fetch_add(1, Ordering::Relaxed);
-        let guard = InFlight(target.clone());
-        let outcome = match request {
-            None => Err("bad_address"),
-            Some(request) => {
-                match tokio::time::timeout(MIRROR_TIMEOUT, state.client.request(request)).await {
-                    Ok(Ok(response)) => Ok(response),
-                    Ok(Err(_)) => Err("upstream_failed"),
-                    Err(_) => Err("mirror_timeout"),
+        let mut avoid: Option<String> = None;
+        for attempt in 0..2 {
+            let Some((target, _)) = table
+                .pick_with_share(avoid.as_deref(), None, Some(&wanted.version))
+                .filter(|(target, _)| target.version == wanted.version)
+            else {
+                return;
+            };
+            span.instance_id = target.instance_id.clone();
+            span.peer = target.address.clone();
+            let Ok(uri) =
+                format!("http://{}{path_and_query}", target.address).parse::<axum::http::Uri>()
+            else {
+                return;
+            };
+            let mut request = axum::http::Request::new(Body::empty());
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = uri;
+            *request.headers_mut() = headers.clone();
+            target.outstanding.fetch_add(1, Ordering::Relaxed);
+            let guard = InFlight(target.clone());
+            let answer = tokio::time::timeout(MIRROR_TIMEOUT, state.client.request(request)).await;
+            span.end_ns = start_ns + clock.elapsed().as_nanos() as u64;
+            match answer {
+                // No answer in time: not a pair.
+                Err(_) => return,
+                Ok(Err(error)) if error.is_connect() && attempt == 0 => {
+                    avoid = Some(target.instance_id.clone());
+                    continue;
+                }
+                Ok(Err(_)) => {
+                    span.status = StatusCode::BAD_GATEWAY.as_u16();
+                    span.error = Some("upstream_failed".to_owned());
+                }
+                Ok(Ok(response)) => {
+                    span.status = response.status().as_u16();
+                    // Read through (and drop) so that the connection goes back to the pool.
+                    let mut body = response.into_body();
+                    let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {
+                        while let Some(Ok(_)) = body.frame().await {}
+                    })
+                    .await;
                 }
             }
-        };
-        span.end_ns = start_ns + clock.elapsed().as_nanos() as u64;
-        match outcome {
-            Ok(response) => {
-                span.status = response.status().as_u16();
-                // Read through (and drop) so that the connection goes back to the pool.
-                let mut body = response.into_body();
-                let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {
-                    while let Some(Ok(_)) = body.frame().await {}
-                })
-                .await;
-            }
-            Err(error) => {
-                span.status = StatusCode::BAD_GATEWAY.as_u16();
-                span.error = Some(error.to_owned());
-            }
+            drop(guard);
+            break;
         }
-        drop(guard);
         // The live answer may never come (its caller went away): the copy is then not a pair, and not recorded.
         if let Ok(Ok(live)) = tokio::time::timeout(MIRROR_TIMEOUT, receiver).await {
             span.mirror_of = Some(live);

@@ -84,6 +84,9 @@ struct Record {
     reason: String,
     last_lines: Vec<String>,
     since: String,
+    /// `since`, ms since the Unix epoch (0 in records written before it was kept: the age is then unknown).
+    #[serde(default)]
+    since_ms: u64,
     /// When the current process started, ms since the Unix epoch.
     started_ms: u64,
     /// When to start again after a crash, ms since the Unix epoch.
@@ -263,6 +266,7 @@ impl Manager {
                     record.phase = Phase::Starting;
                     record.reason = "ended while the agent was away; restarting".to_owned();
                     record.since = now_rfc3339();
+                    record.since_ms = now_ms();
                 }
                 None => {}
             }
@@ -554,6 +558,7 @@ impl Manager {
             reason: String::new(),
             last_lines: Vec::new(),
             since: now_rfc3339(),
+            since_ms: now_ms(),
             started_ms: 0,
             restart_at_ms: None,
             stopping: false,
@@ -609,6 +614,8 @@ impl Manager {
                     reason: record.reason.clone(),
                     last_lines: record.last_lines.clone(),
                     since: record.since.clone(),
+                    phase_age_ms: (record.since_ms > 0)
+                        .then(|| now_ms().saturating_sub(record.since_ms)),
                 })
                 .collect(),
         };
@@ -644,6 +651,7 @@ impl Manager {
 fn set_phase(record: &mut Record, phase: Phase, reason: String) {
     if record.phase != phase || record.reason != reason {
         record.since = now_rfc3339();
+        record.since_ms = now_ms();
     }
     record.phase = phase;
     record.reason = reason;

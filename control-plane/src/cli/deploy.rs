@@ -132,6 +132,10 @@ pub struct ControlArgs {
     /// `promote` only: straight to 100%.
     #[arg(long)]
     full: bool,
+    /// Act on this deployment of the service (e.g. `abort --id N` cancels a queued one) rather than on its running
+    /// rollout.
+    #[arg(long)]
+    id: Option<u64>,
     #[command(flatten)]
     remote: Remote,
 }
@@ -491,7 +495,7 @@ async fn running(remote: &Remote, service: &str) -> anyhow::Result<Deployment> {
         .call(
             Method::GET,
             &["api", "v1", "deployments"],
-            &[("service", service.to_owned()), ("limit", "5".to_owned())],
+            &[("service", service.to_owned()), ("limit", "500".to_owned())],
             None::<&()>,
         )
         .await?;
@@ -502,11 +506,35 @@ async fn running(remote: &Remote, service: &str) -> anyhow::Result<Deployment> {
         .map_err(|e| CliError::Refused(e.to_string()).into())
 }
 
+/// Deployment `id`.
+async fn one(remote: &Remote, id: u64) -> anyhow::Result<Deployment> {
+    remote
+        .call(
+            Method::GET,
+            &["api", "v1", "deployments", &id.to_string()],
+            &[],
+            None::<&()>,
+        )
+        .await
+}
+
 /// Runs `gantry pause|resume|promote|abort`.
 pub fn control(action: &str, args: ControlArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let deployment = running(&args.remote, &args.service).await?;
-        let id = deployment.id.to_string();
+        let id = match args.id {
+            Some(id) => {
+                let deployment = one(&args.remote, id).await?;
+                if deployment.service != args.service {
+                    return Err(CliError::Refused(format!(
+                        "deployment {id} is of `{}`, not `{}`",
+                        deployment.service, args.service
+                    ))
+                    .into());
+                }
+                id.to_string()
+            }
+            None => running(&args.remote, &args.service).await?.id.to_string(),
+        };
         let query = if action == "promote" && args.full {
             vec![("full", "true".to_owned())]
         } else {
@@ -543,15 +571,7 @@ pub fn control(action: &str, args: ControlArgs) -> anyhow::Result<()> {
 pub fn list(args: DeploymentsArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         if let Some(id) = args.id {
-            let deployment: Deployment = args
-                .remote
-                .call(
-                    Method::GET,
-                    &["api", "v1", "deployments", &id.to_string()],
-                    &[],
-                    None::<&()>,
-                )
-                .await?;
+            let deployment = one(&args.remote, id).await?;
             if args.remote.json {
                 return Remote::print_json(&deployment);
             }

@@ -8,7 +8,8 @@
 //! - Blue-green's mirrored pairs: the spans of mirrored copies (`gantry.mirror: true`), each carrying the live
 //!   answer to the same request (`gantry.mirror.live.*`).
 //! - The log rule's error logs: log records of either version with a severity of `ERROR` or above (severity
-//!   number 17 and up, OTel logs data model; a record with no number counts by its text).
+//!   number 17 and up, OTel logs data model; a record with no number counts by its text) and a trace id (a
+//!   request's: the judge counts each request once, however many records it wrote).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
@@ -29,9 +30,9 @@ pub enum Sample {
     Routed(Observation),
     /// A safe request answered by both versions (blue-green's preview).
     Mirrored(Pair),
-    /// A `severity >= ERROR` log record of the canary (`true`) or of the stable version, and when it was
-    /// written, ns since the epoch (the log rule).
-    ErrorLog(bool, u64),
+    /// A `severity >= ERROR` log record of a request (the log rule): of the canary (`true`) or of the stable
+    /// version, when it was written (ns since the epoch), and its trace id (hex; the request's).
+    ErrorLog(bool, u64, String),
 }
 
 /// A sample with its service and the canary version it was extracted for.
@@ -258,7 +259,7 @@ fn error_logs(
                     .iter()
                     .any(|word| level.starts_with(word))
             };
-            if !error {
+            if !error || record.trace_id.iter().all(|b| *b == 0) {
                 continue;
             }
             let time_ns = if record.time_unix_nano > 0 {
@@ -269,7 +270,7 @@ fn error_logs(
             found.push((
                 service.to_owned(),
                 watch.canary.clone(),
-                Sample::ErrorLog(canary, time_ns),
+                Sample::ErrorLog(canary, time_ns, hex::encode(&record.trace_id)),
             ));
         }
     }
@@ -396,6 +397,7 @@ mod tests {
             time_unix_nano: 5,
             severity_number,
             severity_text: severity_text.to_owned(),
+            trace_id: vec![1; 16],
             ..Default::default()
         };
         let logs = |version: &str| {
@@ -408,6 +410,10 @@ mod tests {
                             record(9, "INFO"),
                             record(0, "fatal"),
                             record(0, "warning"),
+                            LogRecord {
+                                trace_id: Vec::new(),
+                                ..record(17, "ERROR")
+                            },
                         ],
                         ..Default::default()
                     }],
@@ -418,11 +424,15 @@ mod tests {
         let found = feed(false, true).extract(&logs("2"));
         assert_eq!(
             found.iter().map(|(_, _, s)| s.clone()).collect::<Vec<_>>(),
-            [Sample::ErrorLog(true, 5), Sample::ErrorLog(true, 5)]
+            [
+                Sample::ErrorLog(true, 5, "01".repeat(16)),
+                Sample::ErrorLog(true, 5, "01".repeat(16))
+            ],
+            "error records with a trace id only"
         );
         assert!(matches!(
             feed(false, true).extract(&logs("1"))[0].2,
-            Sample::ErrorLog(false, _)
+            Sample::ErrorLog(false, _, _)
         ));
         assert!(feed(false, false).extract(&logs("2")).is_empty());
         assert!(

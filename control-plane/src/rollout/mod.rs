@@ -56,9 +56,10 @@ pub struct Rollouts {
     instances: Arc<InstanceRegistry>,
     /// The judge's per-request feed, filled by the intake.
     pub feed: Arc<Feed>,
-    /// Since when each healthy instance has been healthy, ms since the epoch: the time its agent reports it
-    /// entered the phase (an absolute time, so a restarted plane counts `min_healthy_time` from when the instance
-    /// became healthy, not from when the plane saw it again), never later than when the plane first saw it so.
+    /// Since when each healthy instance has been healthy, ms since the epoch (the plane's clock): when first seen
+    /// healthy, less the time its agent reports it had been healthy by then (measured on the agent's clock, so
+    /// skew between the clocks does not matter). A restarted plane counts `min_healthy_time` from when the instance
+    /// became healthy, not from when the plane saw it again.
     healthy_since: Mutex<HashMap<String, u64>>,
     /// The earliest time an instance seen healthy will have been so for `min_healthy_time`, ms since the epoch: the
     /// loop runs a round then rather than at its next tick.
@@ -130,11 +131,23 @@ impl Rollouts {
     pub fn round(&self) -> Result<bool, StateError> {
         let now = now_ms();
         // A queued deployment whose turn came starts (or is cancelled with the reason).
+        // A failure here holds up the queue only: the running rollouts go on.
         let mut started = false;
-        if !self.db.read(|c| deployments::queued(c, None))?.is_empty() {
-            started = self.db.write(|transaction| {
-                platform::start_next(transaction).map_err(|e| self.db.error(e))
-            })?;
+        match self.db.read(|c| deployments::queued(c, None)) {
+            Ok(queued) if !queued.is_empty() => {
+                match self.db.write(|transaction| {
+                    platform::start_next(transaction).map_err(|e| self.db.error(e))
+                }) {
+                    Ok(one) => started = one,
+                    Err(error) => {
+                        tracing::warn!(%error, "a queued deployment could not start; retrying")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "the deployment queue could not be read; retrying")
+            }
         }
         let running = self.db.read(deployments::active)?;
         self.note_health(now);
@@ -217,11 +230,12 @@ impl Rollouts {
         since.retain(|id, _| ready.contains_key(id));
         for (id, (agent, _)) in &ready {
             since.entry(id.clone()).or_insert_with(|| {
-                self.instances
+                let age = self
+                    .instances
                     .state(agent, id)
-                    .and_then(|state| chrono::DateTime::parse_from_rfc3339(&state.since).ok())
-                    .and_then(|at| u64::try_from(at.timestamp_millis()).ok())
-                    .map_or(now, |at| at.min(now))
+                    .and_then(|state| state.phase_age_ms)
+                    .unwrap_or(0);
+                now.saturating_sub(age)
             });
         }
     }

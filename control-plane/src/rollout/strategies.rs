@@ -12,6 +12,7 @@ use super::{Round, step_deadline};
 use crate::placement::Slot;
 use crate::state::deployments::{self, Row};
 use crate::state::placements::{self, StoredSlot};
+use crate::state::platform;
 
 impl Round<'_> {
     /// The canary's instance count at `weight` percent: `ceil(weight × replicas)`, at least 1, at most replicas.
@@ -31,7 +32,9 @@ impl Round<'_> {
                 .max_latency_increase_percent
                 .map(|p| p / 100.0),
             latency_slack_ns: gantry_judge::LATENCY_SLACK_NS,
-            log_errors: row.policy.judge.log_errors,
+            // The log rule is a canary's (a `--strategy blue-green` override of such a service judges pairs).
+            log_errors: row.policy.judge.log_errors
+                && row.strategy == gantry_proto::platform::Strategy::Canary,
         };
         // Error logs are weighed at the canary's weight now: weights only rise during a canary, so a record
         // routed at an earlier step's weight counts against the canary no more than it should.
@@ -41,8 +44,8 @@ impl Round<'_> {
             let crossed = match sample {
                 Sample::Routed(observation) => judge.observe(&observation),
                 Sample::Mirrored(pair) => judge.observe_pair(&pair),
-                Sample::ErrorLog(canary, time_ns) => {
-                    judge.observe_log_error(canary, share, time_ns)
+                Sample::ErrorLog(canary, time_ns, trace_id) => {
+                    judge.observe_log_error(canary, share, time_ns, &trace_id)
                 }
             };
             if crossed.is_some() {
@@ -163,20 +166,7 @@ impl Round<'_> {
                         None,
                     );
                 }
-                let elapsed = self
-                    .now
-                    .saturating_sub(row.step_started_ms.unwrap_or(self.now));
-                let exposure = Exposure {
-                    min_requests: step.min_requests,
-                    min_duration_ms: step.min_duration_ms,
-                    deadline_ms: step_deadline(step.min_duration_ms),
-                    elapsed_ms: elapsed,
-                };
-                let verdict = row
-                    .judge
-                    .as_ref()
-                    .map_or(Verdict::Continue, |judge| judge.verdict(exposure));
-                match verdict {
+                match self.step_verdict(row, step.min_requests, step.min_duration_ms) {
                     Verdict::Continue | Verdict::Fail(_) => Ok(()),
                     Verdict::Pass => {
                         let reason = format!(
@@ -187,59 +177,83 @@ impl Round<'_> {
                         self.decide(row, "pass", &reason)?;
                         match step.pause {
                             Pause::None => self.next_step(row),
-                            Pause::For(ms) => {
-                                row.phase = "passed".to_owned();
-                                row.status = Status::Paused;
-                                row.paused_until_ms = Some(self.now + ms);
-                                row.pause_reason = Some(format!("step pause of {} s", ms / 1000));
-                                self.event(
-                                    row,
-                                    "paused",
-                                    &format!(
-                                        "step {} passed; pausing {} s",
-                                        row.step + 1,
-                                        ms / 1000
-                                    ),
-                                    None,
-                                )
-                            }
+                            Pause::For(ms) => self.pause_passed(
+                                row,
+                                Some(ms),
+                                format!("step pause of {} s", ms / 1000),
+                                format!("step {} passed; pausing {} s", row.step + 1, ms / 1000),
+                            ),
                             Pause::UntilPromoted => {
-                                row.phase = "passed".to_owned();
-                                row.status = Status::Paused;
-                                row.pause_reason = Some(format!(
+                                let why = format!(
                                     "step {} passed: waiting for `gantry promote {}`",
                                     row.step + 1,
                                     row.service
-                                ));
-                                self.event(
-                                    row,
-                                    "paused",
-                                    row.pause_reason.as_deref().unwrap_or_default(),
-                                    None,
-                                )
+                                );
+                                self.pause_passed(row, None, why.clone(), why)
                             }
                         }
                     }
                     Verdict::Inconclusive(reason) => {
-                        self.decide(row, "inconclusive", &reason)?;
-                        row.status = Status::Paused;
-                        row.pause_reason = Some(format!(
+                        let pause_reason = format!(
                             "inconclusive: {reason}; holding at {}%: `gantry resume {}` to judge again, `gantry promote` or `gantry abort`",
                             row.weight, row.service
-                        ));
-                        self.event(
-                            row,
-                            "paused",
-                            row.pause_reason.as_deref().unwrap_or_default(),
-                            None,
-                        )?;
-                        self.audit(row, "deployment.pause", &reason)
+                        );
+                        self.inconclusive(row, &reason, pause_reason)
                     }
                 }
             }
             "promoting" => self.promote(row, &slots, replicas),
             _ => Ok(()),
         }
+    }
+
+    /// The judge's verdict on the step (or preview) under way, with its exposure since `step_started_ms`.
+    fn step_verdict(&self, row: &Row, min_requests: u64, min_duration_ms: u64) -> Verdict {
+        let exposure = Exposure {
+            min_requests,
+            min_duration_ms,
+            deadline_ms: step_deadline(min_duration_ms),
+            elapsed_ms: self
+                .now
+                .saturating_sub(row.step_started_ms.unwrap_or(self.now)),
+        };
+        row.judge
+            .as_ref()
+            .map_or(Verdict::Continue, |judge| judge.verdict(exposure))
+    }
+
+    /// A passed step's (or preview's) pause: `passed`, paused for `ms` or until promoted.
+    fn pause_passed(
+        &mut self,
+        row: &mut Row,
+        ms: Option<u64>,
+        pause_reason: String,
+        message: String,
+    ) -> rusqlite::Result<()> {
+        row.phase = "passed".to_owned();
+        row.status = Status::Paused;
+        row.paused_until_ms = ms.map(|ms| self.now + ms);
+        row.pause_reason = Some(pause_reason);
+        self.event(row, "paused", &message, None)
+    }
+
+    /// An inconclusive verdict: recorded, and the rollout holds, paused for a human with `pause_reason`.
+    fn inconclusive(
+        &mut self,
+        row: &mut Row,
+        reason: &str,
+        pause_reason: String,
+    ) -> rusqlite::Result<()> {
+        self.decide(row, "inconclusive", reason)?;
+        row.status = Status::Paused;
+        row.pause_reason = Some(pause_reason);
+        self.event(
+            row,
+            "paused",
+            row.pause_reason.as_deref().unwrap_or_default(),
+            None,
+        )?;
+        self.audit(row, "deployment.pause", reason)
     }
 
     /// Moves to the next canary step, or to promotion after the last.
@@ -266,14 +280,7 @@ impl Round<'_> {
         if let Some(why) = self.crash(slots, row.to_template) {
             return self.fail(row, Outcome::RolledBackForHealth, why);
         }
-        let mut all_ready = true;
-        for (slot, stored) in slots.iter().filter(|(_, s)| s.node.is_some()) {
-            if stored.template == row.to_template && stored.next.is_none() {
-                continue;
-            }
-            all_ready &= self.new_instance_ready(row, slot, stored)?;
-        }
-        if !all_ready {
+        if !self.new_version_ready(row, slots)? {
             return Ok(());
         }
         row.weight = 100.0;
@@ -313,6 +320,26 @@ impl Round<'_> {
         if let Some(why) = self.crash(&slots, row.to_template) {
             return self.fail(row, Outcome::RolledBackForHealth, why);
         }
+        // Until the switch the new version must stay at full size: an instance lost (its node gone, drained) is
+        // started again, and the preview begins again once all run.
+        if matches!(row.phase.as_str(), "judging" | "passed" | "switching")
+            && !self.new_version_ready(row, &slots)?
+        {
+            if row.phase == "passed" {
+                row.status = Status::Progressing;
+                row.paused_until_ms = None;
+                row.pause_reason = None;
+            }
+            row.phase = "starting".to_owned();
+            row.step_started_ms = Some(self.now);
+            self.changed = true;
+            return self.event(
+                row,
+                "step",
+                "an instance of the new version is gone: starting it again; the preview begins again once all run",
+                None,
+            );
+        }
         if row.status == Status::Paused {
             // A passed preview's pause ends (or `gantry resume` ended it): the switch.
             if row.phase == "passed" && row.paused_until_ms.is_some_and(|until| until <= self.now) {
@@ -332,18 +359,23 @@ impl Round<'_> {
                         format!("the new version was not healthy at full size within the progress deadline of {} s", row.policy.progress_deadline_ms / 1000),
                     );
                 }
-                let mut all_ready = true;
-                for (slot, stored) in slots.iter().filter(|(_, s)| s.node.is_some()) {
-                    if stored.template == row.to_template && stored.next.is_none() {
-                        continue;
-                    }
-                    all_ready &= self.new_instance_ready(row, slot, stored)?;
-                }
-                if !all_ready {
+                if !self.new_version_ready(row, &slots)? {
                     return Ok(());
                 }
                 let preview = row.policy.preview;
                 if preview.mirror_percent <= 0.0 {
+                    return self.switch(row);
+                }
+                let routed = platform::current(self.c)?
+                    .get(&row.service)
+                    .is_some_and(|service| service.spec.port.is_some());
+                if !routed {
+                    self.event(
+                        row,
+                        "preview",
+                        "no preview: the service has no routed port, so no requests to mirror",
+                        None,
+                    )?;
                     return self.switch(row);
                 }
                 row.phase = "judging".to_owned();
@@ -362,20 +394,7 @@ impl Round<'_> {
             }
             "judging" => {
                 let preview = row.policy.preview;
-                let elapsed = self
-                    .now
-                    .saturating_sub(row.step_started_ms.unwrap_or(self.now));
-                let exposure = Exposure {
-                    min_requests: preview.min_requests,
-                    min_duration_ms: preview.min_duration_ms,
-                    deadline_ms: step_deadline(preview.min_duration_ms),
-                    elapsed_ms: elapsed,
-                };
-                let verdict = row
-                    .judge
-                    .as_ref()
-                    .map_or(Verdict::Continue, |judge| judge.verdict(exposure));
-                match verdict {
+                match self.step_verdict(row, preview.min_requests, preview.min_duration_ms) {
                     Verdict::Continue | Verdict::Fail(_) => Ok(()),
                     Verdict::Pass => {
                         let reason = format!(
@@ -385,54 +404,32 @@ impl Round<'_> {
                         self.decide(row, "pass", &reason)?;
                         match preview.pause {
                             Pause::None => self.switch(row),
-                            Pause::For(ms) => {
-                                row.phase = "passed".to_owned();
-                                row.status = Status::Paused;
-                                row.paused_until_ms = Some(self.now + ms);
-                                row.pause_reason =
-                                    Some(format!("preview pause of {} s", ms / 1000));
-                                self.event(
-                                    row,
-                                    "paused",
-                                    &format!(
-                                        "preview passed; pausing {} s before the switch",
-                                        ms / 1000
-                                    ),
-                                    None,
-                                )
-                            }
+                            Pause::For(ms) => self.pause_passed(
+                                row,
+                                Some(ms),
+                                format!("preview pause of {} s", ms / 1000),
+                                format!(
+                                    "preview passed; pausing {} s before the switch",
+                                    ms / 1000
+                                ),
+                            ),
                             Pause::UntilPromoted => {
-                                row.phase = "passed".to_owned();
-                                row.status = Status::Paused;
-                                row.pause_reason = Some(format!(
+                                let why = format!(
                                     "preview passed: waiting for `gantry promote {}` to switch",
                                     row.service
-                                ));
-                                self.event(
-                                    row,
-                                    "paused",
-                                    row.pause_reason.as_deref().unwrap_or_default(),
-                                    None,
-                                )
+                                );
+                                self.pause_passed(row, None, why.clone(), why)
                             }
                         }
                     }
                     Verdict::Inconclusive(reason) => {
                         let reason =
                             reason.replace("the canary served", "the new version answered");
-                        self.decide(row, "inconclusive", &reason)?;
-                        row.status = Status::Paused;
-                        row.pause_reason = Some(format!(
+                        let pause_reason = format!(
                             "inconclusive: {reason} (only safe requests are mirrored); the old version keeps all requests: `gantry resume {}` to judge again, `gantry promote` to switch or `gantry abort`",
                             row.service
-                        ));
-                        self.event(
-                            row,
-                            "paused",
-                            row.pause_reason.as_deref().unwrap_or_default(),
-                            None,
-                        )?;
-                        self.audit(row, "deployment.pause", &reason)
+                        );
+                        self.inconclusive(row, &reason, pause_reason)
                     }
                 }
             }
@@ -465,6 +462,23 @@ impl Round<'_> {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether every placed slot runs the new version (or its replacement at it is available), beginning the
+    /// replacements that are missing.
+    fn new_version_ready(
+        &mut self,
+        row: &Row,
+        slots: &BTreeMap<Slot, StoredSlot>,
+    ) -> rusqlite::Result<bool> {
+        let mut all_ready = true;
+        for (slot, stored) in slots.iter().filter(|(_, s)| s.node.is_some()) {
+            if stored.template == row.to_template && stored.next.is_none() {
+                continue;
+            }
+            all_ready &= self.new_instance_ready(row, slot, stored)?;
+        }
+        Ok(all_ready)
     }
 
     /// Blue-green's switch: all requests to the new version at once; the old stays `scale_down_delay`.

@@ -325,6 +325,32 @@ impl Checker<'_> {
             Some(rollout) => self.rollout(name, &rollout.value, rollout.referenced)?,
             None => self.rollout(name, &RawRollout::default(), service.referenced)?,
         };
+        // The log rule weighs a request by the routers' random draw; a sticky key's pick is not one.
+        if rollout.judge.log_errors
+            && sticky.is_some()
+            && let Some(log_errors) = raw
+                .rollout
+                .as_ref()
+                .and_then(|r| r.value.judge.log_errors.as_ref())
+        {
+            return self.error(
+                log_errors.referenced,
+                field("rollout.judge.log_errors"),
+                "the log rule cannot judge a sticky service: its requests are not routed by a random draw",
+            );
+        }
+        // Blue-green's preview mirrors the routers' requests: without a routed port there are none.
+        if rollout.strategy == Strategy::BlueGreen
+            && raw.port.is_none()
+            && let Some(preview) = raw.rollout.as_ref().and_then(|r| r.value.preview.as_ref())
+            && rollout.preview.mirror_percent > 0.0
+        {
+            return self.error(
+                preview.referenced,
+                field("rollout.preview"),
+                "a preview judges mirrored requests, which need a routed `port` (or set `mirror: 0%`)",
+            );
+        }
         Ok(ServiceSpec {
             name: name.to_owned(),
             version: raw.version.clone(),

@@ -391,6 +391,15 @@ fn the_log_rule_is_a_canarys_and_preview_is_blue_greens() {
     assert!(services[0].rollout.judge.log_errors);
     refused(
         &format!(
+            "{HEAD}    port: 9000\n    routing: {{sticky: {{header: x-user}}}}\n    rollout: {{strategy: canary, steps: [{{weight: 10}}], judge: {{log_errors: true}}}}\n"
+        ),
+        6,
+        76,
+        "services.api.rollout.judge.log_errors",
+        "sticky",
+    );
+    refused(
+        &format!(
             "{HEAD}    rollout: {{strategy: canary, steps: [{{weight: 10}}], preview: {{mirror: 50%}}}}\n"
         ),
         4,
@@ -405,8 +414,15 @@ fn the_log_rule_is_a_canarys_and_preview_is_blue_greens() {
         "services.api.rollout.preview.mirror",
         "[0%, 100%]",
     );
+    refused(
+        &format!("{HEAD}    rollout: {{strategy: blue-green, preview: {{mirror: 25%}}}}\n"),
+        4,
+        46,
+        "services.api.rollout.preview",
+        "need a routed `port`",
+    );
     let blue_green = format!(
-        "{HEAD}    rollout: {{strategy: blue-green, preview: {{mirror: 25%, min_requests: 50, min_duration: 10s, pause: until-promoted}}}}\n"
+        "{HEAD}    port: 9000\n    rollout: {{strategy: blue-green, preview: {{mirror: 25%, min_requests: 50, min_duration: 10s, pause: until-promoted}}}}\n"
     );
     let preview = parse("p.yaml", &blue_green, &secrets).unwrap()[0]
         .rollout

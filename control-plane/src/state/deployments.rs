@@ -240,20 +240,21 @@ pub fn active_for(connection: &Connection, service: &str) -> rusqlite::Result<Op
 }
 
 /// The queued deployments, oldest first (of one service, or all), each with the request and the author it was
-/// queued with.
+/// queued with (`None` when the stored request cannot be read).
 ///
 /// # Errors
-/// SQLite failed, or a stored request does not parse.
+/// SQLite failed.
+#[allow(clippy::type_complexity)]
 pub fn queued(
     connection: &Connection,
     service: Option<&str>,
 ) -> rusqlite::Result<
     Vec<(
         Row,
-        (
+        Option<(
             gantry_proto::deployments::DeployRequest,
             gantry_proto::TokenInfo,
-        ),
+        )>,
     )>,
 > {
     let mut statement = connection.prepare(&format!(
@@ -262,8 +263,10 @@ pub fn queued(
     ))?;
     let rows = statement.query_map([service], |r| {
         let stored: Option<String> = r.get(23)?;
-        let queued: Queued = json(stored.as_deref().unwrap_or("null"), 23)?;
-        Ok((row(r)?, (queued.request, queued.by)))
+        let queued = stored
+            .and_then(|text| serde_json::from_str::<Queued>(&text).ok())
+            .map(|q| (q.request, q.by));
+        Ok((row(r)?, queued))
     })?;
     rows.collect()
 }
@@ -492,12 +495,18 @@ pub fn to_api(connection: &Connection, deployment: &Row) -> rusqlite::Result<Dep
         from_revision: deployment.from_revision,
         from_version: version(connection, &deployment.service, deployment.from_revision)?,
         to_revision: deployment.to_revision,
-        to_version: if deployment.status == Status::Queued {
-            // No revision yet: the version asked for.
-            queued(connection, Some(&deployment.service))?
-                .into_iter()
-                .find(|(row, _)| row.id == deployment.id)
-                .map(|(_, (request, _))| request.version)
+        to_version: if deployment.to_revision == 0 {
+            // Queued, or cancelled before it started: no revision, the version asked for.
+            connection
+                .query_row(
+                    "SELECT request FROM deployments WHERE id = ?1",
+                    [deployment.id as i64],
+                    |row| row.get::<_, Option<String>>(0),
+                )
+                .optional()?
+                .flatten()
+                .and_then(|text| serde_json::from_str::<Queued>(&text).ok())
+                .map(|queued| queued.request.version)
                 .unwrap_or_default()
         } else {
             version(connection, &deployment.service, deployment.to_revision)?

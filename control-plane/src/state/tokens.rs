@@ -43,6 +43,24 @@ pub struct TokenStore {
 
 const COLUMNS: &str = "id, name, role, created, services";
 
+/// The token with this id as it stands now (`None`: revoked or never existed); for a user acting as `user:ID`,
+/// the user's, with its role now.
+///
+/// # Errors
+/// SQLite failed.
+pub fn current(connection: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<TokenInfo>> {
+    if let Some(user) = id.strip_prefix("user:") {
+        return Ok(super::users::by_id(connection, user)?.map(|user| super::users::actor(&user)));
+    }
+    connection
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM tokens WHERE id = ?1"),
+            [id],
+            info,
+        )
+        .optional()
+}
+
 fn info(row: &Row<'_>) -> rusqlite::Result<TokenInfo> {
     let role: String = row.get(2)?;
     Ok(TokenInfo {

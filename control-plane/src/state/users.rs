@@ -96,14 +96,33 @@ impl Session {
     /// The user as an actor of the platform's changes and the audit log: a caller named after the user, with the
     /// user's role and no limit to services.
     pub fn actor(&self) -> TokenInfo {
-        TokenInfo {
-            id: format!("user:{}", self.user.id),
-            name: self.user.name.clone(),
-            role: self.user.role,
-            created: self.user.created.clone(),
-            services: None,
-        }
+        actor(&self.user)
     }
+}
+
+/// A user as an actor (see [`Session::actor`]): id `user:ID`.
+pub fn actor(user: &UserInfo) -> TokenInfo {
+    TokenInfo {
+        id: format!("user:{}", user.id),
+        name: user.name.clone(),
+        role: user.role,
+        created: user.created.clone(),
+        services: None,
+    }
+}
+
+/// The user with this id, if any.
+///
+/// # Errors
+/// SQLite failed.
+pub fn by_id(connection: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<UserInfo>> {
+    connection
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM users WHERE id = ?1"),
+            [id],
+            user,
+        )
+        .optional()
 }
 
 /// The users of one plane.

@@ -62,6 +62,53 @@ async fn cli(plane: &Plane, token: &str, args: &[&str]) -> Result<(i32, String, 
     ))
 }
 
+/// `gantry deploy SERVICE ARGS --wait --timeout 3m` on a task of its own: its output once it ends.
+fn waiting_deploy(
+    plane: &Plane,
+    token: &str,
+    service: &str,
+    args: &[&str],
+) -> tokio::task::JoinHandle<Result<std::process::Output>> {
+    let url = plane.endpoints.http_url();
+    let mut all: Vec<String> = vec!["deploy".into(), service.to_owned()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    all.extend(
+        [
+            "--wait",
+            "--timeout",
+            "3m",
+            "--plane",
+            &url,
+            "--token",
+            token,
+        ]
+        .map(str::to_owned),
+    );
+    tokio::spawn(async move {
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        gantry_cli(&all).await
+    })
+}
+
+/// `gantry deploy SERVICE --version 1.1.0 --set ERROR_RATE=0.3` with `extra` arguments: a bad release.
+async fn bad_release(
+    plane: &Plane,
+    token: &str,
+    service: &str,
+    extra: &[&str],
+) -> Result<(i32, String, String)> {
+    let mut args = vec![
+        "deploy",
+        service,
+        "--version",
+        "1.1.0",
+        "--set",
+        "ERROR_RATE=0.3",
+    ];
+    args.extend(extra);
+    cli(plane, token, &args).await
+}
+
 /// The versions the running processes of `service` carry (`GANTRY_VERSION`), sorted.
 fn running_versions(service: &str) -> Vec<String> {
     let mut versions: Vec<String> = instance_processes(&format!("{service}-"))
@@ -216,20 +263,7 @@ async fn canary_rollouts_roll_through_roll_back_and_survive_a_plane_kill() -> Re
     stable_only(&service, "1.0.1").await?;
 
     // A bad release: the judge fails it and Gantry rolls back by itself.
-    let (code, out, err) = cli(
-        &plane,
-        &deployer,
-        &[
-            "deploy",
-            &service,
-            "--version",
-            "1.1.0",
-            "--set",
-            "ERROR_RATE=0.3",
-            "--wait",
-        ],
-    )
-    .await?;
+    let (code, out, err) = bad_release(&plane, &deployer, &service, &["--wait"]).await?;
     ensure!(code == 1, "bad release: exit {code}\n{out}\n{err}");
     ensure!(
         out.contains("errors   stable 1.0.1") && out.contains("canary 1.1.0"),
@@ -244,19 +278,7 @@ async fn canary_rollouts_roll_through_roll_back_and_survive_a_plane_kill() -> Re
     ensure!(bad["outcome"] == "rolled_back_by_judge", "{bad}");
     ensure!(bad["decisions"][0]["verdict"] == "fail", "{bad}");
     stable_only(&service, "1.0.1").await?;
-    let (code, _, err) = cli(
-        &plane,
-        &deployer,
-        &[
-            "deploy",
-            &service,
-            "--version",
-            "1.1.0",
-            "--set",
-            "ERROR_RATE=0.3",
-        ],
-    )
-    .await?;
+    let (code, _, err) = bad_release(&plane, &deployer, &service, &[]).await?;
     ensure!(
         code == 4 && err.contains("--force"),
         "the rejected settings again: exit {code}: {err}"
@@ -274,29 +296,7 @@ async fn canary_rollouts_roll_through_roll_back_and_survive_a_plane_kill() -> Re
         latest(&plane, &deployer, &service).await?["to_version"] == "1.1.0",
         "no deployment for a policy change"
     );
-    let waiter = {
-        let (url, token, service) = (
-            plane.endpoints.http_url(),
-            deployer.clone(),
-            service.clone(),
-        );
-        tokio::spawn(async move {
-            gantry_cli(&[
-                "deploy",
-                &service,
-                "--version",
-                "1.2.0",
-                "--wait",
-                "--timeout",
-                "3m",
-                "--plane",
-                &url,
-                "--token",
-                &token,
-            ])
-            .await
-        })
-    };
+    let waiter = waiting_deploy(&plane, &deployer, &service, &["--version", "1.2.0"]);
     wait_until(WAIT, "the canary judged at its first step", || async {
         let d = latest(&plane, &deployer, &service).await?;
         Ok((d["to_version"] == "1.2.0" && d["phase"] == "judging").then_some(()))
@@ -512,30 +512,12 @@ async fn blue_green_is_judged_on_mirrored_requests_and_deploys_queue() -> Result
     .await?;
     ensure!(code == 0, "{out}{err}");
     let first = latest(&plane, &deployer, &service).await?;
-    let waiter = {
-        let (url, token, service) = (
-            plane.endpoints.http_url(),
-            deployer.clone(),
-            service.clone(),
-        );
-        tokio::spawn(async move {
-            gantry_cli(&[
-                "deploy",
-                &service,
-                "--version",
-                "1.0.3",
-                "--queue",
-                "--wait",
-                "--timeout",
-                "3m",
-                "--plane",
-                &url,
-                "--token",
-                &token,
-            ])
-            .await
-        })
-    };
+    let waiter = waiting_deploy(
+        &plane,
+        &deployer,
+        &service,
+        &["--version", "1.0.3", "--queue"],
+    );
     wait_until(WAIT, "the second deployment queued", || async {
         let d = latest(&plane, &deployer, &service).await?;
         Ok((d["to_version"] == "1.0.3" && d["status"] == "queued").then_some(()))
@@ -550,6 +532,31 @@ async fn blue_green_is_judged_on_mirrored_requests_and_deploys_queue() -> Result
     ensure!(
         code == 4 && err.contains(&format!("deployment {}", first["id"])),
         "a third deploy without --queue: exit {code}: {err}"
+    );
+    // A third in line, cancelled by id before its turn.
+    let (code, out, err) = cli(
+        &plane,
+        &deployer,
+        &[
+            "deploy",
+            &service,
+            "--version",
+            "1.0.5",
+            "--queue",
+            "--json",
+        ],
+    )
+    .await?;
+    ensure!(code == 0, "{out}{err}");
+    let third: Value = serde_json::from_str(out.trim())?;
+    ensure!(third["status"] == "queued", "{third}");
+    let third_id = third["id"].as_u64().context("id")?.to_string();
+    let (code, out, err) = cli(&plane, &deployer, &["abort", &service, "--id", &third_id]).await?;
+    ensure!(code == 0, "abort --id: {out}{err}");
+    let third = deployment(&plane, &deployer, third_id.parse()?).await?;
+    ensure!(
+        third["status"] == "cancelled" && third["to_version"] == "1.0.5",
+        "{third}"
     );
     let out = waiter.await??;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -568,20 +575,7 @@ async fn blue_green_is_judged_on_mirrored_requests_and_deploys_queue() -> Result
 
     // A bad release: the judge fails it on mirrored requests; no live request saw it.
     let before = failed.load(Ordering::Relaxed);
-    let (code, out, err) = cli(
-        &plane,
-        &deployer,
-        &[
-            "deploy",
-            &service,
-            "--version",
-            "1.1.0",
-            "--set",
-            "ERROR_RATE=0.3",
-            "--wait",
-        ],
-    )
-    .await?;
+    let (code, out, err) = bad_release(&plane, &deployer, &service, &["--wait"]).await?;
     ensure!(
         code == 1,
         "bad blue-green release: exit {code}\n{out}\n{err}"

@@ -129,8 +129,14 @@ impl PlatformStore {
 
 /// The refusal for a service with a rollout under way.
 pub(super) fn busy(running: &Row) -> PlatformError {
+    if running.status == Status::Queued {
+        return PlatformError::Conflict(format!(
+            "deployment {} of `{}` is queued: wait for it, deploy with --queue to wait in line behind it, or cancel it with `gantry abort {} --id {}`",
+            running.id, running.service, running.service, running.id
+        ));
+    }
     PlatformError::Conflict(format!(
-        "deployment {} of `{}` (r{} -> r{}) is {}: wait for it, or `gantry abort {}`",
+        "deployment {} of `{}` (r{} -> r{}) is {}: wait for it, deploy with --queue to wait in line, or `gantry abort {}`",
         running.id,
         running.service,
         running.from_revision,
@@ -177,12 +183,7 @@ fn deploy_in(
                 return queue(c, now, request, by, behind).map(Ok);
             }
             (Some(running), _) => return Ok(Err(busy(&running))),
-            (None, Some((first, _))) => {
-                return Ok(Err(PlatformError::Conflict(format!(
-                    "deployment {} of `{}` is queued to start next: deploy with --queue to wait in line behind it, or `gantry abort {}` it",
-                    first.id, first.service, first.id
-                ))));
-            }
+            (None, Some((first, _))) => return Ok(Err(busy(first))),
         }
     }
     let mut spec = now.spec.clone();
@@ -442,44 +443,107 @@ pub fn start_next(c: &Connection) -> rusqlite::Result<bool> {
     let mut started = false;
     let running = deployments::active_services(c)?;
     let mut seen = std::collections::BTreeSet::new();
-    for (row, (request, by)) in deployments::queued(c, None)? {
+    for (row, queued) in deployments::queued(c, None)? {
         if running.contains(&row.service) || !seen.insert(row.service.clone()) {
             continue;
         }
-        let refusal = match super::may_change(&by, &row.service) {
-            Err(error) => Some(error.to_string()),
-            Ok(()) => match deploy_in(c, &request, &by, Some(row.id))? {
-                Ok(_) => None,
-                Err(error) => Some(error.to_string()),
-            },
+        let (refusal, by) = match queued {
+            None => (Some("its stored request cannot be read".to_owned()), None),
+            Some((request, by)) => {
+                // The author as it stands now: revoked, demoted or limited to other services since, it may not
+                // deploy.
+                let refusal = match crate::state::tokens::current(c, &by.id)? {
+                    None => Some(format!("its author `{}` no longer exists", by.name)),
+                    Some(now)
+                        if !matches!(
+                            now.role,
+                            gantry_proto::Role::Deployer | gantry_proto::Role::Admin
+                        ) =>
+                    {
+                        Some(format!("its author `{}` may no longer deploy", by.name))
+                    }
+                    Some(now) => match super::may_change(&now, &row.service) {
+                        Err(error) => Some(error.to_string()),
+                        Ok(()) => match deploy_in(c, &request, &now, Some(row.id))? {
+                            Ok(_) => None,
+                            Err(error) => Some(error.to_string()),
+                        },
+                    },
+                };
+                (refusal, Some(by))
+            }
         };
-        let at = now_ms();
         match refusal {
             None => started = true,
             Some(why) => {
-                let mut row = row;
-                row.status = Status::Cancelled;
-                row.phase = "done".to_owned();
-                row.reason = format!("refused when its turn came: {why}");
-                row.finished_ms = Some(at);
-                deployments::save(c, &row)?;
-                deployments::event(c, row.id, at, "finished", &row.reason, None)?;
-                audit::append(
+                let service = row.service.clone();
+                cancel(
                     c,
-                    &Action {
-                        actor: &by,
-                        action: "deploy",
-                        target: &row.service,
-                        outcome: "refused",
-                        detail: &format!("deployment {}: {}", row.id, row.reason),
-                    },
+                    row,
+                    &format!("refused when its turn came: {why}"),
+                    None,
+                    by.as_ref(),
                 )?;
                 // The next in line is tried at once.
-                seen.remove(&row.service);
+                seen.remove(&service);
             }
         }
     }
     Ok(started)
+}
+
+/// Ends queued deployment `row` before it started (`cancelled`, with `reason`; `outcome` `aborted` for an abort),
+/// with its event and an audit entry under `by` (its author when known).
+fn cancel(
+    c: &Connection,
+    mut row: Row,
+    reason: &str,
+    outcome: Option<Outcome>,
+    by: Option<&TokenInfo>,
+) -> rusqlite::Result<()> {
+    let at = now_ms();
+    row.status = Status::Cancelled;
+    row.phase = "done".to_owned();
+    row.outcome = outcome;
+    row.reason = reason.to_owned();
+    row.finished_ms = Some(at);
+    deployments::save(c, &row)?;
+    deployments::event(c, row.id, at, "finished", &row.reason, None)?;
+    let unknown = TokenInfo {
+        id: String::new(),
+        name: row.created_by.clone(),
+        role: gantry_proto::Role::Deployer,
+        created: String::new(),
+        services: None,
+    };
+    audit::append(
+        c,
+        &Action {
+            actor: by.unwrap_or(&unknown),
+            action: "deploy",
+            target: &row.service,
+            outcome: if outcome == Some(Outcome::Aborted) {
+                "aborted"
+            } else {
+                "refused"
+            },
+            detail: &format!("deployment {}: {}", row.id, row.reason),
+        },
+    )
+}
+
+/// Cancels every queued deployment of `service` (a rollback by hand: what was queued behind the rollout it
+/// replaces must not follow it), with `reason`, under `by`.
+fn cancel_queued(
+    c: &Connection,
+    service: &str,
+    reason: &str,
+    by: &TokenInfo,
+) -> rusqlite::Result<()> {
+    for (row, _) in deployments::queued(c, Some(service))? {
+        cancel(c, row, reason, Some(Outcome::Aborted), Some(by))?;
+    }
+    Ok(())
 }
 
 /// An earlier revision with the same template settings as `spec` that was rolled back: (revision, why).
@@ -555,7 +619,27 @@ pub(crate) fn copy_revision(
     Ok(revision as u64)
 }
 
+/// A rollback by hand: [`rollback_start`], then the service's queued deployments are cancelled (an emergency's
+/// rollback is not to be followed by what waited behind the rollout it replaced).
 fn rollback_in(
+    c: &Connection,
+    service: &str,
+    to: Option<u64>,
+    by: &TokenInfo,
+) -> rusqlite::Result<Result<Deployment, PlatformError>> {
+    let result = rollback_start(c, service, to, by)?;
+    if result.is_ok() {
+        cancel_queued(
+            c,
+            service,
+            &format!("cancelled by the rollback of {}", by.name),
+            by,
+        )?;
+    }
+    Ok(result)
+}
+
+fn rollback_start(
     c: &Connection,
     service: &str,
     to: Option<u64>,
@@ -663,29 +747,14 @@ fn control_in(
         return Ok(Err(error));
     }
     if row.status == Status::Queued {
-        let now = now_ms();
         if control != Control::Abort {
             return Ok(Err(PlatformError::Conflict(format!(
                 "deployment {id} is queued: it can only be aborted until it starts"
             ))));
         }
-        row.status = Status::Cancelled;
-        row.phase = "done".to_owned();
-        row.outcome = Some(Outcome::Aborted);
-        row.reason = format!("aborted by {} while queued", by.name);
-        row.finished_ms = Some(now);
-        deployments::save(c, &row)?;
-        deployments::event(c, id, now, "finished", &row.reason, None)?;
-        audit::append(
-            c,
-            &Action {
-                actor: by,
-                action: "deployment.abort",
-                target: &row.service,
-                outcome: "ok",
-                detail: &format!("deployment {id} (queued)"),
-            },
-        )?;
+        let reason = format!("aborted by {} while queued", by.name);
+        cancel(c, row, &reason, Some(Outcome::Aborted), Some(by))?;
+        let row = deployments::get(c, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
         return Ok(Ok(deployments::to_api(c, &row)?));
     }
     if !row.status.active() {

@@ -162,6 +162,14 @@ impl PlatformStore {
                     {
                         return Ok(Err(deploy::busy(&running)));
                     }
+                    // Nor does an apply jump the queue.
+                    if let Some((queued, _)) = super::deployments::queued(transaction, Some(&plan.service))
+                        .map_err(|e| self.db.error(e))?
+                        .into_iter()
+                        .next()
+                    {
+                        return Ok(Err(deploy::busy(&queued)));
+                    }
                     if let Some(spec) = specs.get(&plan.service)
                         && !request.force
                         && let Some((revision, why)) =
