@@ -625,15 +625,19 @@ fn strategy_name(strategy: Strategy) -> &'static str {
 }
 
 fn print_deployment(d: &Deployment) {
+    // A deployment that has not started (queued, or cancelled before its turn) has no revision yet.
+    let to = if d.to_revision == 0 {
+        format!("({})", d.to_version)
+    } else {
+        format!("r{} ({})", d.to_revision, d.to_version)
+    };
     println!(
-        "{:>5}  {}  {:<16} r{} ({}) -> r{} ({})  {}  {}{}  {}",
+        "{:>5}  {}  {:<16} r{} ({}) -> {to}  {}  {}{}  {}",
         d.id,
         d.started,
         d.service,
         d.from_revision,
         d.from_version,
-        d.to_revision,
-        d.to_version,
         strategy_name(d.strategy),
         d.status.as_str(),
         d.outcome
