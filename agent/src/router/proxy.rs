@@ -183,14 +183,7 @@ async fn handle(
         span.instance_id = upstream.instance_id.clone();
         span.peer = upstream.address.clone();
         if attempt == 0 && requested.is_none() && bodyless {
-            live = mirror(
-                &state,
-                table.as_ref(),
-                &parts,
-                &upstream,
-                trace_id,
-                parent_span_id,
-            );
+            live = mirror(&state, table.as_ref(), &parts, &path_and_query, &span);
         }
         let Ok(uri) =
             format!("http://{}{path_and_query}", upstream.address).parse::<axum::http::Uri>()
@@ -296,9 +289,8 @@ fn mirror(
     state: &Arc<State>,
     table: Option<&Arc<super::Table>>,
     parts: &axum::http::request::Parts,
-    live_upstream: &Upstream,
-    trace_id: [u8; 16],
-    parent_span_id: Option<[u8; 8]>,
+    path_and_query: &str,
+    live_span: &RouterSpan,
 ) -> Option<tokio::sync::oneshot::Sender<LiveAnswer>> {
     let table = Arc::clone(table?);
     let wanted = table.mirror.clone()?;
@@ -306,7 +298,7 @@ fn mirror(
         parts.method,
         axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
     );
-    if !safe || live_upstream.version == wanted.version {
+    if !safe || live_span.version == wanted.version {
         return None;
     }
     if rand::random::<f64>() * 100.0 >= wanted.percent {
@@ -320,41 +312,23 @@ fn mirror(
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let state = Arc::clone(state);
     let method = parts.method.clone();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    let path_and_query = path_and_query.to_owned();
     let mut headers = parts.headers.clone();
+    // The copy's span: the live one's request, with a span id, a version and a start of its own.
+    let mut span = RouterSpan {
+        span_id: rand::random(),
+        version: wanted.version.clone(),
+        start_ns: now_ns(),
+        share: None,
+        ..live_span.clone()
+    };
     tokio::spawn(async move {
         let _permit = permit;
-        let start_ns = now_ns();
         let clock = Instant::now();
-        let span_id: [u8; 8] = rand::random();
-        if let Ok(value) = HeaderValue::from_str(&traceparent(&trace_id, &span_id)) {
+        if let Ok(value) = HeaderValue::from_str(&traceparent(&span.trace_id, &span.span_id)) {
             headers.insert("traceparent", value);
         }
         headers.insert("x-gantry-mirror", HeaderValue::from_static("1"));
-        let mut span = RouterSpan {
-            service: state.service.clone(),
-            version: wanted.version.clone(),
-            instance_id: String::new(),
-            trace_id,
-            span_id,
-            parent_span_id,
-            method: method.to_string(),
-            path: path_and_query
-                .split_once('?')
-                .map_or(path_and_query.as_str(), |(path, _)| path)
-                .to_owned(),
-            status: 0,
-            start_ns,
-            end_ns: 0,
-            peer: String::new(),
-            error: None,
-            share: None,
-            mirror_of: None,
-        };
         let mut avoid: Option<String> = None;
         for attempt in 0..2 {
             let Some((target, _)) = table
@@ -377,7 +351,7 @@ fn mirror(
             target.outstanding.fetch_add(1, Ordering::Relaxed);
             let guard = InFlight(target.clone());
             let answer = tokio::time::timeout(MIRROR_TIMEOUT, state.client.request(request)).await;
-            span.end_ns = start_ns + clock.elapsed().as_nanos() as u64;
+            span.end_ns = span.start_ns + clock.elapsed().as_nanos() as u64;
             match answer {
                 // No answer in time: not a pair.
                 Err(_) => return,

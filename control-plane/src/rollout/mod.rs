@@ -133,8 +133,8 @@ impl Rollouts {
         // A queued deployment whose turn came starts (or is cancelled with the reason).
         // A failure here holds up the queue only: the running rollouts go on.
         let mut started = false;
-        match self.db.read(|c| deployments::queued(c, None)) {
-            Ok(queued) if !queued.is_empty() => {
+        match self.db.read(deployments::any_queued) {
+            Ok(true) => {
                 match self.db.write(|transaction| {
                     platform::start_next(transaction).map_err(|e| self.db.error(e))
                 }) {
@@ -144,7 +144,7 @@ impl Rollouts {
                     }
                 }
             }
-            Ok(_) => {}
+            Ok(false) => {}
             Err(error) => {
                 tracing::warn!(%error, "the deployment queue could not be read; retrying")
             }

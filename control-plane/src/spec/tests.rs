@@ -2,6 +2,7 @@
 //! line, column and field it names.
 
 use super::*;
+use gantry_proto::platform::{IntOrPercent, Pause};
 
 const FULL: &str = r#"services:
   gateway:

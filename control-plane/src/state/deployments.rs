@@ -58,6 +58,44 @@ pub struct Row {
     pub decisions: Vec<Decision>,
 }
 
+impl Row {
+    /// A deployment of `service` not yet inserted, with `status`, started now by `created_by`: no revisions, no
+    /// step, weight or judge yet, the strategy of `policy`, phase `rolling`.
+    pub fn new(
+        service: &str,
+        kind: Kind,
+        policy: RolloutPolicy,
+        status: Status,
+        created_by: &str,
+    ) -> Row {
+        Row {
+            id: 0,
+            service: service.to_owned(),
+            from_revision: 0,
+            to_revision: 0,
+            from_template: 0,
+            to_template: 0,
+            kind,
+            strategy: policy.strategy,
+            policy,
+            status,
+            phase: "rolling".to_owned(),
+            step: 0,
+            weight: 0.0,
+            step_started_ms: None,
+            paused_until_ms: None,
+            pause_reason: None,
+            outcome: None,
+            reason: String::new(),
+            created_by: created_by.to_owned(),
+            started_ms: super::now_ms(),
+            finished_ms: None,
+            judge: None,
+            decisions: Vec::new(),
+        }
+    }
+}
+
 const COLUMNS: &str = "d.id, d.service, d.from_revision, d.to_revision, d.kind, d.strategy, d.policy, d.status,
     d.phase, d.step, d.weight, d.step_started_ms, d.paused_until_ms, d.pause_reason, d.outcome, d.reason,
     d.created_by, d.started_ms, d.finished_ms, d.judge, d.decisions,
@@ -269,6 +307,19 @@ pub fn queued(
         Ok((row(r)?, queued))
     })?;
     rows.collect()
+}
+
+/// Whether any deployment is queued (one read of the `deployments_queued` index: the rollout loop asks every
+/// round).
+///
+/// # Errors
+/// SQLite failed.
+pub fn any_queued(connection: &Connection) -> rusqlite::Result<bool> {
+    connection.query_row(
+        "SELECT EXISTS (SELECT 1 FROM deployments WHERE status = 'queued')",
+        [],
+        |row| row.get(0),
+    )
 }
 
 /// What a queued deployment keeps until its turn.

@@ -149,7 +149,7 @@ pub(super) fn busy(running: &Row) -> PlatformError {
 /// Starts the deployment `request` asks for, as `by`; `queued`: the id of the queued deployment whose turn came
 /// (it becomes that deployment). When another rollout runs, a request with `queue` is queued behind it (and
 /// behind those queued before it) rather than refused.
-fn deploy_in(
+pub(super) fn deploy_in(
     c: &Connection,
     request: &DeployRequest,
     by: &TokenInfo,
@@ -180,7 +180,7 @@ fn deploy_in(
                 let behind = ahead
                     .last()
                     .map_or_else(|| running.as_ref().map_or(0, |r| r.id), |(row, _)| row.id);
-                return queue(c, now, request, by, behind).map(Ok);
+                return super::queue::queue(c, now, request, by, behind).map(Ok);
             }
             (Some(running), _) => return Ok(Err(busy(&running))),
             (None, Some((first, _))) => return Ok(Err(busy(first))),
@@ -323,34 +323,17 @@ pub(super) fn start(
         policy.strategy
     };
     let row = Row {
-        id: 0,
-        service: service.to_owned(),
         from_revision,
         to_revision,
-        from_template: 0,
-        to_template: 0,
-        kind,
         strategy,
-        policy,
-        status: Status::Progressing,
         phase: if strategy == Strategy::Rolling {
             "rolling"
         } else {
             "starting"
         }
         .to_owned(),
-        step: 0,
-        weight: 0.0,
         step_started_ms: Some(now_ms()),
-        paused_until_ms: None,
-        pause_reason: None,
-        outcome: None,
-        reason: String::new(),
-        created_by: by.to_owned(),
-        started_ms: now_ms(),
-        finished_ms: None,
-        judge: None,
-        decisions: Vec::new(),
+        ..Row::new(service, kind, policy, Status::Progressing, by)
     };
     let id = match queued {
         Some(id) => {
@@ -370,180 +353,6 @@ pub(super) fn start(
     };
     deployments::event(c, id, now_ms(), "started", &message, None)?;
     Ok(id)
-}
-
-/// Queues `request` behind deployment `behind` (the running one, or the last queued): a `queued` deployment
-/// row holding the request and its author, started by [`start_next`] when its turn comes.
-fn queue(
-    c: &Connection,
-    now: &super::CurrentService,
-    request: &DeployRequest,
-    by: &TokenInfo,
-    behind: u64,
-) -> rusqlite::Result<Deployment> {
-    let mut policy = now.spec.rollout.clone();
-    if let Some(strategy) = request.strategy {
-        policy.strategy = strategy;
-    }
-    let at = now_ms();
-    let row = Row {
-        id: 0,
-        service: request.service.clone(),
-        from_revision: now.revision,
-        to_revision: 0,
-        from_template: 0,
-        to_template: 0,
-        kind: Kind::Deploy,
-        strategy: policy.strategy,
-        policy,
-        status: Status::Queued,
-        phase: "queued".to_owned(),
-        step: 0,
-        weight: 0.0,
-        step_started_ms: None,
-        paused_until_ms: None,
-        pause_reason: None,
-        outcome: None,
-        reason: String::new(),
-        created_by: by.name.clone(),
-        started_ms: at,
-        finished_ms: None,
-        judge: None,
-        decisions: Vec::new(),
-    };
-    let id = deployments::insert(c, &row)?;
-    deployments::set_queued(c, id, request, by)?;
-    let message = format!(
-        "deployment {id} queued: {} {} starts after deployment {behind}",
-        request.service, request.version
-    );
-    deployments::event(c, id, at, "queued", &message, None)?;
-    audit::append(
-        c,
-        &Action {
-            actor: by,
-            action: "deploy.queue",
-            target: &request.service,
-            outcome: "ok",
-            detail: &message,
-        },
-    )?;
-    let row = deployments::get(c, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-    deployments::to_api(c, &row)
-}
-
-/// Starts the oldest queued deployment of each service with no rollout running, as the author who queued it;
-/// one that cannot start (its version runs already, its settings were rolled back, a secret is gone, the author
-/// may no longer deploy the service) is cancelled with the reason, and the next in line may start in a later
-/// round. Returns whether one started. Part of the rollout engine's round, in its transaction.
-///
-/// # Errors
-/// The database failed.
-pub fn start_next(c: &Connection) -> rusqlite::Result<bool> {
-    let mut started = false;
-    let running = deployments::active_services(c)?;
-    let mut seen = std::collections::BTreeSet::new();
-    for (row, queued) in deployments::queued(c, None)? {
-        if running.contains(&row.service) || !seen.insert(row.service.clone()) {
-            continue;
-        }
-        let (refusal, by) = match queued {
-            None => (Some("its stored request cannot be read".to_owned()), None),
-            Some((request, by)) => {
-                // The author as it stands now: revoked, demoted or limited to other services since, it may not
-                // deploy.
-                let refusal = match crate::state::tokens::current(c, &by.id)? {
-                    None => Some(format!("its author `{}` no longer exists", by.name)),
-                    Some(now)
-                        if !matches!(
-                            now.role,
-                            gantry_proto::Role::Deployer | gantry_proto::Role::Admin
-                        ) =>
-                    {
-                        Some(format!("its author `{}` may no longer deploy", by.name))
-                    }
-                    Some(now) => match super::may_change(&now, &row.service) {
-                        Err(error) => Some(error.to_string()),
-                        Ok(()) => match deploy_in(c, &request, &now, Some(row.id))? {
-                            Ok(_) => None,
-                            Err(error) => Some(error.to_string()),
-                        },
-                    },
-                };
-                (refusal, Some(by))
-            }
-        };
-        match refusal {
-            None => started = true,
-            Some(why) => {
-                let service = row.service.clone();
-                cancel(
-                    c,
-                    row,
-                    &format!("refused when its turn came: {why}"),
-                    None,
-                    by.as_ref(),
-                )?;
-                // The next in line is tried at once.
-                seen.remove(&service);
-            }
-        }
-    }
-    Ok(started)
-}
-
-/// Ends queued deployment `row` before it started (`cancelled`, with `reason`; `outcome` `aborted` for an abort),
-/// with its event and an audit entry under `by` (its author when known).
-fn cancel(
-    c: &Connection,
-    mut row: Row,
-    reason: &str,
-    outcome: Option<Outcome>,
-    by: Option<&TokenInfo>,
-) -> rusqlite::Result<()> {
-    let at = now_ms();
-    row.status = Status::Cancelled;
-    row.phase = "done".to_owned();
-    row.outcome = outcome;
-    row.reason = reason.to_owned();
-    row.finished_ms = Some(at);
-    deployments::save(c, &row)?;
-    deployments::event(c, row.id, at, "finished", &row.reason, None)?;
-    let unknown = TokenInfo {
-        id: String::new(),
-        name: row.created_by.clone(),
-        role: gantry_proto::Role::Deployer,
-        created: String::new(),
-        services: None,
-    };
-    audit::append(
-        c,
-        &Action {
-            actor: by.unwrap_or(&unknown),
-            action: "deploy",
-            target: &row.service,
-            outcome: if outcome == Some(Outcome::Aborted) {
-                "aborted"
-            } else {
-                "refused"
-            },
-            detail: &format!("deployment {}: {}", row.id, row.reason),
-        },
-    )
-}
-
-/// Cancels every queued deployment of `service` (a rollback by hand: what was queued behind the rollout it
-/// replaces must not follow it), with `reason`, under `by`.
-fn cancel_queued(
-    c: &Connection,
-    service: &str,
-    reason: &str,
-    by: &TokenInfo,
-) -> rusqlite::Result<()> {
-    for (row, _) in deployments::queued(c, Some(service))? {
-        cancel(c, row, reason, Some(Outcome::Aborted), Some(by))?;
-    }
-    Ok(())
 }
 
 /// An earlier revision with the same template settings as `spec` that was rolled back: (revision, why).
@@ -629,7 +438,7 @@ fn rollback_in(
 ) -> rusqlite::Result<Result<Deployment, PlatformError>> {
     let result = rollback_start(c, service, to, by)?;
     if result.is_ok() {
-        cancel_queued(
+        super::queue::cancel_queued(
             c,
             service,
             &format!("cancelled by the rollback of {}", by.name),
@@ -753,7 +562,7 @@ fn control_in(
             ))));
         }
         let reason = format!("aborted by {} while queued", by.name);
-        cancel(c, row, &reason, Some(Outcome::Aborted), Some(by))?;
+        super::queue::cancel(c, row, &reason, Some(Outcome::Aborted), Some(by))?;
         let row = deployments::get(c, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
         return Ok(Ok(deployments::to_api(c, &row)?));
     }

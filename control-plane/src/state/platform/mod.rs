@@ -21,10 +21,12 @@ use crate::spec::{self, SpecError, diff::diff};
 
 mod assignments;
 mod deploy;
+mod queue;
 
 pub use assignments::{NodeWork, RoutedService};
 pub(crate) use deploy::copy_revision;
-pub use deploy::{Control, default_steps, start_next};
+pub use deploy::{Control, default_steps};
+pub use queue::start_next;
 
 /// Why a platform change was not made.
 #[derive(Debug, thiserror::Error)]
